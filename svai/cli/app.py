@@ -1,0 +1,72 @@
+"""The typer application and the error handling every command shares."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from svai.errors import SvaiError
+
+app = typer.Typer(
+    name="svai",
+    help=(
+        "Simulate the outcome of facial plastic surgery.\n\n"
+        "Typical run: svai prepare synthetic data/ && svai train --model pix2pix --data data/ "
+        "--out runs/p2p && svai generate --run runs/p2p --input data/test/before --output out/p2p "
+        "&& svai evaluate --pred out/p2p --target data/test/after --json runs/p2p/evaluation.json "
+        "&& svai compare runs/p2p"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one error line on stderr and return the exit (code 2) to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    return typer.Exit(code=2)
+
+
+def user_errors(function: F) -> F:
+    """Turn `SvaiError` into one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except SvaiError as error:
+            raise fail(str(error)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from svai import __version__
+
+        console.print(f"svai {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details on stderr."),
+) -> None:
+    """Simulate the outcome of facial plastic surgery."""
+    setup_logging(verbose)

@@ -1,0 +1,1 @@
+"""Data: pairing photos, the prepared layout, synthetic faces and training datasets."""

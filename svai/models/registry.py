@@ -1,0 +1,74 @@
+"""Registry of model families and presets.
+
+A family registers itself when its module is imported (`@register_family`). A preset is a
+YAML file in `svai/presets/` naming a family plus the options that differ, so a variant is
+an option, never a copy of a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from svai.errors import SvaiError
+from svai.models.base import ModelFamily
+
+_FAMILIES: dict[str, type[ModelFamily]] = {}
+
+# Modules that define families; imported lazily so `svai --help` stays fast.
+FAMILY_MODULES: tuple[str, ...] = (
+    "svai.models.pix2pix",
+    "svai.models.cyclegan",
+)
+
+
+def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _FAMILIES and _FAMILIES[cls.name] is not cls:
+        raise ValueError(f"model family {cls.name!r} registered twice")
+    _FAMILIES[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    for module in FAMILY_MODULES:
+        importlib.import_module(module)
+
+
+def families() -> dict[str, type[ModelFamily]]:
+    _load_all()
+    return dict(sorted(_FAMILIES.items()))
+
+
+@lru_cache(maxsize=None)
+def presets() -> dict[str, dict[str, Any]]:
+    """Preset name -> parsed YAML (keys: family, description, model, train, data)."""
+    found = {}
+    for entry in resources.files("svai.presets").iterdir():
+        if entry.name.endswith(".yaml"):
+            found[entry.name[: -len(".yaml")]] = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+    return dict(sorted(found.items()))
+
+
+def list_models() -> list[str]:
+    """Every name `--model` accepts: family names and preset names."""
+    return sorted(set(families()) | set(presets()))
+
+
+def resolve_model(name: str) -> tuple[type[ModelFamily], dict[str, Any]]:
+    """Model or preset name -> (family class, preset dict or {})."""
+    fams = families()
+    if name in presets():
+        preset = presets()[name]
+        family = preset.get("family")
+        if family not in fams:
+            raise SvaiError(f"preset {name!r} names unknown family {family!r}")
+        return fams[family], preset
+    if name in fams:
+        return fams[name], {}
+    raise SvaiError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
