@@ -1,6 +1,14 @@
 """Command-line interface: one small module per command, all registered on `app`."""
 
 from svai.cli.app import app
-from svai.cli import prepare as _prepare  # noqa: F401  (registers commands)
+from svai.cli import (  # noqa: F401  (importing a module registers its commands)
+    compare,
+    evaluate,
+    generate,
+    models,
+    prepare,
+    train,
+    weights,
+)
 
 __all__ = ["app"]

@@ -1,0 +1,5 @@
+"""`svai generate`."""
+
+from __future__ import annotations
+
+from svai.cli.app import app, console, user_errors  # noqa: F401
