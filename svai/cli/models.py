@@ -1,5 +1,45 @@
-"""`svai models`."""
+"""`svai models`: list every registered model and preset."""
 
 from __future__ import annotations
 
-from svai.cli.app import app, console, user_errors  # noqa: F401
+import json
+
+import typer
+from rich.table import Table
+
+from svai.cli.app import app, console, user_errors
+
+
+@app.command(epilog="Examples:\n\n  svai models\n\n  svai models --json > models.json")
+@user_errors
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the models `svai train --model` accepts, with their network sizes."""
+    from svai.config import resolve
+    from svai.models.registry import list_models, resolve_model
+    from svai.train import make_family, parameter_counts
+
+    rows = []
+    for name in list_models():
+        family_cls, preset = resolve_model(name)
+        config = resolve(name)
+        counts = parameter_counts(make_family(config))
+        rows.append({
+            "name": name,
+            "family": family_cls.name,
+            "paired": family_cls.paired,
+            "condition": family_cls.condition,
+            "image_size": config.data.image_size,
+            "parameters": counts,
+            "description": preset.get("description") or family_cls.description,
+        })
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title="svai models")
+    for column in ("name", "family", "pairs", "condition", "parameters (at size)", "description"):
+        table.add_column(column)
+    for row in rows:
+        params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in row["parameters"].items())
+        table.add_row(row["name"], row["family"], "yes" if row["paired"] else "no", row["condition"],
+                      f"{params} ({row['image_size']}px)", row["description"])
+    console.print(table)

@@ -1,5 +1,84 @@
-"""`svai train`."""
+"""`svai train`: train a model on a prepared dataset."""
 
 from __future__ import annotations
 
-from svai.cli.app import app, console, user_errors  # noqa: F401
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from svai.cli.app import app, console, err_console, user_errors
+
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def _format_logs(logs: dict[str, Any]) -> str:
+    shown = [f"{k} {v:.3g}" for k, v in logs.items() if k not in ("step", "lr_factor", "images_per_s")]
+    if "images_per_s" in logs:
+        shown.append(f"{logs['images_per_s']:.1f} img/s")
+    return "  ".join(shown)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  svai train --model pix2pix --data data/synth --out runs/p2p --steps 2000\n\n"
+        "  svai train --model cyclegan-attn --data data/synth --out runs/cga --set model.attention_heads=4\n\n"
+        "  svai train --out runs/p2p --resume --steps 4000      (continue a run up to step 4000)\n\n"
+        "  accelerate launch -m svai.cli train --model pix2pix ...   (several GPUs)\n\n"
+        "Settings, lowest precedence first: model defaults < preset < --config < --set < flags."
+    ),
+)
+@user_errors
+def train(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model or preset name (see `svai models`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (from `svai prepare`)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, samples, log."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with model/data/train settings."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimisation steps of the run (resume continues up to it)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step and process."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Training image size in pixels."),
+    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="no | fp16 | bf16."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (weights, data order, dropout)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any setting: --set model.lambda_l1=50 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+) -> None:
+    """Train an image-to-image model; Ctrl-C saves a checkpoint and stops cleanly."""
+    from svai.errors import SvaiError
+    from svai.train import resolve_for_run, train as run_training
+
+    if mixed_precision is not None and mixed_precision not in PRECISIONS:
+        raise SvaiError(f"--mixed-precision {mixed_precision!r}: use one of {', '.join(PRECISIONS)}")
+    flags = {
+        "data.root": str(data) if data is not None else None,
+        "train.steps": steps, "train.batch_size": batch_size, "data.image_size": image_size,
+        "train.mixed_precision": mixed_precision, "train.seed": seed,
+    }
+    if data is not None and not data.is_dir():
+        raise SvaiError(f"--data {data}: folder not found (make one with `svai prepare`)")
+    resolved = resolve_for_run(out, resume, model, config, set_, flags)
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[logs]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=err_console, transient=False,
+    ) as progress:
+        task = progress.add_task(resolved.name, total=resolved.train.steps, logs="")
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event["event"]
+            if kind == "start":
+                progress.update(task, completed=event["step"])
+            elif kind in ("step", "log"):
+                fields = {"logs": _format_logs(event["logs"])} if kind == "log" else {}
+                progress.update(task, completed=event["step"], **fields)
+
+        result = run_training(resolved, out, resume=resume, on_event=on_event)
+    if result.interrupted:
+        err_console.print(
+            f"stopped at step {result.step}/{result.total_steps}; checkpoint saved in {result.checkpoint}. "
+            f"Continue with: svai train --out {out} --resume"
+        )
+        raise typer.Exit(code=130)
+    console.print(f"trained {resolved.name} to step {result.step}; run folder: {out}")

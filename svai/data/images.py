@@ -1,7 +1,17 @@
-"""Finding and decoding image files: the one place that knows about formats and EXIF."""
+"""Finding and decoding image files: the one place that knows about formats and EXIF.
+
+Every decoded image leaves here as a plain (H, W, 3) uint8 RGB array: EXIF orientation
+applied, colour profile converted to sRGB, alpha composited on white, 16-bit scaled to
+8-bit. Nothing else survives the trip (no EXIF, GPS, XMP or comments), because the array
+carries pixels only.
+"""
 
 from __future__ import annotations
 
+import io
+import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +21,32 @@ from svai.errors import SvaiError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
+# Formats users meet that Pillow cannot decode without extra plug-ins: named in the skip reason.
+UNSUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heif", ".avif", ".cr2", ".nef", ".arw", ".dng"})
+
 # Pillow's own limit warns at ~89 Mpx and raises at twice that; we refuse anything over it
 # explicitly so that a decompression bomb is a skipped file, not a warning or a crash.
 MAX_PIXELS: int = 16384 * 16384
+
+
+class ImageProblem(SvaiError):
+    """An image that cannot be used; `reason` is a short code for reports ("unreadable" …)."""
+
+    def __init__(self, path: Path, reason: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = Path(path)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says: size after EXIF orientation, format and mode."""
+
+    width: int
+    height: int
+    format: str
+    mode: str
 
 
 def is_image_file(path: Path) -> bool:
@@ -42,33 +75,132 @@ def list_images(root: Path) -> list[Path]:
     return found
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Open the header only; classify every failure into an `ImageProblem`."""
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ImageProblem(path, "unreadable", f"cannot read file ({error.strerror or error})") from None
+    if size == 0:
+        raise ImageProblem(path, "empty file", "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Sizes between Pillow's warning and our own limit are accepted on purpose.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ImageProblem(path, "too large", f"refused as a possible decompression bomb ({error})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageProblem(path, "not an image", "not an image Pillow can decode") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ImageProblem(path, "unreadable", f"cannot read image ({error})") from None
+    if image.width * image.height > max_pixels:
+        image.close()
+        raise ImageProblem(
+            path, "too large",
+            f"{image.width}x{image.height} exceeds the safe limit of {max_pixels} pixels",
+        )
+    return image
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once EXIF orientation is applied (5–8 swap the axes)."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a corrupt EXIF block is ignored, as exif_transpose does
+        orientation = 1
+    return (image.height, image.width) if orientation in (5, 6, 7, 8) else (image.width, image.height)
+
+
+def probe(path: Path, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Read a file's header (no pixel decoding): oriented size, format and mode."""
+    path = Path(path)
+    image = _open(path, max_pixels)
+    with image:
+        width, height = _oriented_size(image)
+        return ImageInfo(width, height, image.format or "", image.mode)
+
+
+def read_rgb(
+    path: Path,
+    min_size: tuple[int, int] | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
     """Decode an image file as (H, W, 3) uint8 RGB, EXIF orientation applied, alpha on white.
 
-    Raises `SvaiError` naming the file when it is unreadable, truncated or too large.
+    `min_size` (width, height), in oriented pixels, lets formats that can decode at reduced
+    scale (JPEG's DCT scaling: 1/2, 1/4, 1/8) skip the resolution nobody needs: the result is
+    never smaller than `min_size` on either axis, but may be smaller than the file.
+
+    Raises `ImageProblem` (an `SvaiError`) naming the file when it is empty, unreadable,
+    truncated, not an image or larger than `max_pixels`.
     """
     path = Path(path)
+    image = _open(path, max_pixels)
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise SvaiError(f"{path}: {image.width}x{image.height} exceeds the safe pixel limit")
+        with image:
+            if min_size is not None and image.format == "JPEG":
+                width, height = _oriented_size(image)
+                if (width, height) != image.size:
+                    min_size = (min_size[1], min_size[0])
+                # draft() picks the largest DCT scale that keeps both axes at least this big.
+                image.draft("RGB", (max(1, int(min_size[0])), max(1, int(min_size[1]))))
+            image.load()
             image = ImageOps.exif_transpose(image)
             return to_rgb_array(image)
     except SvaiError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise SvaiError(f"{path}: cannot read image ({error})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        reason = "truncated" if "truncated" in str(error).lower() else "unreadable"
+        raise ImageProblem(path, reason, f"cannot decode image ({error})") from None
+
+
+def draft_size(width: int, height: int, target: int) -> tuple[int, int]:
+    """The smallest (w, h) with the aspect of (width, height) whose short side is >= target."""
+    short = min(width, height)
+    if short <= target:
+        return width, height
+    scale = target / short
+    return max(target, math.ceil(width * scale)), max(target, math.ceil(height * scale))
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Convert through the embedded ICC profile to sRGB, so dropping the profile keeps colours.
+
+    A missing or broken profile (or Pillow built without littlecms) leaves the pixels as they are.
+    """
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "CMYK"):
+        return image
+    try:
+        from PIL import ImageCms
+
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = ImageCms.getProfileDescription(source).strip().lower()
+        if image.mode == "RGB" and description.startswith("srgb"):
+            return image
+        return ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except Exception:  # any profile problem: keep the raw values rather than fail the photo
+        return image
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
     """Any PIL mode -> (H, W, 3) uint8 RGB; transparency is composited on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale the full range down to 8 bits rather than clipping.
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit, 32-bit or float grayscale: scale the full range down to 8 bits, never clip.
         data = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if data.max() > 255 else 255.0
+        if image.mode.startswith("I;16"):
+            peak = 65535.0
+        elif image.mode == "F" and data.size and data.max() <= 1.0:
+            peak = 1.0
+        else:
+            peak = 65535.0 if data.size and data.max() > 255 else 255.0
         gray = np.clip(np.round(data / peak * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    if image.mode == "P" or image.mode in ("LA", "PA") or "transparency" in image.info:
+    image = _to_srgb(image)
+    if image.mode == "P" or image.mode in ("LA", "PA", "La") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBa",):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))

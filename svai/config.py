@@ -1,0 +1,358 @@
+"""Run configuration: typed schema, presets, YAML files and `--set` overrides.
+
+Precedence, lowest first: dataclass defaults < preset < `--config FILE` < `--set key=value`
+< explicit flags. A flag left unset is `None` and dropped, so it never overrides a preset.
+Unknown keys and wrong types are errors that name the key.
+
+A resolved configuration is a plain tree::
+
+    model: {name: cyclegan-attn, family: cyclegan, <family options...>}
+    data:  {root: ..., image_size: 128, ...}
+    train: {steps: ..., batch_size: ..., ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from svai import __version__
+from svai.errors import SvaiError
+
+SECTIONS = ("model", "data", "train")
+
+
+@dataclass
+class AugmentConfig:
+    """Paired augmentation at training time; every probability 0 means off."""
+
+    hflip: float = 0.0
+    rotate_p: float = 0.0
+    rotate_degrees: float = 10.0
+    scale_p: float = 0.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05
+    color_p: float = 0.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared dataset is and how it is fed to the model."""
+
+    root: str = ""
+    image_size: int = 256
+    num_workers: int = 0
+    cache: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    """How long and how the shared loop trains."""
+
+    steps: int = 2000
+    batch_size: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    log_every: int = 10
+    sample_every: int = 250
+    sample_count: int = 4
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    evaluate: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A fully resolved run: model name, family options, data and training settings."""
+
+    name: str
+    family: str
+    model: Any
+    data: DataConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "svai_version": __version__,
+            "model": {"name": self.name, "family": self.family, **to_plain(self.model)},
+            "data": to_plain(self.data),
+            "train": to_plain(self.train),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists, so the tree dumps as plain YAML."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
+# -- type checking --------------------------------------------------------------------------
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_describe(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if origin in (tuple, list):
+        return f"{origin.__name__}[{', '.join(_describe(a) for a in typing.get_args(annotation) if a is not Ellipsis)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a type annotation and return it in that type.
+
+    Accepts what YAML produces: ints where floats are expected, lists where tuples are.
+    Raises `SvaiError` naming `key` otherwise.
+    """
+    def bad() -> SvaiError:
+        return SvaiError(f"{key}: expected {_describe(annotation)}, got {value!r}")
+
+    if annotation is Any:
+        return value
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        if value in args and type(value) is type(args[args.index(value)]):
+            return value
+        raise bad()
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return coerce(value, option, key)
+            except SvaiError:
+                continue
+        raise bad()
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise bad()
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad()
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad()
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise bad()
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    if dataclasses.is_dataclass(annotation):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, dict):
+            raise bad()
+        return build_dataclass(annotation, value, key)
+    raise bad()
+
+
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Construct dataclass `cls` from a (partial) mapping, checking keys and types.
+
+    Unknown keys are an error listing the valid ones; missing keys keep their defaults.
+    """
+    if not isinstance(values, dict):
+        raise SvaiError(f"{prefix}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise SvaiError(f"unknown key {prefix}.{unknown[0]}: valid keys are {', '.join(names)}")
+    kwargs = {name: coerce(value, hints[name], f"{prefix}.{name}") for name, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise SvaiError(f"{prefix}: {error}") from None
+
+
+# -- merging layers -------------------------------------------------------------------------
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base` (mappings merge, other values replace)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """["train.steps=10", "model.attention=generator"] -> nested dict; values parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SvaiError(f"--set {item!r}: expected key=value, e.g. --set train.steps=500")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SvaiError(f"--set {item!r}: {part} is set twice")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a config YAML: a mapping whose top-level keys are model, data and train."""
+    path = Path(path)
+    if not path.is_file():
+        raise SvaiError(f"--config {path}: file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise SvaiError(f"--config {path}:{where} is not valid YAML") from None
+    if not isinstance(tree, dict):
+        raise SvaiError(f"--config {path}: expected a mapping with keys {', '.join(SECTIONS)}")
+    return tree
+
+
+def _check_sections(tree: dict[str, Any], origin: str) -> None:
+    for key, value in tree.items():
+        if key == "svai_version":
+            continue
+        if key not in SECTIONS:
+            raise SvaiError(f"unknown key {key!r} in {origin}: top-level keys are {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise SvaiError(f"{key} in {origin}: expected a mapping, got {value!r}")
+
+
+def resolve(
+    model: str | None = None,
+    *,
+    base: dict[str, Any] | None = None,
+    config_file: Path | None = None,
+    sets: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve a run configuration from its layers.
+
+    `base` is a saved run's config (for `--resume`); `flags` maps dotted keys to values,
+    with `None` meaning "not given".
+    """
+    from svai.models.registry import resolve_model
+
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if base is not None:
+        layers.append(("the run's config.yaml", base))
+    if config_file is not None:
+        layers.append((f"--config {config_file}", load_yaml(config_file)))
+    layers.append(("--set", parse_set(sets)))
+    flag_tree = parse_set([f"{k}={_yaml_scalar(v)}" for k, v in (flags or {}).items() if v is not None])
+    layers.append(("options", flag_tree))
+    for origin, tree in layers:
+        _check_sections(tree, origin)
+
+    name = model
+    if name is None:
+        for _, tree in reversed(layers):
+            name = tree.get("model", {}).get("name") or tree.get("model", {}).get("family")
+            if name:
+                break
+    if not name:
+        raise SvaiError("--model is required: see `svai models` for the choices")
+    family_cls, preset = resolve_model(name)
+    if base is not None:
+        saved = base.get("model", {}).get("family")
+        if saved and saved != family_cls.name:
+            raise SvaiError(f"--model {name} is a {family_cls.name} model but the run holds {saved}: drop --model or use a new --out")
+
+    tree: dict[str, Any] = {section: {} for section in SECTIONS}
+    preset_tree = {section: preset.get(section) or {} for section in SECTIONS}
+    for origin, layer in [("preset", preset_tree), *layers]:
+        tree = deep_merge(tree, layer)
+    options_tree = {k: v for k, v in tree["model"].items() if k not in ("name", "family")}
+    options = build_dataclass(family_cls.Options, options_tree, "model")
+    data = build_dataclass(DataConfig, tree["data"], "data")
+    train = build_dataclass(TrainConfig, tree["train"], "train")
+    config = RunConfig(name=name, family=family_cls.name, model=options, data=data, train=train)
+    validate(config)
+    return config
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def validate(config: RunConfig) -> None:
+    """Range checks that types alone cannot express."""
+    checks = [
+        (config.train.steps >= 1, "train.steps", "must be at least 1"),
+        (config.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
+        (config.train.log_every >= 1, "train.log_every", "must be at least 1"),
+        (config.train.sample_every >= 0, "train.sample_every", "must be 0 (off) or more"),
+        (config.train.checkpoint_every >= 0, "train.checkpoint_every", "must be 0 (only at the end) or more"),
+        (config.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1"),
+        (16 <= config.data.image_size <= 1024, "data.image_size", "must be between 16 and 1024"),
+        (config.data.image_size % 16 == 0, "data.image_size", "must be a multiple of 16"),
+        (config.data.num_workers >= 0, "data.num_workers", "must be 0 or more"),
+    ]
+    for ok, key, message in checks:
+        if not ok:
+            value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
+            raise SvaiError(f"{key} {message}; got {value}")
+
+
+def load_run_config(run_dir: Path) -> dict[str, Any]:
+    """The saved `config.yaml` of a run folder, as a tree."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise SvaiError(f"{path} not found: {run_dir} is not a training run folder")
+    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(tree, dict) or "model" not in tree:
+        raise SvaiError(f"{path}: not a svai run configuration")
+    return tree
+
+
+def family_options(config: RunConfig) -> dict[str, Any]:
+    return to_plain(config.model)

@@ -1,0 +1,171 @@
+"""Training data: a prepared split as tensors, and a step-indexed, resumable batch order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from svai.data.layout import PROCEDURES, PairRecord, read_manifest
+from svai.errors import SvaiError
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, rounded to nearest."""
+    scaled = (images.detach().float().clamp(-1, 1) + 1.0) * 127.5
+    return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Resize (B, C, H, W) to `size` with antialiased bilinear filtering (a no-op when equal)."""
+    target = (size, size) if isinstance(size, int) else size
+    if tuple(images.shape[-2:]) == tuple(target):
+        return images
+    return F.interpolate(images, size=target, mode="bilinear", align_corners=False, antialias=True)
+
+
+class PairedImages(Dataset):
+    """One split of a prepared dataset (see `svai.data.layout`).
+
+    Items are keyed by `(i, j)`: pair `i` gives `before`, `after`, `mask`, `procedures`;
+    `j >= 0` adds `after_unpaired`, the "after" image of pair `j` (for unpaired families).
+    Tensors: before/after (3, S, S) in [-1, 1], mask (1, S, S) in [0, 1], procedures (P,).
+    """
+
+    def __init__(self, root: Path, split: str, image_size: int, cache: bool = True) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.image_size = image_size
+        records = [r for r in read_manifest(self.root) if r.split == split]
+        if not records:
+            raise SvaiError(f"{self.root}: the {split} split has no pairs (see manifest.csv)")
+        self.records: list[PairRecord] = records
+        self._cache: dict[tuple[str, str], torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, kind: str, record: PairRecord) -> torch.Tensor | None:
+        key = (kind, record.id)
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        path = self.root / self.split / kind / f"{record.id}.png"
+        if not path.is_file():
+            if kind == "masks":
+                tensor = None
+            else:
+                raise SvaiError(f"{path} is missing: the dataset at {self.root} is incomplete; prepare it again")
+        else:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("L" if kind == "masks" else "RGB"))
+            tensor = torch.from_numpy(array.copy())
+            tensor = tensor[None] if kind == "masks" else tensor.permute(2, 0, 1)
+            if tuple(tensor.shape[-2:]) != (self.image_size, self.image_size):
+                resized = resize(tensor[None].float(), self.image_size)[0]
+                tensor = resized.round().clamp(0, 255).to(torch.uint8)
+        if self._cache is not None:
+            self._cache[key] = tensor
+        return tensor
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor | str]:
+        i, j = key if isinstance(key, tuple) else (key, -1)
+        record = self.records[i]
+        size = self.image_size
+        item: dict[str, torch.Tensor | str] = {
+            "id": record.id,
+            "before": self._load("before", record).float().div(127.5).sub(1.0),
+            "after": self._load("after", record).float().div(127.5).sub(1.0),
+            "procedures": torch.tensor([float(p in record.procedures) for p in PROCEDURES]),
+        }
+        mask = self._load("masks", record)
+        item["mask"] = mask.float().div(255.0) if mask is not None else torch.zeros(1, size, size)
+        if j >= 0:
+            item["after_unpaired"] = self._load("after", self.records[j]).float().div(127.5).sub(1.0)
+        return item
+
+
+class StepBatches:
+    """Batch indices as a pure function of the training step, so a resumed run sees the same data.
+
+    The data order is an endless stream of epochs, each a seeded permutation of the
+    dataset. Step `s` takes the global batch at positions `[s*B*W, (s+1)*B*W)` and process
+    `rank` takes its slice of `B`. Unpaired families get a second, independent stream for
+    their "after" images, as an unaligned dataset draws them.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        start_step: int,
+        total_steps: int,
+        seed: int,
+        unpaired: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.start_step = start_step
+        self.total_steps = total_steps
+        self.seed = seed
+        self.unpaired = unpaired
+        self.rank = rank
+        self.world_size = world_size
+        self._permutations: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _permutation(self, stream: int, epoch: int) -> torch.Tensor:
+        key = (stream, epoch)
+        if key not in self._permutations:
+            if len(self._permutations) > 8:
+                self._permutations.clear()
+            generator = torch.Generator().manual_seed(hash_seed(self.seed, stream, epoch))
+            self._permutations[key] = torch.randperm(self.size, generator=generator)
+        return self._permutations[key]
+
+    def _index(self, stream: int, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        return int(self._permutation(stream, epoch)[offset])
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        first = (step * self.world_size + self.rank) * self.batch_size
+        positions = range(first, first + self.batch_size)
+        return [(self._index(0, p), self._index(1, p) if self.unpaired else -1) for p in positions]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.total_steps):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+def hash_seed(*parts: int) -> int:
+    """Mix integers into one 63-bit seed (splitmix64), so nearby seeds give unrelated streams."""
+    state = 0x9E3779B97F4A7C15
+    for part in parts:
+        state = (state ^ (part & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+        state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        state = z ^ (z >> 31)
+    return state & 0x7FFFFFFFFFFFFFFF
+
+
+def collate(items: list[dict[str, torch.Tensor | str]]) -> dict[str, torch.Tensor | list[str]]:
+    batch: dict[str, torch.Tensor | list[str]] = {"id": [str(item["id"]) for item in items]}
+    for key in items[0]:
+        if key != "id":
+            batch[key] = torch.stack([item[key] for item in items])  # type: ignore[misc]
+    return batch

@@ -1,0 +1,835 @@
+"""The built-in synthetic face dataset: procedurally drawn before/after pairs with exact ground truth.
+
+Every face is drawn with numpy in float32 from implicit shapes (negative inside) whose edges are
+anti-aliased over one pixel. A pair draws the same face twice on the same photo: same pose,
+lighting, background and sensor-noise field; the "after" face differs only in the parameters that
+its procedures change (eyes: larger opening and a defined crease; nose: narrower and straighter;
+jaw: slimmer lower face). Pixels outside the changed region are therefore byte-identical, and the
+mask is derived from the two finished images, so it covers every changed pixel.
+
+Coordinates: the image spans [-1, 1] on both axes (y down). Faces are drawn in "face units": the
+same scale before the photo's pose (roll, shift, zoom) is applied, with the head centre at the
+origin, eyes near v = 0, chin near v = 0.55. Every size from 32 to 512 px draws the same picture.
+
+Pair i depends only on (seed, i): identity comes from the subject's own random stream, the photo
+(pose, light, procedures) from the pair's, so a larger `count` extends a smaller one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from scipy import ndimage
+
+from svai.data.layout import PROCEDURES, DatasetWriter, PairRecord, split_subjects
+from svai.errors import SvaiError
+
+MIN_SIZE = 32
+MAX_SIZE = 512
+
+# Photos per subject and their probabilities: about two photos per subject on average, so a
+# split by subject is meaningful even for small datasets.
+_PHOTOS_PER_SUBJECT = (1, 2, 3, 4)
+_PHOTOS_WEIGHTS = (0.4, 0.3, 0.2, 0.1)
+# How many procedures one pair gets (1, 2 or 3) and their probabilities.
+_PROCEDURE_COUNT_WEIGHTS = (0.5, 0.3, 0.2)
+# Intensity range of a procedure: the lower bound keeps every change visible at 32 px.
+_MIN_INTENSITY, _MAX_INTENSITY = 0.4, 1.0
+
+# Random streams: identity is per subject, everything else per pair.
+_STREAM_SUBJECT_SIZES = 0
+_STREAM_IDENTITY = 1
+_STREAM_PHOTO = 2
+
+# Skin tones from very light to very dark (sRGB in [0, 1]); a uniform draw along this ramp
+# covers the whole human range rather than clustering around one tone.
+_SKIN_RAMP = np.array(
+    [
+        (0.97, 0.86, 0.79),
+        (0.93, 0.76, 0.64),
+        (0.83, 0.63, 0.48),
+        (0.69, 0.48, 0.33),
+        (0.52, 0.34, 0.22),
+        (0.36, 0.23, 0.15),
+        (0.22, 0.14, 0.10),
+    ],
+    dtype=np.float32,
+)
+_HAIR_COLOURS = (
+    (0.05, 0.045, 0.045),  # black
+    (0.16, 0.10, 0.07),    # dark brown
+    (0.32, 0.20, 0.12),    # brown
+    (0.46, 0.21, 0.10),    # auburn
+    (0.74, 0.58, 0.34),    # blond
+    (0.62, 0.60, 0.58),    # grey
+    (0.86, 0.85, 0.82),    # white
+)
+_IRIS_COLOURS = (
+    (0.20, 0.11, 0.06),
+    (0.34, 0.20, 0.10),
+    (0.44, 0.36, 0.18),
+    (0.28, 0.42, 0.28),
+    (0.28, 0.44, 0.64),
+    (0.48, 0.53, 0.58),
+)
+_HAIR_STYLES = ("bald", "buzz", "short", "fringe", "long", "volume")
+
+Colour = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class SyntheticPair:
+    """One drawn pair.
+
+    before, after: (S, S, 3) uint8 in [0, 255]; mask: (S, S) uint8, 255 where the procedures
+    changed the face and 0 elsewhere. `intensities` holds one value in [0.4, 1] per procedure.
+    """
+
+    id: str
+    subject: str
+    procedures: tuple[str, ...]
+    before: np.ndarray
+    after: np.ndarray
+    mask: np.ndarray
+    intensities: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Face:
+    """Identity of one subject, in face units (head half-width about 0.4)."""
+
+    skin: Colour
+    head_width: float        # half-width of the head at the cheekbones
+    head_top: float          # centre to crown
+    head_bottom: float       # centre to chin
+    jaw_power: float         # superellipse exponent of the lower face: 2 round, >2 square, <2 pointed
+    jaw_slim: float          # narrowing of the jaw angles (0 = none)
+    eye_dx: float            # half the distance between the eye centres
+    eye_y: float
+    eye_width: float         # half-width of the eye opening
+    eye_open: float          # height of the upper lid arc above the eye axis
+    eye_low: float           # depth of the lower lid arc
+    eye_tilt: float          # canthal tilt: positive raises the outer corners
+    crease_gap: float        # distance from the lash line to the lid crease
+    crease: float            # crease darkness in [0, 1]
+    iris: Colour
+    brow_height: float       # eye centre to brow centre
+    brow_thickness: float
+    brow_arch: float
+    brow: Colour
+    nose_root: float         # v of the top of the nasal bridge
+    nose_length: float
+    bridge_width: float      # half-width of the bridge
+    alar_width: float        # half-width across the nostril wings
+    tip_radius: float
+    hump: float              # dorsal hump in [0, 1]
+    deviation: float         # lateral bend of the bridge (crooked nose)
+    mouth_y: float
+    mouth_width: float       # half-width of the mouth
+    lip_upper: float
+    lip_lower: float
+    lip_bow: float           # depth of the Cupid's bow dip in [0, 1]
+    lips: Colour
+    hair_style: str
+    hair: Colour
+    hairline: float          # v of the hairline at the forehead centre
+    hair_volume: float       # hair cap size relative to the skull
+    hair_length: float       # v where long hair ends
+    hair_part: float         # u of the parting
+    ear_size: float
+    neck_width: float
+    clothes: Colour
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One photo of a subject: pose, light, background, noise and the eye gaze."""
+
+    roll: float              # radians
+    shift_x: float           # image units
+    shift_y: float
+    zoom: float              # face units -> image units
+    yaw: float               # horizontal feature shift standing in for a small head turn
+    light: tuple[float, float, float]  # unit vector towards the light (y down, z to the camera)
+    ambient: float
+    exposure: float
+    tint: Colour
+    background: tuple[Colour, Colour]
+    background_angle: float
+    gaze: tuple[float, float]
+    noise_sigma: float       # in [0, 1] units of the 8-bit range
+    noise_seed: int
+
+
+# --------------------------------------------------------------------------------------------
+# sampling
+
+
+def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(rng.uniform(low, high))
+
+
+def _jitter(rng: np.random.Generator, colour: Colour | np.ndarray, amount: float) -> Colour:
+    values = np.asarray(colour, dtype=np.float64) * (1.0 + rng.normal(0.0, amount, 3))
+    return tuple(float(v) for v in np.clip(values, 0.0, 1.0))  # type: ignore[return-value]
+
+
+def _skin_tone(t: float) -> np.ndarray:
+    """t in [0, 1] -> sRGB skin colour along the ramp, (3,) float32."""
+    position = t * (len(_SKIN_RAMP) - 1)
+    low = min(int(position), len(_SKIN_RAMP) - 2)
+    frac = position - low
+    return _SKIN_RAMP[low] * (1.0 - frac) + _SKIN_RAMP[low + 1] * frac
+
+
+def sample_face(rng: np.random.Generator) -> Face:
+    """Draw one subject's identity."""
+    darkness = _uniform(rng, 0.0, 1.0)
+    skin = _jitter(rng, _skin_tone(darkness), 0.035)
+    # Darker skin makes dark hair more likely, but every colour stays possible.
+    hair_weights = np.array([3.0 + 5 * darkness, 3.0 + 2 * darkness, 2.0, 0.8, 1.6 * (1.2 - darkness), 0.8, 0.4])
+    hair = _jitter(rng, _HAIR_COLOURS[rng.choice(len(_HAIR_COLOURS), p=hair_weights / hair_weights.sum())], 0.06)
+    style = _HAIR_STYLES[rng.choice(len(_HAIR_STYLES), p=[0.08, 0.10, 0.27, 0.17, 0.26, 0.12])]
+    # Brows are usually darker than light hair.
+    brow_base = np.asarray(hair) * 0.6 if sum(hair) > 1.2 else np.asarray(hair) * 0.9
+    lips_base = np.asarray(skin) * np.array([0.86, 0.58, 0.58]) + np.array([0.06, 0.0, 0.01])
+    head_width = _uniform(rng, 0.36, 0.43)
+    eye_width = _uniform(rng, 0.062, 0.082)
+    nose_root = _uniform(rng, 0.01, 0.04)
+    return Face(
+        skin=skin,
+        head_width=head_width,
+        head_top=_uniform(rng, 0.54, 0.62),
+        head_bottom=_uniform(rng, 0.52, 0.62),
+        jaw_power=_uniform(rng, 1.7, 3.0),
+        jaw_slim=_uniform(rng, 0.0, 0.08),
+        eye_dx=_uniform(rng, 0.145, 0.185),
+        eye_y=_uniform(rng, -0.02, 0.02),
+        eye_width=eye_width,
+        eye_open=_uniform(rng, 0.018, 0.032),
+        eye_low=_uniform(rng, 0.012, 0.020),
+        eye_tilt=_uniform(rng, -0.08, 0.18),
+        crease_gap=_uniform(rng, 0.010, 0.018),
+        crease=_uniform(rng, 0.0, 0.35),
+        iris=_jitter(rng, _IRIS_COLOURS[rng.choice(len(_IRIS_COLOURS), p=[0.35, 0.2, 0.12, 0.1, 0.15, 0.08])], 0.08),
+        brow_height=_uniform(rng, 0.075, 0.10),
+        brow_thickness=_uniform(rng, 0.012, 0.024),
+        brow_arch=_uniform(rng, 0.008, 0.025),
+        brow=_jitter(rng, brow_base, 0.05),
+        nose_root=nose_root,
+        nose_length=_uniform(rng, 0.17, 0.24),
+        bridge_width=_uniform(rng, 0.022, 0.034),
+        alar_width=_uniform(rng, 0.058, 0.08),
+        tip_radius=_uniform(rng, 0.024, 0.036),
+        hump=_uniform(rng, 0.2, 1.0),
+        deviation=_uniform(rng, 0.006, 0.02) * (1 if rng.random() < 0.5 else -1),
+        mouth_y=nose_root + _uniform(rng, 0.31, 0.35),
+        mouth_width=_uniform(rng, 0.085, 0.12),
+        lip_upper=_uniform(rng, 0.014, 0.026),
+        lip_lower=_uniform(rng, 0.018, 0.034),
+        lip_bow=_uniform(rng, 0.1, 0.6),
+        lips=_jitter(rng, np.clip(lips_base, 0, 1), 0.05),
+        hair_style=style,
+        hair=hair,
+        hairline=_uniform(rng, -0.40, -0.28),
+        hair_volume=_uniform(rng, 1.06, 1.16) if style != "volume" else _uniform(rng, 1.25, 1.4),
+        hair_length=_uniform(rng, 0.55, 1.1),
+        hair_part=_uniform(rng, -0.15, 0.15),
+        ear_size=_uniform(rng, 0.085, 0.11),
+        neck_width=head_width * _uniform(rng, 0.5, 0.62),
+        clothes=tuple(float(v) for v in rng.uniform(0.08, 0.85, 3) * _uniform(rng, 0.5, 1.0)),  # type: ignore[arg-type]
+    )
+
+
+def sample_photo(rng: np.random.Generator) -> Photo:
+    """Draw one photo's pose, light, background, gaze and noise."""
+    azimuth = _uniform(rng, -0.75, 0.75)
+    elevation = _uniform(rng, -0.55, 0.15)  # mostly from above (y points down)
+    light = np.array([math.sin(azimuth), elevation, 1.0])
+    light /= np.linalg.norm(light)
+    base = rng.uniform(0.15, 0.9, 3)
+    grey = base.mean()
+    base = grey + (base - grey) * _uniform(rng, 0.1, 0.6)  # muted backgrounds
+    other = np.clip(base * _uniform(rng, 0.6, 1.2), 0.0, 1.0)
+    return Photo(
+        roll=math.radians(_uniform(rng, -6.0, 6.0)),
+        shift_x=_uniform(rng, -0.05, 0.05),
+        shift_y=_uniform(rng, -0.14, -0.06),
+        zoom=_uniform(rng, 0.86, 1.02),
+        yaw=_uniform(rng, -0.03, 0.03),
+        light=tuple(float(v) for v in light),  # type: ignore[arg-type]
+        ambient=_uniform(rng, 0.35, 0.6),
+        exposure=_uniform(rng, 0.92, 1.08),
+        tint=_jitter(rng, (1.0, 1.0, 1.0), 0.025),
+        background=(tuple(float(v) for v in base), tuple(float(v) for v in other)),  # type: ignore[arg-type]
+        background_angle=_uniform(rng, 0.0, 2 * math.pi),
+        gaze=(_uniform(rng, -0.25, 0.25), _uniform(rng, -0.15, 0.15)),
+        noise_sigma=_uniform(rng, 0.5, 3.5) / 255.0,
+        noise_seed=int(rng.integers(0, 2**63 - 1)),
+    )
+
+
+def sample_procedures(rng: np.random.Generator) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """One to three procedures in PROCEDURES order, each with an intensity in [0.4, 1]."""
+    how_many = 1 + int(rng.choice(3, p=_PROCEDURE_COUNT_WEIGHTS))
+    chosen = set(rng.choice(len(PROCEDURES), size=how_many, replace=False).tolist())
+    names = tuple(p for i, p in enumerate(PROCEDURES) if i in chosen)
+    intensities = tuple(_uniform(rng, _MIN_INTENSITY, _MAX_INTENSITY) for _ in names)
+    return names, intensities
+
+
+def apply_procedures(face: Face, procedures: tuple[str, ...], intensities: tuple[float, ...]) -> Face:
+    """The same face after the procedures; intensity 0 changes nothing, 1 is the strongest change.
+
+    Only parameters that no other part of the drawing depends on are changed, so the rest of
+    the picture stays identical.
+    """
+    changes: dict[str, float] = {}
+    for name, k in zip(procedures, intensities):
+        if name == "eyes":
+            # Blepharoplasty-like: a larger opening and a higher, clearly defined crease.
+            changes["eye_open"] = face.eye_open * (1.0 + 0.45 * k)
+            changes["crease"] = min(1.0, face.crease + 0.35 + 0.45 * k)
+            changes["crease_gap"] = face.crease_gap * (1.0 + 0.35 * k)
+        elif name == "nose":
+            # Rhinoplasty-like: narrower wings, tip and bridge; hump and bend mostly removed.
+            changes["alar_width"] = face.alar_width * (1.0 - 0.22 * k)
+            changes["tip_radius"] = face.tip_radius * (1.0 - 0.18 * k)
+            changes["bridge_width"] = face.bridge_width * (1.0 - 0.22 * k)
+            changes["hump"] = face.hump * (1.0 - 0.9 * k)
+            changes["deviation"] = face.deviation * (1.0 - 0.9 * k)
+        elif name == "jaw":
+            # Jaw contouring: the jaw angles move in, the chin tip stays where it is.
+            changes["jaw_slim"] = face.jaw_slim + 0.07 + 0.09 * k
+        else:
+            raise ValueError(f"unknown procedure {name!r}")
+    return replace(face, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# drawing primitives
+
+Window = tuple[slice, slice]
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Everything a photo fixes before any face is drawn; shared by the before and after images.
+
+    u, v: (S, S) float32 face coordinates of the pixel centres; background: (S, S, 3) in [0, 1];
+    shade_bg, shade_person: (S, S) light multipliers; noise: (S, S, 3) added last.
+    """
+
+    size: int
+    photo: Photo
+    u: np.ndarray
+    v: np.ndarray
+    px: float  # one pixel in face units
+    background: np.ndarray
+    shade_bg: np.ndarray
+    shade_person: np.ndarray
+    noise: np.ndarray
+
+
+def _make_frame(photo: Photo, size: int) -> _Frame:
+    axis = ((np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0).astype(np.float32)
+    cos, sin = math.cos(photo.roll), math.sin(photo.roll)
+    dx = (axis - photo.shift_x)[None, :]
+    dy = (axis - photo.shift_y)[:, None]
+    u = ((cos * dx + sin * dy) / photo.zoom).astype(np.float32)
+    v = ((cos * dy - sin * dx) / photo.zoom).astype(np.float32)
+
+    c0 = np.asarray(photo.background[0], dtype=np.float32)
+    c1 = np.asarray(photo.background[1], dtype=np.float32)
+    along = np.clip(0.5 + 0.5 * (math.cos(photo.background_angle) * axis[None, :]
+                                 + math.sin(photo.background_angle) * axis[:, None]), 0.0, 1.0)
+    vignette = 1.0 - 0.18 * (axis[None, :] ** 2 + axis[:, None] ** 2)
+    background = (c0 + along[..., None] * (c1 - c0)) * vignette[..., None]
+
+    lx, ly, lz = photo.light
+    shade_bg = (1.0 + 0.12 * (lx * axis[None, :] + ly * axis[:, None])).astype(np.float32)
+    # Lambert shading of an ellipsoid standing in for the head and shoulders. It does not
+    # depend on the jaw, so a jaw change alters only the pixels whose colour it alters.
+    nx = u * (1.0 / 0.52)
+    ny = (v - 0.05) * (1.0 / 0.78)
+    r2 = np.minimum(nx * nx + ny * ny, 0.92)
+    nz = np.sqrt(1.0 - r2)
+    lambert = np.maximum(nx * lx + ny * ly + nz * lz, 0.0)
+    diffuse = 1.0 - photo.ambient
+    shade_person = (photo.ambient + diffuse * lambert) * (1.05 / (photo.ambient + diffuse * lz))
+
+    noise_rng = np.random.default_rng(photo.noise_seed)
+    noise = noise_rng.standard_normal((size, size, 3), dtype=np.float32) * np.float32(photo.noise_sigma)
+    return _Frame(size, photo, u, v, 2.0 / (size * photo.zoom), background.astype(np.float32),
+                  shade_bg, shade_person.astype(np.float32), noise)
+
+
+def _window(frame: _Frame, u0: float, u1: float, v0: float, v1: float) -> Window | None:
+    """Pixel rows/columns covering the face-unit box [u0, u1] x [v0, v1]; None when off-image."""
+    photo, size = frame.photo, frame.size
+    cos, sin = math.cos(photo.roll), math.sin(photo.roll)
+    cols, rows = [], []
+    for uu, vv in ((u0, v0), (u0, v1), (u1, v0), (u1, v1)):
+        x = photo.shift_x + photo.zoom * (cos * uu - sin * vv)
+        y = photo.shift_y + photo.zoom * (sin * uu + cos * vv)
+        cols.append((x + 1.0) * size / 2.0 - 0.5)
+        rows.append((y + 1.0) * size / 2.0 - 0.5)
+    c0, c1 = max(math.floor(min(cols)) - 1, 0), min(math.ceil(max(cols)) + 2, size)
+    r0, r1 = max(math.floor(min(rows)) - 1, 0), min(math.ceil(max(rows)) + 2, size)
+    if c1 - c0 < 3 or r1 - r0 < 3:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
+def _edge(f: np.ndarray, px: float) -> np.ndarray:
+    """Coverage in [0, 1] of a signed distance f (face units, negative inside): a 1-pixel ramp."""
+    return np.clip(0.5 - f * (1.0 / px), 0.0, 1.0)
+
+
+def _fill(f: np.ndarray) -> np.ndarray:
+    """Coverage in [0, 1] of any smooth implicit shape f < 0, anti-aliased over one pixel.
+
+    Dividing by the pixel-space gradient turns f into an approximate distance in pixels, so
+    shapes need not be written as exact distance fields.
+    """
+    gy, gx = np.gradient(f)
+    return np.clip(0.5 - f / (np.sqrt(gx * gx + gy * gy) + 1e-12), 0.0, 1.0)
+
+
+def _blob(du: np.ndarray, dv: np.ndarray, ru: float, rv: float) -> np.ndarray:
+    """A soft bump: 1 at the centre, falling smoothly to exactly 0 at the ellipse (ru, rv)."""
+    k = np.clip(1.0 - (du * (1.0 / ru)) ** 2 - (dv * (1.0 / rv)) ** 2, 0.0, 1.0)
+    return k * k
+
+
+def _rgb(colour: Colour | np.ndarray) -> np.ndarray:
+    return np.asarray(colour, dtype=np.float32)
+
+
+class _Canvas:
+    """The picture being drawn: colour (S, S, 3) in [0, 1] plus how much of each pixel is person."""
+
+    def __init__(self, frame: _Frame) -> None:
+        self.frame = frame
+        self.rgb = frame.background.copy()
+        self.person = np.zeros((frame.size, frame.size), dtype=np.float32)
+
+    def paint(self, win: Window, alpha: np.ndarray, colour: np.ndarray, person: bool = True) -> None:
+        """Blend colour ((3,) or (h, w, 3)) over the window with per-pixel alpha (h, w) in [0, 1]."""
+        region = self.rgb[win]
+        region += alpha[..., None] * (colour - region)
+        if person:
+            cover = self.person[win]
+            cover += alpha * (1.0 - cover)
+
+    def scale(self, win: Window, factor: np.ndarray) -> None:
+        """Multiply the colour in the window by factor (h, w): below 1 darkens, above 1 lightens."""
+        region = self.rgb[win]
+        region *= factor[..., None]
+
+    def finish(self) -> np.ndarray:
+        """Apply light, exposure and sensor noise; (S, S, 3) uint8."""
+        frame, photo = self.frame, self.frame.photo
+        shade = frame.shade_bg + self.person * (frame.shade_person - frame.shade_bg)
+        gain = _rgb(photo.tint) * np.float32(photo.exposure * 255.0)
+        out = self.rgb * shade[..., None]
+        out *= gain
+        out += frame.noise * np.float32(255.0)
+        out += np.float32(0.5)
+        np.clip(out, 0.0, 255.0, out=out)
+        return out.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# face parts, back to front
+
+# Largest value of the jaw weight (s - 0.3)^2 / 0.49 * sqrt(c) over the lower half circle,
+# so that `jaw_slim` is the largest relative narrowing of the lower face.
+_JAW_WEIGHT_MAX = 0.4132
+
+
+def _head_outline(u: np.ndarray, v: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance to the head outline and rho / radius (1 on the outline), both (h, w).
+
+    The outline is a radius per direction: an ellipse above the centre, a superellipse below
+    (its exponent sets round, square or pointed jaws). Jaw narrowing weighs only directions
+    more than about 17 degrees below the centre and vanishes at the chin tip, so it leaves the
+    upper face untouched and the face length unchanged.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.sqrt(u * u + v * v)
+        c = np.abs(u) / rho
+        s = v / rho
+        a = face.head_width
+        upper = 1.0 / np.sqrt((c * (1.0 / a)) ** 2 + (s * (1.0 / face.head_top)) ** 2)
+        power = face.jaw_power
+        lower = ((c * (1.0 / a)) ** power + (np.maximum(s, 0.0) * (1.0 / face.head_bottom)) ** power) ** (-1.0 / power)
+        radius = np.where(s < 0.0, upper, lower)
+        t = np.clip((s - 0.3) * (1.0 / 0.7), 0.0, 1.0)
+        radius *= 1.0 - (face.jaw_slim / _JAW_WEIGHT_MAX) * (t * t * np.sqrt(c))
+        return rho - radius, rho / radius
+
+
+def _draw_head(canvas: _Canvas, face: Face) -> None:
+    frame = canvas.frame
+    whole = (slice(None), slice(None))
+    distance, ratio = _head_outline(frame.u, frame.v, face)
+    # Darken towards the outline: the cheeks and jaw turn away from the camera.
+    rim = np.clip((ratio - 0.78) * (1.0 / 0.22), 0.0, 1.0)
+    colour = _rgb(face.skin) * (1.0 - 0.25 * rim * rim)[..., None]
+    canvas.paint(whole, _edge(distance, frame.px), colour)
+
+
+def _draw_neck_and_clothes(canvas: _Canvas, face: Face) -> None:
+    frame = canvas.frame
+    skin = _rgb(face.skin)
+    w = face.neck_width
+    win = _window(frame, -w - 0.06, w + 0.06, 0.15, 2.5)
+    if win is not None:
+        u, v = frame.u[win], frame.v[win]
+        # The jaw shades the top of the neck.
+        light = 0.6 + 0.32 * np.clip((v - face.head_bottom * 0.75) * (1.0 / 0.3), 0.0, 1.0)
+        canvas.paint(win, _edge(np.abs(u) - w, frame.px), skin * light[..., None])
+    win = _window(frame, -1.6, 1.6, 0.55, 2.5)
+    if win is not None:
+        u, v = frame.u[win], frame.v[win]
+        shoulders = 0.74 + 0.42 * (u * (1.0 / 0.95)) ** 2 - v
+        neckline = (u * (1.0 / (w * 1.45))) ** 2 + ((v - 0.72) * (1.0 / 0.17)) ** 2 - 1.0
+        alpha = _fill(np.maximum(shoulders, -neckline * 0.1))
+        fold = 0.9 + 0.1 * np.clip(1.0 - np.abs(u) * 0.8, 0.0, 1.0)
+        canvas.paint(win, alpha, _rgb(face.clothes) * fold[..., None])
+
+
+def _draw_ears(canvas: _Canvas, face: Face) -> None:
+    frame = canvas.frame
+    skin = _rgb(face.skin)
+    for side in (-1.0, 1.0):
+        cu = side * (face.head_width - 0.012)
+        cv = face.eye_y + 0.055
+        ru, rv = 0.045, face.ear_size
+        win = _window(frame, cu - ru - 0.03, cu + ru + 0.03, cv - rv - 0.03, cv + rv + 0.03)
+        if win is None:
+            continue
+        du, dv = frame.u[win] - cu, frame.v[win] - cv
+        canvas.paint(win, _fill((du * (1.0 / ru)) ** 2 + (dv * (1.0 / rv)) ** 2 - 1.0), skin * 0.9)
+        inner = _blob(du + side * 0.008, dv - 0.01, ru * 0.6, rv * 0.65)
+        canvas.scale(win, 1.0 - 0.3 * inner)
+
+
+def _hair_texture(u: np.ndarray, v: np.ndarray, hair: np.ndarray) -> np.ndarray:
+    """Hair colour with faint strands, (h, w, 3)."""
+    strands = 0.9 + 0.1 * np.sin(u * 70.0 + 5.0 * np.sin(v * 9.0))
+    return hair * strands[..., None]
+
+
+def _draw_hair_back(canvas: _Canvas, face: Face) -> None:
+    if face.hair_style not in ("long", "volume"):
+        return
+    frame = canvas.frame
+    top = -face.head_top * face.hair_volume - 0.02
+    bottom = face.hair_length if face.hair_style == "long" else face.head_bottom * 0.9
+    half_width = face.head_width * (1.3 if face.hair_style == "long" else face.hair_volume * 1.05)
+    win = _window(frame, -half_width - 0.05, half_width + 0.05, top - 0.05, bottom + 0.05)
+    if win is None:
+        return
+    u, v = frame.u[win], frame.v[win]
+    centre, half_height = (top + bottom) / 2.0, (bottom - top) / 2.0
+    shape = np.abs(u * (1.0 / half_width)) ** 2.6 + np.abs((v - centre) * (1.0 / half_height)) ** 2.6 - 1.0
+    canvas.paint(win, _fill(shape), _hair_texture(u, v, _rgb(face.hair) * 0.8))
+
+
+def _draw_hair_cap(canvas: _Canvas, face: Face) -> None:
+    if face.hair_style == "bald":
+        return
+    frame = canvas.frame
+    a = face.head_width
+    volume = 1.02 if face.hair_style == "buzz" else face.hair_volume
+    ru, rv, cv = a * volume, face.head_top * (1.0 + (volume - 1.0) * 0.8), 0.0
+    if face.hair_style in ("long", "volume"):
+        side_v = face.eye_y + 0.02
+    else:
+        side_v = face.eye_y - 0.09
+    hairline = face.hairline
+    if face.hair_style == "fringe":
+        hairline = face.eye_y - face.brow_height - 0.05
+    win = _window(frame, -ru - 0.04, ru + 0.04, -rv - 0.04, side_v + 0.04)
+    if win is None:
+        return
+    u, v = frame.u[win], frame.v[win]
+    outer = (u * (1.0 / ru)) ** 2 + ((v - cv) * (1.0 / rv)) ** 2 - 1.0
+    across = np.clip(np.abs(u - face.hair_part) * (1.0 / (a * 0.95)), 0.0, 1.0)
+    line = hairline + (side_v - hairline) * across ** 2.5
+    if face.hair_style == "fringe":
+        line = line + 0.012 * np.sin(u * 60.0)
+    alpha = _fill(np.maximum(outer, (v - line) * 8.0))
+    if face.hair_style == "buzz":
+        alpha *= 0.6
+    canvas.paint(win, alpha, _hair_texture(u, v, _rgb(face.hair)))
+
+
+def _draw_eye(canvas: _Canvas, face: Face, side: float) -> None:
+    """One eye: socket shadow, whites, iris and pupil clipped by the lids, lash line, crease."""
+    frame, photo = canvas.frame, canvas.frame.photo
+    skin = _rgb(face.skin)
+    cu = side * face.eye_dx + photo.yaw * 0.5
+    cv = face.eye_y
+    ew = face.eye_width
+    win = _window(frame, cu - ew * 1.7, cu + ew * 1.7, cv - 0.08, cv + 0.06)
+    if win is None:
+        return
+    du, dv = frame.u[win] - cu, frame.v[win] - cv
+    canvas.scale(win, 1.0 - 0.14 * _blob(du, dv + 0.018, ew * 1.55, 0.06))
+
+    p = du * (1.0 / ew)
+    q = dv + side * face.eye_tilt * du  # outer corner raised for a positive tilt
+    g = np.clip(1.0 - p * p, 0.0, 1.0)
+    upper = -face.eye_open * np.sqrt(g) * (0.5 + 0.5 * g)
+    lower = face.eye_low * g
+    opening = _fill(np.maximum(upper - q, q - lower))
+
+    # Sclera, shaded under the upper lid; then iris, pupil and the light's reflection.
+    lid_shadow = np.clip((q - upper) * (1.0 / (face.eye_open * 0.8 + 1e-6)), 0.0, 1.0)
+    inside = np.empty(du.shape + (3,), dtype=np.float32)
+    inside[:] = _rgb((0.92, 0.89, 0.86))
+    inside *= (0.62 + 0.38 * lid_shadow)[..., None]
+    iris_r = ew * 0.42
+    gu = du - photo.gaze[0] * ew * 0.35
+    gv = dv - photo.gaze[1] * 0.01
+    d = np.sqrt(gu * gu + gv * gv)
+    ring = np.clip(d * (1.0 / iris_r), 0.0, 1.0)
+    iris = _rgb(face.iris)[None, None, :] * (1.05 - 0.5 * ring ** 4)[..., None] * (0.6 + 0.4 * lid_shadow)[..., None]
+    a_iris = _edge(d - iris_r, frame.px)
+    inside += a_iris[..., None] * (iris - inside)
+    a_pupil = _edge(d - iris_r * 0.42, frame.px)
+    inside *= (1.0 - 0.92 * a_pupil)[..., None]
+    lx, ly, _ = photo.light
+    glint = _edge(np.sqrt((gu - lx * iris_r * 0.45) ** 2 + (gv - ly * iris_r * 0.45 + iris_r * 0.3) ** 2)
+                  - iris_r * 0.22, frame.px)
+    inside += (0.8 * glint)[..., None] * (1.0 - inside)
+    canvas.paint(win, opening, inside)
+
+    # Lash line along the upper lid, heavier towards the outer corner; faint lower lid line.
+    outer_side = np.clip(side * p, 0.0, 1.0)
+    lash_w = 0.0032 + 0.0035 * outer_side
+    lash = _fill(np.maximum(np.abs(q - upper + lash_w * 0.4) - lash_w, (np.abs(p) - 1.04) * ew))
+    lash_colour = _rgb(face.brow) * 0.35
+    canvas.paint(win, lash, lash_colour)
+    low_line = _fill(np.maximum(np.abs(q - lower) - 0.0018, (np.abs(p) - 0.95) * ew))
+    canvas.paint(win, low_line * 0.35, skin * 0.55)
+
+    # Lid crease: a fold following the lid at a gap, fading towards the corners.
+    if face.crease > 0.0:
+        crease_q = upper * (1.0 + face.crease_gap / face.eye_open) - face.crease_gap * 0.3 * g
+        fold = _fill(np.maximum(np.abs(q - crease_q) - 0.0022, (np.abs(p) - 0.92) * ew))
+        canvas.paint(win, fold * (face.crease * g), skin * 0.55)
+
+
+def _draw_brow(canvas: _Canvas, face: Face, side: float) -> None:
+    frame, photo = canvas.frame, canvas.frame.photo
+    cu = side * (face.eye_dx + 0.012) + photo.yaw * 0.5
+    cv = face.eye_y - face.brow_height
+    half = face.eye_width * 1.35
+    win = _window(frame, cu - half - 0.03, cu + half + 0.03,
+                  cv - 0.04 - face.brow_thickness, cv + 0.03 + face.brow_thickness)
+    if win is None:
+        return
+    du, dv = frame.u[win] - cu, frame.v[win] - cv
+    p = du * (1.0 / half)
+    outward = side * p
+    curve = -face.brow_arch * (1.0 - ((outward - 0.3) * (1.0 / 1.3)) ** 2) + 0.006 * outward
+    thickness = face.brow_thickness * (1.0 - 0.45 * np.clip(outward, 0.0, 1.0))
+    shape = np.maximum(np.abs(dv - curve) - thickness * 0.5, (np.abs(p) - 1.0) * half * 0.5)
+    canvas.paint(win, _fill(shape) * 0.9, _hair_texture(du * 0.5, dv, _rgb(face.brow)))
+
+
+def _draw_nose(canvas: _Canvas, face: Face) -> None:
+    """Bridge shading (sides, ridge highlight, hump), tip, nostril wings, nostrils, shadow below."""
+    frame, photo = canvas.frame, canvas.frame.photo
+    lx = photo.light[0]
+    skin = _rgb(face.skin)
+    root, length = face.nose_root, face.nose_length
+    tip_v = root + length
+    root_u, tip_u = photo.yaw * 0.6, photo.yaw * 1.0
+    win = _window(frame, root_u - 0.17, root_u + 0.17, root - 0.03, tip_v + 0.07)
+    if win is None:
+        return
+    u, v = frame.u[win], frame.v[win]
+    t = np.clip((v - root) * (1.0 / length), 0.0, 1.0)
+    centre = root_u + (tip_u - root_u) * t + face.deviation * np.sin(t * math.pi)
+    d = u - centre
+    hump = np.clip(1.0 - ((t - 0.42) * (1.0 / 0.22)) ** 2, 0.0, 1.0) ** 2 * face.hump
+    width = face.bridge_width * (0.75 + 0.35 * t) * (1.0 + 0.45 * hump)
+    along = np.clip(t * (1.0 / 0.3), 0.0, 1.0) * np.clip((1.0 - t) * (1.0 / 0.12), 0.0, 1.0)
+    band = np.clip(1.0 - np.abs(np.abs(d) - width * 1.2) * (1.0 / (width * 0.8)), 0.0, 1.0) ** 2
+    away = np.clip(0.55 - 0.9 * np.sign(d) * lx, 0.1, 1.0)  # the side turned from the light is darker
+    ridge = np.clip(1.0 - ((d - lx * width * 0.3) * (1.0 / (width * 0.6))) ** 2, 0.0, 1.0)
+    canvas.scale(win, 1.0 - 0.28 * band * away * along + (0.06 + 0.12 * hump) * ridge * along)
+
+    # Lower nose around the tip.
+    du, dv = u - tip_u, v - tip_v
+    canvas.scale(win, 1.0 - 0.22 * _blob(du, dv - 0.022, face.alar_width * 0.95, 0.017))
+    wing_r = 0.022
+    for wing in (-1.0, 1.0):
+        wu = du - wing * (face.alar_width - wing_r)
+        wv = dv - 0.004
+        k = np.sqrt((wu * (1.0 / wing_r)) ** 2 + (wv * (1.0 / (wing_r * 0.9))) ** 2)
+        outer = np.clip(wing * wu * (1.0 / wing_r) + 0.3, 0.0, 1.0)
+        canvas.scale(win, 1.0 - 0.07 * _blob(wu, wv, wing_r, wing_r * 0.9))
+        canvas.paint(win, _edge(np.abs(k - 1.0) * wing_r - 0.0025, frame.px) * outer * 0.55, skin * 0.62)
+        nu = du - wing * face.alar_width * 0.45
+        nv = dv - 0.016 + wing * 0.25 * nu
+        nostril = (nu * (1.0 / (face.alar_width * 0.27))) ** 2 + (nv * (1.0 / 0.0075)) ** 2 - 1.0
+        canvas.paint(win, _fill(nostril) * 0.85, skin * 0.25)
+    canvas.scale(win, 1.0 + 0.12 * _blob(du - lx * 0.008, dv + 0.012, face.tip_radius, face.tip_radius * 0.8))
+
+
+def _draw_lips(canvas: _Canvas, face: Face) -> None:
+    frame, photo = canvas.frame, canvas.frame.photo
+    cu, cv = photo.yaw * 0.6, face.mouth_y
+    half = face.mouth_width
+    win = _window(frame, cu - half * 1.4, cu + half * 1.4, cv - 0.06, cv + 0.075)
+    if win is None:
+        return
+    du, dv = frame.u[win] - cu, frame.v[win] - cv
+    p = du * (1.0 / half)
+    g = np.clip(1.0 - p * p, 0.0, 1.0)
+    bow = 1.0 - face.lip_bow * np.clip(1.0 - (p * (1.0 / 0.16)) ** 2, 0.0, 1.0)
+    top = -face.lip_upper * np.sqrt(g) * bow
+    bottom = face.lip_lower * g ** 0.6
+    lips = _rgb(face.lips)
+    canvas.scale(win, 1.0 - 0.12 * _blob(du, dv - face.lip_lower - 0.016, half * 0.55, 0.013))
+    canvas.paint(win, _fill(np.maximum(top - dv, dv)), lips * 0.82)
+    lower_colour = lips[None, None, :] * (1.0 + 0.18 * _blob(du, dv - face.lip_lower * 0.35, half * 0.4,
+                                                              face.lip_lower * 0.4))[..., None]
+    canvas.paint(win, _fill(np.maximum(-dv, dv - bottom)), lower_colour)
+    line = _fill(np.maximum(np.abs(dv) - 0.0022, (np.abs(p) - 1.02) * half))
+    canvas.paint(win, line * 0.85, lips * 0.4)
+
+
+def render_face(frame: _Frame, face: Face) -> np.ndarray:
+    """Draw one face on the frame's photo; (S, S, 3) uint8."""
+    canvas = _Canvas(frame)
+    _draw_hair_back(canvas, face)
+    _draw_neck_and_clothes(canvas, face)
+    _draw_ears(canvas, face)
+    _draw_head(canvas, face)
+    for side in (-1.0, 1.0):
+        _draw_eye(canvas, face, side)
+        _draw_brow(canvas, face, side)
+    _draw_nose(canvas, face)
+    _draw_lips(canvas, face)
+    _draw_hair_cap(canvas, face)
+    return canvas.finish()
+
+
+def change_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """(S, S) uint8 mask: 255 within a couple of pixels of any pixel that differs, else 0.
+
+    The small dilation turns scattered edge pixels into a region a loss can weight, while
+    staying close to the change itself.
+    """
+    changed = np.any(before != after, axis=2)
+    radius = max(1, round(before.shape[0] / 64))
+    grown = ndimage.binary_dilation(changed, iterations=radius) if changed.any() else changed
+    return grown.astype(np.uint8) * np.uint8(255)
+
+
+# --------------------------------------------------------------------------------------------
+# pairs and datasets
+
+
+def _check_options(count: int, size: int, seed: int) -> None:
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise SvaiError(f"--count must be a whole number of at least 1; got {count!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise SvaiError(f"--size must be a whole number from {MIN_SIZE} to {MAX_SIZE}; got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SvaiError(f"--seed must be a whole number of at least 0; got {seed!r}")
+
+
+def subject_indices(count: int, seed: int) -> list[int]:
+    """Subject index of each of the first `count` pairs; a prefix of the list for a larger count."""
+    subjects: list[int] = []
+    k = 0
+    while len(subjects) < count:
+        rng = np.random.default_rng([seed, _STREAM_SUBJECT_SIZES, k])
+        photos = _PHOTOS_PER_SUBJECT[int(rng.choice(len(_PHOTOS_PER_SUBJECT), p=_PHOTOS_WEIGHTS))]
+        subjects.extend([k] * photos)
+        k += 1
+    return subjects[:count]
+
+
+def pair_id(index: int) -> str:
+    return f"syn-{index:06d}"
+
+
+def subject_id(index: int) -> str:
+    return f"s{index:05d}"
+
+
+def generate_pairs(count: int, size: int, seed: int) -> Iterator[SyntheticPair]:
+    """Yield `count` pairs of size x size images; pair i depends only on (seed, i).
+
+    Raises SvaiError for count < 1, a size outside [32, 512] or a negative seed.
+    """
+    _check_options(count, size, seed)
+    face: Face | None = None
+    face_subject = -1
+    for index, subject in enumerate(subject_indices(count, seed)):
+        if subject != face_subject:
+            face = sample_face(np.random.default_rng([seed, _STREAM_IDENTITY, subject]))
+            face_subject = subject
+        assert face is not None
+        rng = np.random.default_rng([seed, _STREAM_PHOTO, index])
+        photo = sample_photo(rng)
+        procedures, intensities = sample_procedures(rng)
+        frame = _make_frame(photo, size)
+        before = render_face(frame, face)
+        after = render_face(frame, apply_procedures(face, procedures, intensities))
+        yield SyntheticPair(
+            id=pair_id(index),
+            subject=subject_id(subject),
+            procedures=procedures,
+            before=before,
+            after=after,
+            mask=change_mask(before, after),
+            intensities=intensities,
+        )
+
+
+def write_synthetic_dataset(
+    out: Path,
+    count: int,
+    size: int,
+    seed: int,
+    test_fraction: float = 0.1,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Draw `count` pairs into the prepared layout under `out`, split by subject; return the summary.
+
+    `progress(n)` is called after each written pair with the number written so far.
+    """
+    _check_options(count, size, seed)
+    subjects = [subject_id(k) for k in subject_indices(count, seed)]
+    test_subjects = split_subjects(subjects, test_fraction, seed)
+    writer = DatasetWriter(Path(out))
+    for done, pair in enumerate(generate_pairs(count, size, seed), start=1):
+        index = int(pair.id.split("-")[1])
+        source = f"synthetic:seed={seed}:index={index}"
+        record = PairRecord(
+            id=pair.id,
+            split="test" if pair.subject in test_subjects else "train",
+            subject=pair.subject,
+            procedures=pair.procedures,
+            source_before=f"{source}:before",
+            source_after=f"{source}:after",
+        )
+        writer.add(record, pair.before, pair.after, pair.mask)
+        if progress is not None:
+            progress(done)
+    settings = {"source": "synthetic", "count": count, "size": size, "seed": seed, "test_fraction": test_fraction}
+    return writer.close(settings)

@@ -1,0 +1,87 @@
+"""Structural similarity (Wang et al. 2004), batched in torch.
+
+Convention (the one most papers quote, and skimage with `gaussian_weights=True`):
+Gaussian window 11x11 with sigma 1.5 (radius int(3.5 * 1.5 + 0.5) = 5), population
+(co)variances, K1 = 0.01, K2 = 0.03, RGB in [0, 1] (data range 1), each channel computed
+separately and the three averaged.
+
+skimage filters the whole image with reflected borders and then drops a border of
+(win - 1) / 2 = 5 pixels before averaging the SSIM map. The pixels it keeps are exactly those
+whose window lies inside the image, so filtering without padding ("valid") gives the same map
+with no border rule to imitate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SSIM_SIGMA: float = 1.5
+SSIM_TRUNCATE: float = 3.5
+SSIM_RADIUS: int = int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5)
+SSIM_WINDOW: int = 2 * SSIM_RADIUS + 1
+SSIM_K1: float = 0.01
+SSIM_K2: float = 0.03
+SSIM_SETTINGS: str = "gaussian 11x11 sigma 1.5, RGB in [0,1], channel mean"
+
+
+def gaussian_kernel_1d(
+    sigma: float = SSIM_SIGMA, radius: int = SSIM_RADIUS, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps, shape (2 * radius + 1,), as scipy.ndimage builds them."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (taps / taps.sum()).to(dtype)
+
+
+def _filter_valid(stack: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter without padding. stack: (B, C, H, W) -> (B, C, H-2r, W-2r)."""
+    channels = stack.shape[1]
+    size = taps.numel()
+    rows = taps.view(1, 1, 1, size).expand(channels, 1, 1, size)
+    cols = taps.view(1, 1, size, 1).expand(channels, 1, size, 1)
+    out = F.conv2d(stack, rows, groups=channels)
+    return F.conv2d(out, cols, groups=channels)
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-pixel SSIM averaged over channels.
+
+    pred, target: (B, 3, H, W) float in [0, 1], H and W at least 11.
+    Returns (B, H - 10, W - 10): the map at every pixel whose 11x11 window lies inside the
+    image (the pixel at [i, j] of the map is pixel [i + 5, j + 5] of the image).
+    `dtype` is the compute precision (default float64: E[x^2] - E[x]^2 loses digits in
+    float32, and the reference computes in float64).
+    """
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(f"expected two (B, C, H, W) tensors of one shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
+    height, width = pred.shape[-2:]
+    if min(height, width) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels; got {height}x{width}")
+    dtype = dtype or torch.float64
+    x = pred.to(dtype)
+    y = target.to(dtype)
+    taps = gaussian_kernel_1d(dtype=dtype).to(x.device)
+    channels = x.shape[1]
+    moments = _filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), taps)
+    mu_x, mu_y, xx, yy, xy = moments.split(channels, dim=1)
+    var_x = xx - mu_x * mu_x
+    var_y = yy - mu_y * mu_y
+    cov = xy - mu_x * mu_y
+    c1 = SSIM_K1**2  # (K1 * data_range)^2 with data_range = 1
+    c2 = SSIM_K2**2
+    numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    return (numerator / denominator).mean(dim=1)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Mean SSIM per image. pred, target: (B, 3, H, W) in [0, 1] -> (B,) float64 in [-1, 1]."""
+    return ssim_map(pred, target, dtype).mean(dim=(1, 2)).to(torch.float64)
+
+
+def crop_to_ssim_map(mask: torch.Tensor) -> torch.Tensor:
+    """Crop a (B, H, W) pixel mask to the pixels the SSIM map covers: (B, H - 10, W - 10)."""
+    r = SSIM_RADIUS
+    return mask[..., r:-r, r:-r]
+

@@ -1,0 +1,246 @@
+"""CycleGAN: translation between unpaired domains (Zhu et al. 2017, "Unpaired Image-to-Image
+Translation using Cycle-Consistent Adversarial Networks").
+
+Domain A is "before" photos, domain B independently drawn "after" photos
+(``batch["after_unpaired"]``); the aligned ``batch["after"]`` is never read, so training
+cannot exploit pairs. Two generators G_AB: A → B and G_BA: B → A are trained with LSGAN
+losses against D_B and D_A, the cycle-consistency loss (eq. 2) and the identity loss
+(Sec. 5.2). Optional SAGAN self-attention (Zhang et al. 2019) in G and/or D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from svai.errors import SvaiError
+from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, set_requires_grad
+from svai.models.layers import (
+    NORMS,
+    ImagePool,
+    PatchDiscriminator,
+    ResnetGenerator,
+    check_attention_heads,
+    check_gan_options,
+    gan_loss,
+    init_weights,
+    linear_decay_factor,
+    patch_output_size,
+)
+from svai.models.registry import register_family
+
+GENERATORS: tuple[str, ...] = ("G_AB", "G_BA")
+DISCRIMINATORS: tuple[str, ...] = ("D_A", "D_B")
+
+
+@dataclass
+class CycleGANOptions:
+    """Options of `cyclegan`; defaults are the reference ``--model cycle_gan`` settings.
+
+    - ngf, ndf: widths of the generators' and discriminators' first layers.
+    - norm: "instance" | "batch" | "none".
+    - n_blocks: residual blocks in each generator; None follows the image size as in the
+      paper (Sec. 7.2): 9 from 256 px up, 6 below.
+    - n_layers_d: PatchGAN depth (3 = 70×70 patches).
+    - dropout: dropout inside the residual blocks (the reference uses none).
+    - gan_mode: "lsgan" (least squares) | "vanilla" (BCE on logits).
+    - lambda_cycle: weight of both cycle losses, A→B→A and B→A→B (eq. 3).
+    - lambda_identity: identity loss weight as a multiple of lambda_cycle (0 disables it).
+    - pool_size: generated images each discriminator's history pool keeps (0 disables it).
+    - lr, beta1, beta2: Adam settings of both optimisers.
+    - lr_decay_fraction: last fraction of the steps over which the learning rate decays
+      linearly to 0 (constant before; the reference decays over the second 100 of 200 epochs).
+    - attention: "none" | "generator" | "generator+discriminator" (SAGAN blocks, γ = 0 at init).
+    - attention_heads: heads of each self-attention block.
+    - attention_position: index of the residual block the generators' attention precedes
+      (0 = before the first, n_blocks = after the last); None = the middle of the trunk
+      (n_blocks // 2). The discriminators' attention sits before their last conv.
+    - init_gain: standard deviation of the normal weight initialisation.
+    """
+
+    ngf: int = 64
+    ndf: int = 64
+    norm: str = "instance"
+    n_blocks: int | None = None
+    n_layers_d: int = 3
+    dropout: float = 0.0
+    gan_mode: str = "lsgan"
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_decay_fraction: float = 0.5
+    attention: str = "none"
+    attention_heads: int = 1
+    attention_position: int | None = None
+    init_gain: float = 0.02
+
+
+@register_family
+class CycleGAN(ModelFamily):
+    """Networks: ``G_AB`` (before → after), ``G_BA`` (after → before), ``D_A`` (judges
+    before photos), ``D_B`` (judges after photos), and the state modules ``pool_A`` /
+    ``pool_B`` (histories of generated A / B images for D_A / D_B).
+
+    Phases per step, in the reference order: ``G`` (both generators, discriminators frozen),
+    then ``D`` (both discriminators, on pooled generated images).
+    """
+
+    name = "cyclegan"
+    Options = CycleGANOptions
+    paired = False
+    condition = "none"
+    description = "CycleGAN: two ResNet generators + PatchGANs, LSGAN + cycle + identity losses, unpaired"
+
+    def __init__(self, options: CycleGANOptions, image_size: int) -> None:
+        super().__init__(options, image_size)
+        o = options
+        check_gan_options(o, gan_modes=("lsgan", "vanilla"))
+        if o.norm not in NORMS:
+            raise SvaiError(f"model.norm must be one of {', '.join(NORMS)}; got {o.norm!r}")
+        if image_size < 4 or image_size % 4 != 0:
+            raise SvaiError(
+                f"cyclegan needs an image size divisible by 4 (two downsamplings); got {image_size} "
+                "(set data.image_size accordingly)"
+            )
+        if o.n_blocks is not None and (not isinstance(o.n_blocks, int) or o.n_blocks < 0):
+            raise SvaiError(f"model.n_blocks must be an integer >= 0 or null; got {o.n_blocks!r}")
+        self.n_blocks = o.n_blocks if o.n_blocks is not None else (9 if image_size >= 256 else 6)
+        if not 0.0 <= o.dropout < 1.0:
+            raise SvaiError(f"model.dropout must be in [0, 1); got {o.dropout}")
+        for key in ("lambda_cycle", "lambda_identity"):
+            if getattr(o, key) < 0:
+                raise SvaiError(f"model.{key} must be >= 0; got {getattr(o, key)}")
+        if not isinstance(o.pool_size, int) or o.pool_size < 0:
+            raise SvaiError(f"model.pool_size must be an integer >= 0; got {o.pool_size!r}")
+        self.attention_position = o.attention_position if o.attention_position is not None else self.n_blocks // 2
+        if o.attention != "none":
+            if not 0 <= self.attention_position <= self.n_blocks:
+                raise SvaiError(
+                    f"model.attention_position must be between 0 and n_blocks={self.n_blocks}; "
+                    f"got {o.attention_position}"
+                )
+            check_attention_heads(o.attention_heads, 4 * o.ngf)
+            if o.attention == "generator+discriminator":
+                check_attention_heads(o.attention_heads, o.ndf * min(2 ** o.n_layers_d, 8))
+        if patch_output_size(image_size, o.n_layers_d) < 1:
+            raise SvaiError(
+                f"model.n_layers_d={o.n_layers_d} is too deep for image size {image_size}; lower it"
+            )
+
+    # -- building -----------------------------------------------------------------------
+    def _generator(self) -> ResnetGenerator:
+        o = self.options
+        return ResnetGenerator(
+            in_channels=3,
+            out_channels=3,
+            ngf=o.ngf,
+            n_blocks=self.n_blocks,
+            norm=o.norm,
+            dropout=o.dropout,
+            attention_position=self.attention_position if o.attention != "none" else None,
+            attention_heads=o.attention_heads,
+        )
+
+    def _discriminator(self) -> PatchDiscriminator:
+        o = self.options
+        return PatchDiscriminator(
+            in_channels=3,
+            ndf=o.ndf,
+            n_layers=o.n_layers_d,
+            norm=o.norm,
+            attention=o.attention == "generator+discriminator",
+            attention_heads=o.attention_heads,
+        )
+
+    def build(self) -> Networks:
+        nets: Networks = {}
+        # Built in a fixed order from the global RNG, so one seed gives one set of weights.
+        for name in GENERATORS:
+            nets[name] = self._generator()
+        for name in DISCRIMINATORS:
+            nets[name] = self._discriminator()
+        for name in (*GENERATORS, *DISCRIMINATORS):
+            init_weights(nets[name], self.options.init_gain)
+        nets["pool_A"] = ImagePool(self.options.pool_size)
+        nets["pool_B"] = ImagePool(self.options.pool_size)
+        return nets
+
+    def inference_networks(self) -> tuple[str, ...]:
+        return ("G_AB",)
+
+    # -- training -----------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        o = self.options
+        betas = (o.beta1, o.beta2)
+        return [Phase("G", GENERATORS, o.lr, betas), Phase("D", DISCRIMINATORS, o.lr, betas)]
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        return linear_decay_factor(step, total_steps, self.options.lr_decay_fraction)
+
+    def loss(self, phase: str, nets: Networks, batch: Batch, ctx: dict[str, Any], step: int) -> LossResult:
+        """Losses of eq. 3 plus identity. before (A), after_unpaired (B): (B, 3, H, W) in [-1, 1].
+
+        - ``G``: GAN(D_B(G_AB(a)) → real) + GAN(D_A(G_BA(b)) → real)
+          + λ_cyc·(‖G_BA(G_AB(a)) − a‖₁ + ‖G_AB(G_BA(b)) − b‖₁)
+          + λ_idt·λ_cyc·(‖G_AB(b) − b‖₁ + ‖G_BA(a) − a‖₁), both D frozen;
+          logs ``G_gan_AB``, ``G_gan_BA``, ``cycle_A``, ``cycle_B``, ``idt_A``, ``idt_B``, ``G``.
+        - ``D``: for each D, ½·(GAN(D(real) → real) + GAN(D(pooled fake) → fake));
+          logs ``D_A``, ``D_B``, ``D``.
+        """
+        o = self.options
+        real_a, real_b = batch["before"], batch["after_unpaired"]
+        if phase == "G":
+            set_requires_grad(nets, DISCRIMINATORS, False)
+            set_requires_grad(nets, GENERATORS, True)
+            fake_b = nets["G_AB"](real_a)
+            fake_a = nets["G_BA"](real_b)
+            ctx["fake_a"], ctx["fake_b"] = fake_a.detach(), fake_b.detach()
+            gan_ab = gan_loss(nets["D_B"](fake_b), True, o.gan_mode)
+            gan_ba = gan_loss(nets["D_A"](fake_a), True, o.gan_mode)
+            cycle_a = F.l1_loss(nets["G_BA"](fake_b).float(), real_a.float())
+            cycle_b = F.l1_loss(nets["G_AB"](fake_a).float(), real_b.float())
+            total = gan_ab + gan_ba + o.lambda_cycle * (cycle_a + cycle_b)
+            logs = {"G_gan_AB": gan_ab.item(), "G_gan_BA": gan_ba.item(),
+                    "cycle_A": cycle_a.item(), "cycle_B": cycle_b.item()}
+            if o.lambda_identity > 0:
+                # Identity mapping (Sec. 5.2, after Taigman et al. 2017): a generator fed an image
+                # of its target domain should leave it unchanged, which preserves colour.
+                idt_a = F.l1_loss(nets["G_BA"](real_a).float(), real_a.float())
+                idt_b = F.l1_loss(nets["G_AB"](real_b).float(), real_b.float())
+                total = total + o.lambda_identity * o.lambda_cycle * (idt_a + idt_b)
+                logs.update(idt_A=idt_a.item(), idt_B=idt_b.item())
+            logs["G"] = total.item()
+            return total, logs
+        if phase == "D":
+            set_requires_grad(nets, DISCRIMINATORS, True)
+            if "fake_a" not in ctx:
+                # Only reached if the G phase did not run this step.
+                with torch.no_grad():
+                    ctx["fake_b"] = nets["G_AB"](real_a)
+                    ctx["fake_a"] = nets["G_BA"](real_b)
+            pooled_a = nets["pool_A"].query(ctx["fake_a"])
+            pooled_b = nets["pool_B"].query(ctx["fake_b"])
+            loss_a = self._discriminator_loss(nets["D_A"], real_a, pooled_a)
+            loss_b = self._discriminator_loss(nets["D_B"], real_b, pooled_b)
+            total = loss_a + loss_b
+            return total, {"D_A": loss_a.item(), "D_B": loss_b.item(), "D": total.item()}
+        raise ValueError(f"cyclegan has phases G and D; got {phase!r}")
+
+    def _discriminator_loss(self, discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        mode = self.options.gan_mode
+        # Halved so D learns more slowly than G, as in the reference.
+        return 0.5 * (gan_loss(discriminator(real), True, mode) + gan_loss(discriminator(fake.detach()), False, mode))
+
+    # -- inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def translate(self, nets: Networks, before: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after by G_AB, same shape, in [-1, 1]."""
+        if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
+            raise SvaiError(f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}")
+        return nets["G_AB"](before)

@@ -1,0 +1,542 @@
+"""Building blocks shared by several model families.
+
+Architectures follow the CycleGAN/pix2pix reference design (Zhu et al. 2017; Isola et al.
+2017): a ResNet generator, a U-Net generator, an N-layer PatchGAN discriminator and a history
+pool of generated images. Self-attention follows SAGAN (Zhang et al. 2019).
+
+Networks hold optional parts (self-attention) as separately named submodules, so the state
+dict of a network without attention is a subset of the one with it: loading the plain
+weights with ``strict=False`` gives the same function while attention's γ is still 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from svai.errors import SvaiError
+
+NORMS: tuple[str, ...] = ("batch", "instance", "none")
+GAN_MODES: tuple[str, ...] = ("vanilla", "lsgan", "wgangp")
+
+NormFactory = Callable[[int], nn.Module]
+
+
+# -- normalisation and initialisation ------------------------------------------------------
+def norm_layer(kind: str) -> NormFactory:
+    """Return a factory `channels -> normalisation module` for ``"batch" | "instance" | "none"``.
+
+    As in the reference: batch norm learns an affine transform and tracks running
+    statistics; instance norm does neither (each image is normalised on its own).
+    """
+    if kind == "batch":
+        return lambda channels: nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
+    if kind == "instance":
+        return lambda channels: nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if kind == "none":
+        return lambda channels: nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+
+
+def conv_bias(kind: str) -> bool:
+    """Whether convolutions followed by `kind` of norm need their own bias.
+
+    Batch norm's affine shift makes a bias redundant; instance norm here is not affine,
+    so the convolution keeps its bias (this is what makes the reference counts come out).
+    """
+    return kind != "batch"
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> None:
+    """Initialise as the reference ``init_type="normal"``: conv/linear weights N(0, gain),
+    norm scales N(1, gain), all biases 0. Draws from torch's global RNG, so a seed fixes it.
+
+    Parameters that are not conv, linear or norm weights (attention's γ) keep their values.
+    """
+    for sub in module.modules():
+        if isinstance(sub, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(sub.weight, 0.0, gain)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)) and sub.weight is not None:
+            nn.init.normal_(sub.weight, 1.0, gain)
+            nn.init.zeros_(sub.bias)
+
+
+# -- self-attention -------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """SAGAN self-attention block (Zhang et al. 2019, Sec. 3), optionally multi-head.
+
+    Queries f(x) and keys g(x) are 1×1 convolutions to C/8 channels, values h(x) a 1×1
+    convolution to C channels. With `heads` > 1 those channels are split evenly among the
+    heads, so the parameter count does not depend on `heads`. Attention weights are a
+    softmax over all H·W positions (eq. 1) and the output is ``x + γ·o`` (eq. 3) with γ
+    initialised to 0, so a fresh block is the identity and the network starts out equal to
+    the one without attention.
+
+    x: (B, C, H, W) -> (B, C, H, W). Costs O((H·W)²) memory per head and image.
+    """
+
+    def __init__(self, channels: int, heads: int = 1) -> None:
+        super().__init__()
+        if channels % 8 != 0 or (channels // 8) % heads != 0:
+            raise ValueError(f"self-attention needs C/8 divisible by heads; got C={channels}, heads={heads}")
+        self.heads = heads
+        self.query = nn.Conv2d(channels, channels // 8, kernel_size=1)
+        self.key = nn.Conv2d(channels, channels // 8, kernel_size=1)
+        self.value = nn.Conv2d(channels, channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        positions = height * width
+        # Energies and softmax in float32: under fp16 autocast the H·W-long sums overflow.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = self.query(x.float()).reshape(batch * self.heads, -1, positions)
+            k = self.key(x.float()).reshape(batch * self.heads, -1, positions)
+            v = self.value(x.float()).reshape(batch * self.heads, -1, positions)
+            # SAGAN eq. 1: s_ij = f(x_i)ᵀ g(x_j), β_j,i = softmax over i; unscaled as in the paper.
+            energy = torch.bmm(q.transpose(1, 2), k)                 # (B·h, N, N), row = output position
+            attention = torch.softmax(energy, dim=-1)
+            out = torch.bmm(v, attention.transpose(1, 2))            # (B·h, C/h, N)
+            out = out.reshape(batch, channels, height, width)
+            result = x.float() + self.gamma * out
+        return result.to(x.dtype)
+
+
+# -- generators -------------------------------------------------------------------------------
+class ResnetBlock(nn.Module):
+    """Residual block of two 3×3 convolutions (He et al. 2016) as in the CycleGAN generator.
+
+    x: (B, C, H, W) -> (B, C, H, W), ``x + F(x)``.
+    """
+
+    def __init__(self, channels: int, norm: str = "instance", dropout: float = 0.0, padding: str = "reflect") -> None:
+        super().__init__()
+        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        layers: list[nn.Module] = [
+            *_padded_conv3x3(channels, bias, padding), make_norm(channels), nn.ReLU(True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [*_padded_conv3x3(channels, bias, padding), make_norm(channels)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+def _padded_conv3x3(channels: int, bias: bool, padding: str) -> list[nn.Module]:
+    if padding == "reflect":
+        return [nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias)]
+    if padding == "replicate":
+        return [nn.ReplicationPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias)]
+    if padding == "zero":
+        return [nn.Conv2d(channels, channels, 3, padding=1, bias=bias)]
+    raise ValueError(f"unknown padding {padding!r}")
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN generator (Johnson et al. 2016 layout): 7×7 stem, two stride-2 downsamplings,
+    `n_blocks` residual blocks at H/4, two transposed-conv upsamplings, 7×7 head and tanh.
+
+    With ``attention_position = k`` a self-attention block follows the k-th residual block
+    (0 = before the first, n_blocks = after the last); None means no attention.
+
+    x: (B, in_channels, H, W) in [-1, 1] with H, W divisible by 4
+    -> (B, out_channels, H, W) in [-1, 1].
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        norm: str = "instance",
+        dropout: float = 0.0,
+        attention_position: int | None = None,
+        attention_heads: int = 1,
+        padding: str = "reflect",
+    ) -> None:
+        super().__init__()
+        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        self.stem = nn.Sequential(
+            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), make_norm(ngf), nn.ReLU(True),
+        )
+        self.down = nn.Sequential(*[
+            layer
+            for mult in (1, 2)
+            for layer in (
+                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=bias),
+                make_norm(ngf * mult * 2),
+                nn.ReLU(True),
+            )
+        ])
+        trunk = ngf * 4
+        self.blocks = nn.ModuleList(ResnetBlock(trunk, norm, dropout, padding) for _ in range(n_blocks))
+        self.attention_position = attention_position
+        self.attention = SelfAttention(trunk, attention_heads) if attention_position is not None else None
+        self.up = nn.Sequential(*[
+            layer
+            for mult in (4, 2)
+            for layer in (
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
+                make_norm(ngf * mult // 2),
+                nn.ReLU(True),
+            )
+        ])
+        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.down(self.stem(x))
+        for index, block in enumerate(self.blocks):
+            if self.attention is not None and index == self.attention_position:
+                h = self.attention(h)
+            h = block(h)
+        if self.attention is not None and self.attention_position == len(self.blocks):
+            h = self.attention(h)
+        return self.head(self.up(h))
+
+
+class UnetSkipBlock(nn.Module):
+    """One level of the pix2pix U-Net (Isola et al. 2017, Sec. 3.1.1 and appendix 6.1.1).
+
+    Downsamples x by a 4×4 stride-2 convolution, runs the inner levels (`submodule`),
+    upsamples back and concatenates x as the skip connection. The innermost level has no
+    norm on its 1×1 bottleneck and the outermost ends in tanh, as in the reference; the
+    inner decoder levels may use dropout. An optional self-attention block is applied to
+    the concatenated output.
+
+    x: (B, in_channels, H, W) -> (B, 2·outer_channels, H, W), or (B, outer_channels, H, W)
+    for the outermost level.
+    """
+
+    def __init__(
+        self,
+        outer_channels: int,
+        inner_channels: int,
+        in_channels: int | None = None,
+        submodule: nn.Module | None = None,
+        outermost: bool = False,
+        innermost: bool = False,
+        norm: str = "batch",
+        dropout: float = 0.0,
+        attention_heads: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.outermost = outermost
+        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        in_channels = outer_channels if in_channels is None else in_channels
+        down_conv = nn.Conv2d(in_channels, inner_channels, 4, stride=2, padding=1, bias=bias)
+        if outermost:
+            down: list[nn.Module] = [down_conv]
+            up: list[nn.Module] = [
+                nn.ReLU(True), nn.ConvTranspose2d(inner_channels * 2, outer_channels, 4, stride=2, padding=1), nn.Tanh(),
+            ]
+        elif innermost:
+            down = [nn.LeakyReLU(0.2, True), down_conv]
+            up = [
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner_channels, outer_channels, 4, stride=2, padding=1, bias=bias),
+                make_norm(outer_channels),
+            ]
+        else:
+            down = [nn.LeakyReLU(0.2, True), down_conv, make_norm(inner_channels)]
+            up = [
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner_channels * 2, outer_channels, 4, stride=2, padding=1, bias=bias),
+                make_norm(outer_channels),
+            ]
+            if dropout > 0:
+                up.append(nn.Dropout(dropout))
+        self.down = nn.Sequential(*down)
+        self.submodule = submodule if submodule is not None else nn.Identity()
+        self.up = nn.Sequential(*up)
+        self.attention = (
+            SelfAttention(2 * outer_channels, attention_heads)
+            if attention_heads is not None and not outermost else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(self.submodule(self.down(x)))
+        if self.outermost:
+            return y
+        out = torch.cat([x, y], dim=1)
+        return self.attention(out) if self.attention is not None else out
+
+
+class UnetGenerator(nn.Module):
+    """pix2pix U-Net with `depth` downsamplings (``unet_256`` is depth 8 at 256 px).
+
+    Widths double from `ngf` up to 8·ngf; levels beyond the fifth stay at 8·ngf and carry
+    dropout in their decoder half, as in the reference. With ``attention_position = p`` the
+    features at resolution H/2^p (after the skip concatenation) pass through self-attention.
+
+    x: (B, in_channels, H, W) in [-1, 1] with H, W divisible by 2^depth
+    -> (B, out_channels, H, W) in [-1, 1].
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        depth: int = 8,
+        ngf: int = 64,
+        norm: str = "batch",
+        dropout: float = 0.5,
+        attention_position: int | None = None,
+        attention_heads: int = 1,
+    ) -> None:
+        super().__init__()
+        if depth < 5:
+            raise ValueError(f"U-Net depth must be at least 5; got {depth}")
+        self.depth = depth
+        widths = [min(2 ** p, 8) * ngf for p in range(depth)]
+        # Level p sees features at H/2^p with widths[p - 1] channels and widens them to
+        # widths[p]; level 0 is the outermost, level depth-1 the innermost.
+        block: nn.Module | None = None
+        for level in range(depth - 1, 0, -1):
+            block = UnetSkipBlock(
+                widths[level - 1],
+                widths[level],
+                submodule=block,
+                innermost=level == depth - 1,
+                norm=norm,
+                # The reference drops out in the decoder of the 8·ngf levels between the
+                # innermost one and the first that widens (num_downs - 5 of them).
+                dropout=dropout if 4 <= level < depth - 1 else 0.0,
+                attention_heads=attention_heads if level == attention_position else None,
+            )
+        self.model = UnetSkipBlock(
+            out_channels, widths[0], in_channels=in_channels, submodule=block, outermost=True, norm=norm,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+
+# -- discriminator ------------------------------------------------------------------------------
+class PatchDiscriminator(nn.Module):
+    """N-layer PatchGAN (Isola et al. 2017, Sec. 3.2.2); n_layers=3 is the 70×70 PatchGAN.
+
+    `n_layers` 4×4 stride-2 convolutions (widths ndf·2^k capped at 8·ndf), one 4×4 stride-1
+    convolution, then a 4×4 stride-1 convolution to one logit per patch. The first layer has
+    no norm. With ``attention=True`` a self-attention block sits before the last convolution.
+
+    x: (B, in_channels, H, W) -> logits (B, 1, H/2^n_layers - 2, W/2^n_layers - 2), unbounded.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        ndf: int = 64,
+        n_layers: int = 3,
+        norm: str = "instance",
+        attention: bool = False,
+        attention_heads: int = 1,
+    ) -> None:
+        super().__init__()
+        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        width = ndf
+        for k in range(1, n_layers + 1):
+            # The last of these keeps the resolution (stride 1), widening the receptive field.
+            stride = 2 if k < n_layers else 1
+            next_width = ndf * min(2 ** k, 8)
+            layers += [
+                nn.Conv2d(width, next_width, 4, stride=stride, padding=1, bias=bias),
+                make_norm(next_width),
+                nn.LeakyReLU(0.2, True),
+            ]
+            width = next_width
+        self.body = nn.Sequential(*layers)
+        self.attention = SelfAttention(width, attention_heads) if attention else None
+        self.head = nn.Conv2d(width, 1, 4, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        if self.attention is not None:
+            h = self.attention(h)
+        return self.head(h)
+
+
+def patch_output_size(size: int, n_layers: int) -> int:
+    """Side of a PatchGAN's logit map for an input side `size` (0 means it is too small)."""
+    for _ in range(n_layers - 1):
+        size = (size + 2 - 4) // 2 + 1
+    # One more stride-2 conv, then two 4×4 stride-1 convolutions with padding 1 (−1 each).
+    size = (size + 2 - 4) // 2 + 1
+    return max(size - 2, 0)
+
+
+# -- losses -----------------------------------------------------------------------------------
+def gan_loss(prediction: torch.Tensor, target_is_real: bool, mode: str) -> torch.Tensor:
+    """Adversarial loss of discriminator logits against an all-real or all-fake target.
+
+    - ``vanilla``: binary cross-entropy on logits (Goodfellow et al. 2014), computed with
+      `binary_cross_entropy_with_logits`, which is stable and autocast-safe;
+    - ``lsgan``: least squares to 1 / 0 (Mao et al. 2017, eq. 2 with a=0, b=c=1);
+    - ``wgangp``: the Wasserstein critic loss −E[D] for real, E[D] for fake (Gulrajani et
+      al. 2017); add `gradient_penalty` for the discriminator.
+
+    prediction: any shape, unbounded logits -> scalar float32 loss.
+    """
+    prediction = prediction.float()
+    if mode == "vanilla":
+        target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
+        return F.binary_cross_entropy_with_logits(prediction, target)
+    if mode == "lsgan":
+        target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
+        return F.mse_loss(prediction, target)
+    if mode == "wgangp":
+        return -prediction.mean() if target_is_real else prediction.mean()
+    raise ValueError(f"unknown gan mode {mode!r}; choose one of {', '.join(GAN_MODES)}")
+
+
+def gradient_penalty(
+    discriminator: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    target_norm: float = 1.0,
+) -> torch.Tensor:
+    """WGAN-GP penalty E[(‖∇D(x̂)‖₂ − target_norm)²] at x̂ = εx + (1−ε)x̃ (Gulrajani et al.
+    2017, Algorithm 1), with ε ~ U[0, 1] per sample from torch's global RNG.
+
+    real, fake: (B, C, H, W), same shape -> scalar float32 (multiply by λ_gp yourself).
+    The penalty's graph is kept so it can be backpropagated into the discriminator.
+    """
+    epsilon = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    mixed = (epsilon * real.detach() + (1 - epsilon) * fake.detach()).requires_grad_(True)
+    output = discriminator(mixed)
+    (gradients,) = torch.autograd.grad(output.float().sum(), mixed, create_graph=True)
+    norms = gradients.float().flatten(1).norm(2, dim=1)
+    return ((norms - target_norm) ** 2).mean()
+
+
+# -- image history --------------------------------------------------------------------------
+class ImagePool(nn.Module):
+    """History of generated images fed to a discriminator (Shrivastava et al. 2017; the
+    CycleGAN reference keeps 50).
+
+    Until the pool is full each queried image is stored and returned unchanged. After that
+    each image, with probability 1/2, is swapped with a uniformly chosen stored one (the old
+    image is returned, the new one stored); otherwise it is returned as is.
+
+    The pool lives in buffers (``images``, ``count``), so it is part of ``state_dict`` and is
+    saved and restored with the run. Random choices use torch's global RNG unless a
+    generator is given, so a seeded run repeats exactly. A size of 0 disables the pool.
+    """
+
+    images: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self, size: int = 50) -> None:
+        super().__init__()
+        if size < 0:
+            raise ValueError(f"pool size must be >= 0; got {size}")
+        self.size = size
+        # Allocated on first use, when the image shape is known; (0,) means empty.
+        self.register_buffer("images", torch.zeros(0))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # A fresh pool has not allocated yet: take the stored pool's shape so loading fits.
+        stored = state_dict.get(prefix + "images")
+        if isinstance(stored, torch.Tensor) and stored.shape != self.images.shape:
+            if stored.numel() > 0 and stored.shape[0] != self.size:
+                raise ValueError(f"stored image pool holds {stored.shape[0]} images; this pool holds {self.size}")
+            self.images = torch.zeros(stored.shape, dtype=stored.dtype, device=self.images.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def query(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """images: (B, C, H, W) newly generated -> (B, C, H, W), same dtype, detached."""
+        images = images.detach()
+        if self.size == 0:
+            return images
+        if self.images.dim() != images.dim() or self.images.shape[1:] != images.shape[1:]:
+            if int(self.count) > 0:
+                raise ValueError(
+                    f"image pool holds shape {tuple(self.images.shape[1:])}; got {tuple(images.shape[1:])}"
+                )
+            self.images = torch.zeros((self.size, *images.shape[1:]), dtype=torch.float32, device=images.device)
+        elif self.images.device != images.device:
+            self.images = self.images.to(images.device)
+        out = []
+        for image in images:
+            filled = int(self.count)
+            if filled < self.size:
+                self.images[filled] = image
+                self.count += 1
+                out.append(image)
+            elif float(torch.rand((), generator=generator)) > 0.5:
+                index = int(torch.randint(self.size, (), generator=generator))
+                out.append(self.images[index].to(images.dtype).clone())
+                self.images[index] = image
+            else:
+                out.append(image)
+        return torch.stack(out)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.query(images)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+# -- schedule and option checks shared by families --------------------------------------------
+ATTENTION_MODES: tuple[str, ...] = ("none", "generator", "generator+discriminator")
+
+
+def linear_decay_factor(step: int, total_steps: int, decay_fraction: float) -> float:
+    """Learning-rate multiplier: 1 for the first ``(1 − decay_fraction)·total_steps`` steps,
+    then linear down to 0 at `total_steps` (the reference ``--lr_policy linear`` over steps
+    instead of epochs). Never negative; ``decay_fraction = 0`` keeps it constant.
+    """
+    if decay_fraction <= 0 or total_steps <= 0:
+        return 1.0
+    decay_steps = decay_fraction * total_steps
+    start = total_steps - decay_steps
+    if step <= start:
+        return 1.0
+    return max(0.0, (total_steps - step) / decay_steps)
+
+
+def check_gan_options(options: object, gan_modes: tuple[str, ...]) -> None:
+    """Validate the options every GAN family here shares; raise SvaiError naming ``model.<key>``.
+
+    `options` needs ngf, ndf, n_layers_d, gan_mode, lr, beta1, beta2, lr_decay_fraction,
+    attention, attention_heads and init_gain attributes.
+    """
+    o: Any = options
+    for key in ("ngf", "ndf", "n_layers_d", "attention_heads"):
+        value = getattr(o, key)
+        if not isinstance(value, int) or value < 1:
+            raise SvaiError(f"model.{key} must be a positive integer; got {value!r}")
+    if o.gan_mode not in gan_modes:
+        raise SvaiError(f"model.gan_mode must be one of {', '.join(gan_modes)}; got {o.gan_mode!r}")
+    if not o.lr > 0:
+        raise SvaiError(f"model.lr must be > 0; got {o.lr}")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(o, key) < 1.0:
+            raise SvaiError(f"model.{key} must be in [0, 1); got {getattr(o, key)}")
+    if not 0.0 <= o.lr_decay_fraction <= 1.0:
+        raise SvaiError(f"model.lr_decay_fraction must be in [0, 1]; got {o.lr_decay_fraction}")
+    if o.attention not in ATTENTION_MODES:
+        raise SvaiError(f"model.attention must be one of {', '.join(ATTENTION_MODES)}; got {o.attention!r}")
+    if not o.init_gain > 0:
+        raise SvaiError(f"model.init_gain must be > 0; got {o.init_gain}")
+
+
+def check_attention_heads(heads: int, channels: int) -> None:
+    """Raise SvaiError unless `heads` evenly splits the C/8 query channels of a C-channel layer."""
+    if channels % 8 != 0 or (channels // 8) % heads != 0:
+        raise SvaiError(
+            f"model.attention_heads must divide {channels // 8}, the query channels of a "
+            f"{channels}-channel layer (also check model.ngf / model.ndf); got {heads}"
+        )

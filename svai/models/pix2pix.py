@@ -1,0 +1,223 @@
+"""pix2pix: conditional GAN on aligned pairs (Isola et al. 2017, "Image-to-Image Translation
+with Conditional Adversarial Networks").
+
+A U-Net generator maps the before photo to the after photo; a PatchGAN judges the pair
+(before, after) — real or generated — concatenated on channels. The generator minimises the
+conditional GAN loss plus λ·L1 to the true after image (eq. 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from svai.errors import SvaiError
+from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, set_requires_grad
+from svai.models.layers import (
+    NORMS,
+    PatchDiscriminator,
+    UnetGenerator,
+    check_attention_heads,
+    check_gan_options,
+    gan_loss,
+    init_weights,
+    linear_decay_factor,
+    patch_output_size,
+)
+from svai.models.registry import register_family
+
+MIN_UNET_DEPTH = 5
+
+
+@dataclass
+class Pix2PixOptions:
+    """Options of `pix2pix`; defaults are the reference ``--model pix2pix`` settings.
+
+    - ngf, ndf: widths of the generator's and discriminator's first layers.
+    - norm: "batch" | "instance" | "none".
+    - unet_depth: number of U-Net downsamplings; None follows the image size (the number of
+      times it halves evenly: 8 at 256 px = unet_256, 7 at 128, 6 at 64). At least 5.
+    - n_layers_d: PatchGAN depth (3 = 70×70 patches).
+    - dropout: dropout in the decoder of the innermost 8·ngf levels (0 disables).
+    - gan_mode: "vanilla" (BCE on logits) | "lsgan".
+    - lambda_l1: weight of the L1 term (eq. 4).
+    - lr, beta1, beta2: Adam settings of both networks.
+    - lr_decay_fraction: last fraction of the steps over which the learning rate decays
+      linearly to 0 (constant before).
+    - attention: "none" | "generator" | "generator+discriminator" (SAGAN blocks, γ = 0 at init).
+    - attention_heads: heads of each self-attention block.
+    - attention_position: the U-Net level p whose features, at resolution H/2^p after the skip
+      concatenation, pass through the generator's attention (1 ≤ p < depth; 3 is 32×32 at
+      256 px, SAGAN's best size). The discriminator's attention sits before its last conv.
+    - init_gain: standard deviation of the normal weight initialisation.
+    """
+
+    ngf: int = 64
+    ndf: int = 64
+    norm: str = "batch"
+    unet_depth: int | None = None
+    n_layers_d: int = 3
+    dropout: float = 0.5
+    gan_mode: str = "vanilla"
+    lambda_l1: float = 100.0
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_decay_fraction: float = 0.5
+    attention: str = "none"
+    attention_heads: int = 1
+    attention_position: int = 3
+    init_gain: float = 0.02
+
+
+def _halvings(size: int) -> int:
+    """How many times `size` halves evenly (the trailing zero bits)."""
+    return (size & -size).bit_length() - 1 if size > 0 else 0
+
+
+@register_family
+class Pix2Pix(ModelFamily):
+    """Networks: ``G`` (U-Net, before -> after) and ``D`` (PatchGAN on 6-channel pairs).
+
+    Phases per step, in the reference order: ``D`` (generated after detached), then ``G``.
+    The generated image is made once per step and shared through `ctx`.
+    """
+
+    name = "pix2pix"
+    Options = Pix2PixOptions
+    paired = True
+    condition = "none"
+    description = "pix2pix: U-Net + PatchGAN on aligned before/after pairs, L1 + conditional GAN loss"
+
+    def __init__(self, options: Pix2PixOptions, image_size: int) -> None:
+        super().__init__(options, image_size)
+        o = options
+        check_gan_options(o, gan_modes=("vanilla", "lsgan"))
+        if o.norm not in NORMS:
+            raise SvaiError(f"model.norm must be one of {', '.join(NORMS)}; got {o.norm!r}")
+        if not 0.0 <= o.dropout < 1.0:
+            raise SvaiError(f"model.dropout must be in [0, 1); got {o.dropout}")
+        if o.lambda_l1 < 0:
+            raise SvaiError(f"model.lambda_l1 must be >= 0; got {o.lambda_l1}")
+        available = _halvings(image_size)
+        if o.unet_depth is None:
+            if available < MIN_UNET_DEPTH:
+                raise SvaiError(
+                    f"pix2pix needs an image size divisible by {2 ** MIN_UNET_DEPTH}; got {image_size} "
+                    "(set data.image_size to 32, 64, 128, 256 …)"
+                )
+            self.depth = available
+        else:
+            if not MIN_UNET_DEPTH <= o.unet_depth <= available:
+                raise SvaiError(
+                    f"model.unet_depth must be between {MIN_UNET_DEPTH} and {available} at image size "
+                    f"{image_size} (the size must be divisible by 2^depth); got {o.unet_depth}"
+                )
+            self.depth = o.unet_depth
+        if o.attention != "none":
+            if not 1 <= o.attention_position < self.depth:
+                raise SvaiError(
+                    f"model.attention_position must be a U-Net level between 1 and {self.depth - 1}; "
+                    f"got {o.attention_position}"
+                )
+            channels = 2 * o.ngf * min(2 ** (o.attention_position - 1), 8)
+            check_attention_heads(o.attention_heads, channels)
+            if o.attention == "generator+discriminator":
+                check_attention_heads(o.attention_heads, o.ndf * min(2 ** o.n_layers_d, 8))
+        if patch_output_size(image_size, o.n_layers_d) < 1:
+            raise SvaiError(
+                f"model.n_layers_d={o.n_layers_d} is too deep for image size {image_size}; lower it"
+            )
+
+    # -- building -----------------------------------------------------------------------
+    def build(self) -> Networks:
+        o = self.options
+        generator = UnetGenerator(
+            in_channels=3,
+            out_channels=3,
+            depth=self.depth,
+            ngf=o.ngf,
+            norm=o.norm,
+            dropout=o.dropout,
+            attention_position=o.attention_position if o.attention != "none" else None,
+            attention_heads=o.attention_heads,
+        )
+        # The conditional discriminator sees (before, after) stacked: 6 channels (Sec. 3.1).
+        discriminator = PatchDiscriminator(
+            in_channels=6,
+            ndf=o.ndf,
+            n_layers=o.n_layers_d,
+            norm=o.norm,
+            attention=o.attention == "generator+discriminator",
+            attention_heads=o.attention_heads,
+        )
+        init_weights(generator, o.init_gain)
+        init_weights(discriminator, o.init_gain)
+        return {"G": generator, "D": discriminator}
+
+    def inference_networks(self) -> tuple[str, ...]:
+        return ("G",)
+
+    # -- training -----------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        o = self.options
+        betas = (o.beta1, o.beta2)
+        return [Phase("D", ("D",), o.lr, betas), Phase("G", ("G",), o.lr, betas)]
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        return linear_decay_factor(step, total_steps, self.options.lr_decay_fraction)
+
+    def _fake(self, nets: Networks, batch: Batch, ctx: dict[str, Any]) -> torch.Tensor:
+        if "fake" not in ctx:
+            # G's graph is needed by the G phase later in this step, whatever the loop froze.
+            set_requires_grad(nets, ("G",), True)
+            ctx["fake"] = nets["G"](batch["before"])
+        return ctx["fake"]
+
+    def loss(self, phase: str, nets: Networks, batch: Batch, ctx: dict[str, Any], step: int) -> LossResult:
+        """Losses of eq. 4. before, after: (B, 3, H, W) in [-1, 1].
+
+        - ``D``: ½·(GAN(D(before, G(before)) → fake) + GAN(D(before, after) → real)),
+          the generated image detached; logs ``D_fake``, ``D_real``, ``D``.
+        - ``G``: GAN(D(before, G(before)) → real) + λ_L1·‖after − G(before)‖₁ with D frozen;
+          logs ``G_gan``, ``G_l1``, ``G``.
+        """
+        o = self.options
+        before, after = batch["before"], batch["after"]
+        fake = self._fake(nets, batch, ctx)
+        if phase == "D":
+            set_requires_grad(nets, ("D",), True)
+            loss_fake = gan_loss(nets["D"](torch.cat([before, fake.detach()], dim=1)), False, o.gan_mode)
+            loss_real = gan_loss(nets["D"](torch.cat([before, after], dim=1)), True, o.gan_mode)
+            # Halved so D learns more slowly than G (Sec. 3.3).
+            total = 0.5 * (loss_fake + loss_real)
+            return total, {"D_fake": loss_fake.item(), "D_real": loss_real.item(), "D": total.item()}
+        if phase == "G":
+            # Frozen D: G's loss must not leave gradients in D's parameters.
+            set_requires_grad(nets, ("D",), False)
+            set_requires_grad(nets, ("G",), True)
+            loss_gan = gan_loss(nets["D"](torch.cat([before, fake], dim=1)), True, o.gan_mode)
+            loss_l1 = F.l1_loss(fake.float(), after.float())
+            total = loss_gan + o.lambda_l1 * loss_l1
+            return total, {"G_gan": loss_gan.item(), "G_l1": loss_l1.item(), "G": total.item()}
+        raise ValueError(f"pix2pix has phases D and G; got {phase!r}")
+
+    # -- inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def translate(self, nets: Networks, before: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """before: (B, 3, H, W) in [-1, 1], H and W divisible by 2^depth -> after, same shape, in [-1, 1].
+
+        Runs G in whatever mode the caller set (eval uses batch norm's running statistics).
+        """
+        _check_input(before, 2 ** self.depth)
+        return nets["G"](before)
+
+
+def _check_input(before: torch.Tensor, multiple: int) -> None:
+    if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % multiple or before.shape[3] % multiple:
+        raise SvaiError(
+            f"expected before images (B, 3, H, W) with H and W divisible by {multiple}; got shape {tuple(before.shape)}"
+        )

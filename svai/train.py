@@ -1,0 +1,396 @@
+"""The one training loop, shared by every model family, on Hugging Face Accelerate.
+
+The same code runs on CPU, one GPU and several processes (`accelerate launch` /
+`torchrun`), with mixed precision from the config. Families describe networks, phases
+and losses; this module owns devices, precision, backward, optimiser steps, logging,
+samples and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from svai.checkpoint import (
+    find_checkpoint, load_networks, load_optimizers, read_state, restore_rng, rng_payload, save_checkpoint,
+)
+from svai.config import RunConfig, load_run_config, resolve
+from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_uint8
+from svai.data.layout import write_atomic
+from svai.errors import SvaiError
+from svai.models.base import ModelFamily, Networks
+from svai.models.registry import families
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    start_step: int
+    step: int
+    total_steps: int
+    interrupted: bool
+    checkpoint: Path | None
+
+
+def make_family(config: RunConfig) -> ModelFamily:
+    return families()[config.family](config.model, config.data.image_size)
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to mix a new run into an old one, or to write a run over a file."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SvaiError(f"--out {run_dir} is a file: give a folder for the run")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise SvaiError(f"--out {run_dir} already holds a run: add --resume to continue it, or choose a new folder")
+
+
+def resolve_for_run(
+    run_dir: Path,
+    resume: bool,
+    model: str | None,
+    config_file: Path | None,
+    sets: list[str] | None,
+    flags: dict[str, Any],
+) -> RunConfig:
+    """Resolve the config of a new run, or of a resumed one on top of its saved config.yaml."""
+    base = load_run_config(run_dir) if resume else None
+    if resume:
+        find_checkpoint(run_dir)  # fails early, naming the folder, when there is nothing to resume
+    return resolve(model, base=base, config_file=config_file, sets=sets, flags=flags)
+
+
+@contextmanager
+def stop_signals() -> Iterator[dict[str, Any]]:
+    """Turn the first SIGINT/SIGTERM into a stop request; a second SIGINT interrupts at once."""
+    flag: dict[str, Any] = {"signal": None}
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:
+        previous.clear()  # not the main thread: signals stay with the caller
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Holds the prepared objects of one run; `run()` trains to `config.train.steps`."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        resume: bool = False,
+        on_event: EventCallback | None = None,
+        should_stop: Callable[[int], bool] | None = None,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.on_event = on_event or (lambda event: None)
+        self.should_stop = should_stop or (lambda step: False)
+        train = config.train
+        if train.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise SvaiError("--mixed-precision fp16 needs a CUDA GPU: use bf16 or no on this machine")
+        # GAN phases freeze networks and call discriminators several times per step, so
+        # DDP must tolerate parameters without gradients in a backward pass.
+        self.accelerator = Accelerator(
+            mixed_precision=train.mixed_precision,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        if not config.data.root:
+            raise SvaiError("--data is required: give a folder made by `svai prepare`")
+        self.train_set = PairedImages(Path(config.data.root), "train", config.data.image_size, cache=config.data.cache)
+        self.sample_set = self._sample_set()
+
+        set_seed(train.seed)
+        self.family = make_family(config)
+        self.nets: Networks = self.family.build()
+        self.phases = self.family.phases()
+        trainable = list(dict.fromkeys(name for phase in self.phases for name in phase.networks))
+        self.trainable = trainable
+        self.optimizers = {phase.name: self._optimizer(phase) for phase in self.phases}
+        self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
+
+        prepared = self.accelerator.prepare(*[self.nets[n] for n in trainable], *self.optimizers.values())
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self.wrapped: Networks = dict(self.nets)
+        for name, module in zip(trainable, prepared[: len(trainable)]):
+            self.wrapped[name] = module
+        for name, optimizer in zip(self.optimizers, prepared[len(trainable):]):
+            self.optimizers[name] = optimizer
+        for name, module in self.nets.items():
+            if name not in trainable:
+                module.to(self.accelerator.device)
+
+        self.start_step = 0
+        if resume:
+            self._load(find_checkpoint(self.run_dir))
+
+    # -- set-up -------------------------------------------------------------------------
+    def _sample_set(self) -> PairedImages:
+        try:
+            return PairedImages(Path(self.config.data.root), "test", self.config.data.image_size, cache=False)
+        except SvaiError:
+            return self.train_set
+
+    def _optimizer(self, phase: Any) -> torch.optim.Optimizer:
+        overrides = dict(phase.lr_overrides)
+        groups = []
+        for name in phase.networks:
+            params = [p for p in self.nets[name].parameters()]
+            if params:
+                groups.append({"params": params, "lr": overrides.get(name, phase.lr)})
+        if not groups:
+            raise ValueError(f"phase {phase.name!r} has no parameters to train")
+        return torch.optim.Adam(groups, lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay)
+
+    def _load(self, ref: Any) -> None:
+        state = read_state(ref.path)
+        unwrapped = {n: self.accelerator.unwrap_model(m) for n, m in self.wrapped.items()}
+        load_networks(ref.path, unwrapped)
+        load_optimizers(ref.path, {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}, state["optimizers"])
+        restore_rng(ref.path, self.accelerator.process_index, state)
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
+        self.start_step = ref.step
+        log.info("resumed from %s at step %d", ref.path, ref.step)
+
+    # -- loop ---------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        train = self.config.train
+        sampler = StepBatches(
+            len(self.train_set), train.batch_size, self.start_step, train.steps, train.seed,
+            unpaired=not self.family.paired,
+            rank=self.accelerator.process_index, world_size=self.accelerator.num_processes,
+        )
+        return DataLoader(
+            self.train_set, batch_sampler=sampler, collate_fn=collate,
+            num_workers=self.config.data.num_workers, persistent_workers=False,
+        )
+
+    def _set_lr(self, step: int) -> float:
+        factor = self.family.lr_factor(step, self.config.train.steps)
+        for name, optimizer in self.optimizers.items():
+            for group, base in zip(optimizer.param_groups, self.base_lrs[name]):
+                group["lr"] = base * factor
+        return factor
+
+    def _augment(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
+        options = self.config.data.augment
+        if not any(getattr(options, name) > 0 for name in ("hflip", "rotate_p", "scale_p", "color_p")):
+            return batch
+        from svai.data.augment import augment_batch
+
+        generator = torch.Generator(device="cpu").manual_seed(
+            hash_seed(self.config.train.seed, step, self.accelerator.process_index, 7))
+        return augment_batch(batch, options, generator)
+
+    def run(self) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        total = config.train.steps
+        if self.start_step >= total:
+            raise SvaiError(
+                f"the run is already at step {self.start_step}; pass a larger --steps to continue it")
+        if accelerator.is_main_process:
+            self._truncate_log(self.start_step)
+        images_per_step = config.train.batch_size * accelerator.num_processes
+        step = self.start_step
+        interrupted = False
+        checkpoint: Path | None = None
+        window_start, window_images = time.perf_counter(), 0
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        self.on_event({"event": "start", "step": step, "total": total})
+        with stop_signals() as signals:
+            for raw in self._loader():
+                batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
+                         for k, v in raw.items()}
+                batch = self._augment(batch, step)
+                factor = self._set_lr(step)
+                logs = self._step(batch, step)
+                step += 1
+                window_images += images_per_step
+                for key, value in logs.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
+                if step % config.train.log_every == 0 or step == total:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": step, "lr_factor": factor,
+                              **{k: totals[k] / counts[k] for k in totals},
+                              "images_per_s": window_images / max(elapsed, 1e-9)}
+                    self._log(record)
+                    self.on_event({"event": "log", "step": step, "total": total, "logs": record})
+                    window_start, window_images, totals, counts = time.perf_counter(), 0, {}, {}
+                else:
+                    self.on_event({"event": "step", "step": step, "total": total, "logs": logs})
+                if config.train.sample_every and step % config.train.sample_every == 0:
+                    self._sample(step)
+                stopping = signals["signal"] is not None or self.should_stop(step)
+                if stopping or step == total or (config.train.checkpoint_every and step % config.train.checkpoint_every == 0):
+                    checkpoint = self._save(step)
+                if stopping and step < total:
+                    interrupted = True
+                    break
+        if config.train.sample_every and step == total and step % config.train.sample_every:
+            self._sample(step)
+        accelerator.wait_for_everyone()
+        self.on_event({"event": "end", "step": step, "total": total, "interrupted": interrupted})
+        return TrainResult(self.run_dir, self.start_step, step, total, interrupted, checkpoint)
+
+    def _step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        ctx: dict[str, Any] = {}
+        for phase in self.phases:
+            if step % phase.every:
+                continue
+            optimizer = self.optimizers[phase.name]
+            with self.accelerator.autocast():
+                loss, phase_logs = self.family.loss(phase.name, self.wrapped, batch, ctx, step)
+            if not torch.isfinite(loss.detach()).all():
+                raise FloatingPointError(f"{phase.name} loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(loss)
+            optimizer.step()
+            logs.update({k: float(v) for k, v in phase_logs.items()})
+        self.family.after_step(self.wrapped, step)
+        return logs
+
+    # -- outputs ------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        record = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past the resumed step, so the log tells one consistent history."""
+        path = self.run_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        write_atomic(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    def unwrapped(self) -> Networks:
+        return {n: self.accelerator.unwrap_model(m) for n, m in self.wrapped.items()}
+
+    @torch.no_grad()
+    def _sample(self, step: int) -> None:
+        """Save a grid of before | generated | after rows for a fixed set of pairs."""
+        if not self.accelerator.is_main_process:
+            return
+        count = min(self.config.train.sample_count, len(self.sample_set))
+        if count == 0:
+            return
+        items = collate([self.sample_set[(i, -1)] for i in range(count)])
+        nets = self.unwrapped()
+        before = items["before"].to(self.accelerator.device)
+        condition = items["procedures"].to(self.accelerator.device)
+        with eval_mode(nets), self.accelerator.autocast():
+            fake = self.family.translate(nets, before, condition)
+        rows = [np.concatenate(list(images), axis=1)
+                for images in zip(to_uint8(items["before"]), to_uint8(fake), to_uint8(items["after"]))]
+        grid = np.concatenate(rows, axis=0)
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"step-{step:08d}.png"
+        Image.fromarray(grid).save(path)
+        self.on_event({"event": "sample", "step": step, "path": str(path)})
+
+    def _save(self, step: int) -> Path | None:
+        accelerator = self.accelerator
+        states = [rng_payload()]
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            states = gather_object(states)
+        path = None
+        if accelerator.is_main_process:
+            scaler = getattr(accelerator, "scaler", None)
+            extra = {
+                "total_steps": self.config.train.steps,
+                "lr_factor": self.family.lr_factor(step, self.config.train.steps),
+                "grad_scaler": scaler.state_dict() if scaler is not None else None,
+                "family": self.config.family,
+            }
+            optimizers = {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}
+            path = save_checkpoint(self.run_dir, step, self.unwrapped(), optimizers, extra, states,
+                                   keep=self.config.train.keep_checkpoints)
+            self.on_event({"event": "checkpoint", "step": step, "path": str(path)})
+        accelerator.wait_for_everyone()
+        return path
+
+
+@contextmanager
+def eval_mode(nets: Networks) -> Iterator[None]:
+    """Put networks in eval mode for inference and restore each one's mode afterwards."""
+    modes = {name: net.training for name, net in nets.items()}
+    for net in nets.values():
+        net.eval()
+    try:
+        yield
+    finally:
+        for name, net in nets.items():
+            net.train(modes[name])
+
+
+def train(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    on_event: EventCallback | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> TrainResult:
+    """Train `config` into `run_dir` (new, or continued from its latest checkpoint)."""
+    check_run_dir(run_dir, resume)
+    trainer = Trainer(config, run_dir, resume=resume, on_event=on_event, should_stop=should_stop)
+    if trainer.accelerator.is_main_process:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(run_dir) / "config.yaml", config.to_yaml().encode())
+    trainer.accelerator.wait_for_everyone()
+    return trainer.run()
+
+
+def parameter_counts(family: ModelFamily) -> dict[str, int]:
+    """Parameters of each trainable network, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        nets = family.build()
+    trainable = {name for phase in family.phases() for name in phase.networks}
+    return {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()
+            if name in trainable or any(True for _ in net.parameters())}
+
+
+__all__ = ["train", "Trainer", "TrainResult", "make_family", "eval_mode", "parameter_counts", "resolve_for_run"]
+

@@ -1,0 +1,263 @@
+"""Pretrained files the metrics need: where they are looked for, verified and fetched.
+
+Every metric runs offline. A metric asks `require(key)` for its file, which only looks on
+disk; nothing here downloads except `fetch`, which only `svai weights fetch` calls. To
+carry the files to a machine without internet see docs/offline.md.
+
+Search order (first hit wins), see `search_dirs`:
+    1. the `weights_dir` argument (`--weights-dir` on the command line);
+    2. `$SVAI_WEIGHTS_DIR`;
+    3. `$TORCH_HOME/hub/checkpoints`, with TORCH_HOME defaulting as in torch.hub to
+       `$XDG_CACHE_HOME/torch`, itself defaulting to `~/.cache/torch`. This is where
+       torchvision, pytorch-fid and lpips look, so files they downloaded are reused.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from svai.errors import SvaiError
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "SVAI_WEIGHTS_DIR"
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One pretrained file.
+
+    Attributes:
+        key: short name used on the command line (`svai weights fetch inception`).
+        filename: the published file name; torch.hub names embed the first hex digits of
+            the file's sha256 (`…-6726825d.pth`).
+        url: where the publisher serves it.
+        sha256: the full hex digest of the published file, "" when unknown (then only the
+            prefix in `filename` is checked).
+        size: bytes of the published file, None when unknown (shown to the user only).
+        used_by: the metrics that need it, as shown in messages and `svai weights`.
+    """
+
+    key: str
+    filename: str
+    url: str
+    sha256: str
+    size: int | None
+    used_by: tuple[str, ...]
+
+    @property
+    def hash_prefix(self) -> str:
+        """The sha256 prefix embedded in the file name (torch.hub convention)."""
+        match = re.search(r"-([0-9a-f]{8,})\.pth$", self.filename)
+        return match.group(1) if match else ""
+
+    @property
+    def expected_digest(self) -> str:
+        """What `verify` compares a file's sha256 against: the full hash, else the prefix."""
+        return self.sha256 or self.hash_prefix
+
+
+# Full digests and sizes are those of the published files, as recorded by several
+# independent projects that pin them; each agrees with the prefix in its file name.
+REGISTRY: dict[str, WeightsFile] = {
+    spec.key: spec
+    for spec in (
+        WeightsFile(
+            key="inception",
+            filename="pt_inception-2015-12-05-6726825d.pth",
+            url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+            sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+            size=95_628_359,
+            used_by=("FID", "KID", "IS"),
+        ),
+        WeightsFile(
+            key="alexnet",
+            filename="alexnet-owt-7be5be79.pth",
+            url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+            sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+            size=244_408_911,
+            used_by=("LPIPS (alex)",),
+        ),
+        WeightsFile(
+            key="vgg16",
+            filename="vgg16-397923af.pth",
+            url="https://download.pytorch.org/models/vgg16-397923af.pth",
+            sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+            size=553_433_881,
+            used_by=("LPIPS (vgg)",),
+        ),
+        WeightsFile(
+            key="squeezenet",
+            filename="squeezenet1_1-b8a52dc0.pth",
+            url="https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
+            sha256="b8a52dc049b60e4b6ab68ad0df457362afab8b6304b2febdc1650a5dab4d7e7b",
+            size=None,
+            used_by=("LPIPS (squeeze)",),
+        ),
+    )
+}
+
+
+def spec(key: str) -> WeightsFile:
+    """The registry entry for `key`; an unknown key is a user error listing the known ones."""
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        raise SvaiError(f"unknown weights {key!r}: choose one of {', '.join(REGISTRY)}") from None
+
+
+def torch_hub_checkpoints() -> Path:
+    """`$TORCH_HOME/hub/checkpoints`, resolved exactly as torch.hub resolves TORCH_HOME.
+
+    Reimplemented (torch.hub._get_torch_home) rather than imported so that `svai weights`
+    answers without loading torch.
+    """
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    torch_home = os.getenv("TORCH_HOME", os.path.join(cache, "torch"))
+    return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
+
+
+def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:
+    """Folders searched for pretrained files, in order, without duplicates.
+
+    `weights_dir` (the `--weights-dir` option), then `$SVAI_WEIGHTS_DIR`, then
+    `$TORCH_HOME/hub/checkpoints`. Folders need not exist.
+    """
+    candidates: list[Path] = []
+    if weights_dir is not None and str(weights_dir) != "":
+        candidates.append(Path(weights_dir).expanduser())
+    env_dir = os.getenv(WEIGHTS_DIR_ENV, "")
+    if env_dir:
+        candidates.append(Path(env_dir).expanduser())
+    candidates.append(torch_hub_checkpoints())
+    unique: list[Path] = []
+    for path in candidates:
+        if path not in unique:
+            unique.append(path)
+    return unique
+
+
+def locate(key: str, weights_dir: str | Path | None = None) -> Path | None:
+    """The first `search_dirs(weights_dir)` entry holding the file for `key`, or None."""
+    filename = spec(key).filename
+    for folder in search_dirs(weights_dir):
+        candidate = folder / filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def require(key: str, weights_dir: str | Path | None = None) -> Path:
+    """Like `locate`, but a missing file is a `SvaiError` that says how to get it."""
+    path = locate(key, weights_dir)
+    if path is not None:
+        return path
+    entry = spec(key)
+    dirs = search_dirs(weights_dir)
+    metric = "/".join(entry.used_by)
+    raise SvaiError(
+        f"{metric} needs {entry.filename}, not found in {', '.join(str(d) for d in dirs)}: "
+        f"run `svai weights fetch {key}` on a machine with internet, or copy the file into {dirs[0]}"
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are part of the cache key only: a rewritten file misses the cache.
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file; memoised on (resolved path, size, mtime) since files are large."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _sha256_cached(str(resolved), stat.st_size, stat.st_mtime_ns)
+
+
+def verify(key: str, path: str | Path) -> bool:
+    """Whether the file at `path` is the published file for `key`.
+
+    Compares the full sha256 when the registry knows it, else the prefix in the file name.
+    """
+    return sha256_file(path).startswith(spec(key).expected_digest)
+
+
+def fetch(
+    key: str,
+    dest_dir: str | Path | None = None,
+    *,
+    url: str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Path:
+    """Download the file for `key` into `dest_dir` and return its path.
+
+    Only `svai weights fetch` calls this; metrics never download. The bytes go to a
+    temporary file in the destination folder, are checked against the registry's hash, and
+    only then renamed to the real name, so an interrupted or corrupted download never
+    leaves a file that looks valid.
+
+    Args:
+        key: registry key.
+        dest_dir: target folder, created if needed; default `search_dirs()[0]`
+            (`$SVAI_WEIGHTS_DIR` if set, else torch.hub's checkpoints folder).
+        url: another source (a mirror, or a `file://` URL); default the publisher's URL.
+        progress: called with (bytes so far, total bytes or None) after each chunk.
+    """
+    entry = spec(key)
+    source = url or entry.url
+    dest = Path(dest_dir).expanduser() if dest_dir is not None else search_dirs()[0]
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SvaiError(f"cannot create {dest} ({error.strerror}): choose another folder with --weights-dir") from None
+    target = dest / entry.filename
+
+    digest = hashlib.sha256()
+    handle = tempfile.NamedTemporaryFile(dir=dest, prefix=f".{entry.filename}.", suffix=".part", delete=False)
+    partial = Path(handle.name)
+    try:
+        with handle:
+            try:
+                with urllib.request.urlopen(source, timeout=60) as response:
+                    length = response.headers.get("Content-Length")
+                    total = int(length) if length and length.isdigit() else None
+                    done = 0
+                    for block in iter(lambda: response.read(_CHUNK), b""):
+                        handle.write(block)
+                        digest.update(block)
+                        done += len(block)
+                        if progress is not None:
+                            progress(done, total)
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                reason = getattr(error, "reason", None) or error
+                raise SvaiError(
+                    f"could not download {source} ({reason}): check the connection, or copy "
+                    f"{entry.filename} into {dest} by hand (see docs/offline.md)"
+                ) from None
+        got = digest.hexdigest()
+        if not got.startswith(entry.expected_digest):
+            raise SvaiError(
+                f"{source} gave a file with sha256 {got}, expected {entry.expected_digest}: "
+                f"the download is corrupted or the source is wrong; nothing was saved"
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.info("saved %s (sha256 %s)", target, got)
+    return target
