@@ -123,6 +123,11 @@ class Trainer:
             raise SvaiError("--mixed-precision fp16 needs a CUDA GPU: use bf16 or no on this machine")
         # GAN phases freeze networks and call discriminators several times per step, so
         # DDP must tolerate parameters without gradients in a backward pass.
+        # Accelerate keeps one process-wide state; a second run in the same process (a notebook,
+        # the test suite) may ask for another precision, so start that state afresh.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             mixed_precision=train.mixed_precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -197,6 +202,9 @@ class Trainer:
         return DataLoader(
             self.train_set, batch_sampler=sampler, collate_fn=collate,
             num_workers=self.config.data.num_workers, persistent_workers=False,
+            # Its own generator: creating the loader's iterator must not draw from the global
+            # RNG, or a resumed run would see a shifted random stream (dropout, image pools).
+            generator=torch.Generator().manual_seed(hash_seed(train.seed, self.start_step, 11)),
         )
 
     def _set_lr(self, step: int) -> float:

@@ -1,5 +1,157 @@
-"""`svai evaluate`."""
+"""`svai evaluate`: paired and set metrics of generated images against targets."""
 
 from __future__ import annotations
 
-from svai.cli.app import app, console, user_errors  # noqa: F401
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from svai.cli.app import app, console, err_console, fail, user_errors
+
+# Decimals shown per metric family; the JSON keeps full precision.
+_DECIMALS = {"ssim": 4, "psnr": 2, "lpips": 4, "fid": 2, "kid": 5, "is": 3}
+_LISTED = 10  # file names shown per list before "and N more"
+
+
+def _format(metric: str, entry: dict[str, Any]) -> str:
+    decimals = _DECIMALS[metric.split("_")[0]]
+    mean = entry.get("mean")
+    if mean is None:
+        return "-"
+    text = f"{mean:.{decimals}f}"
+    if entry.get("std") is not None:
+        text += f" ± {entry['std']:.{decimals}f}"
+    return text
+
+
+def _label(metric: str) -> str:
+    base, _, region = metric.partition("_")
+    name = {"is": "IS", "kid": "KID", "fid": "FID"}.get(base, base.upper())
+    if base == "psnr":
+        name += " (dB)"
+    return f"{name} {region}" if region else name
+
+
+def _table(result: dict[str, Any]) -> Table:
+    rows = [result] + ([result["baseline"]] if result.get("baseline") else [])
+    table = Table(title=f"{result['name']} vs {result['target']}", title_justify="left")
+    if len(rows) > 1:
+        table.add_column("run")
+    table.add_column("metric")
+    table.add_column("", justify="center")
+    table.add_column("mean ± std", justify="right")
+    table.add_column("N", justify="right")
+    for metric in result["metrics"]:
+        for row in rows:
+            entry = row["metrics"].get(metric)
+            if entry is None:
+                continue
+            n = str(entry["n"])
+            if entry.get("identical"):
+                n += f" (+{entry['identical']} identical)"
+            if "n_target" in entry:
+                n += f" / {entry['n_target']}"
+            cells = [_label(metric), "↑" if entry["higher_is_better"] else "↓", _format(metric, entry), n]
+            if len(rows) > 1:
+                cells.insert(0, row["name"] if row["role"] == "model" else "baseline (do nothing)")
+            table.add_row(*cells)
+    return table
+
+
+def _listing(files: list[str]) -> str:
+    shown = ", ".join(files[:_LISTED])
+    return shown + (f" and {len(files) - _LISTED} more" if len(files) > _LISTED else "")
+
+
+def _report(result: dict[str, Any]) -> None:
+    """Everything besides the table, on stderr: warnings, unavailable metrics, unmatched, skipped."""
+    for row in [result] + ([result["baseline"]] if result.get("baseline") else []):
+        prefix = "" if row["role"] == "model" else "baseline: "
+        for metric, entry in row["metrics"].items():
+            if entry.get("warning"):
+                err_console.print(f"[yellow]warning:[/] {prefix}{_label(metric)}: {entry['warning']}")
+        by_reason: dict[str, list[str]] = {}
+        for metric, reason in row["unavailable"].items():
+            # The baseline shares the model's weights: say each missing file once.
+            if row is not result and result["unavailable"].get(metric) == reason:
+                continue
+            by_reason.setdefault(reason, []).append(_label(metric))
+        for reason, labels in by_reason.items():
+            err_console.print(f"[yellow]unavailable:[/] {prefix}{', '.join(labels)}: {reason}")
+        for side, root in (("pred_only", row["pred"]), ("target_only", row["target"])):
+            files = row["unmatched"][side]
+            if files:
+                err_console.print(
+                    f"[yellow]unmatched:[/] {prefix}{len(files)} file(s) only in {root}: {_listing(files)}"
+                )
+        for item in row["skipped"]:
+            err_console.print(f"[red]skipped:[/] {prefix}{item['file']}: {item['reason']}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  svai evaluate --pred out/p2p --target data/test/after --json runs/p2p/evaluation.json\n\n"
+        "  svai evaluate --pred out/p2p --target data/test/after --baseline data/test/before\n\n"
+        "  svai evaluate --pred out/p2p --target data/test/after --metrics ssim,psnr\n\n"
+        "Conventions (SSIM window, PSNR on 8-bit data, regions, FID sample size): docs/metrics.md."
+    ),
+)
+@user_errors
+def evaluate(
+    pred: Path = typer.Option(..., "--pred", help="Folder of generated images."),
+    target: Path = typer.Option(..., "--target", help="Folder of ground-truth images (paired by relative path without extension)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full results (per image, settings, versions) here."),
+    metrics: Optional[list[str]] = typer.Option(
+        None, "--metrics", help="Metrics to compute, comma-separated or repeated: ssim, psnr, lpips, fid, kid, is (default: all)."
+    ),
+    masks: Optional[Path] = typer.Option(
+        None, "--masks", help="Masks (255 = changed region) for region metrics; default TARGET/../masks when it exists."
+    ),
+    baseline: Optional[Path] = typer.Option(
+        None, "--baseline", help="Do-nothing images (usually the before images), evaluated alike as a reference row."
+    ),
+    before: Optional[Path] = typer.Option(None, "--before", help="The input images, recorded for grids (default: --baseline)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of this evaluation (default: the --pred folder's name)."),
+    lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex, vgg or squeeze."),
+    fid_dims: int = typer.Option(2048, "--fid-dims", help="Inception features for FID/KID: 64, 192, 768 or 2048."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder searched first for pretrained weights."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images decoded and measured together."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the target features even when cached."),
+) -> None:
+    """Measure generated images against targets: SSIM, PSNR, LPIPS (also per region), FID, KID, IS."""
+    from svai.metrics.evaluate import evaluate_folders, normalize_metrics, write_json
+
+    named = normalize_metrics(metrics) if metrics else []
+    with Progress(
+        TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task("evaluate", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = evaluate_folders(
+            pred, target, metrics=named or None, masks=masks, baseline=baseline, before=before, name=name,
+            lpips_net=lpips_net, fid_dims=fid_dims, weights_dir=weights_dir, batch_size=batch_size,
+            device=device, use_cache=not no_cache, progress=progress,
+        )
+    if json_path is not None:
+        write_json(result, json_path)
+    console.print(_table(result))
+    _report(result)
+    if json_path is not None:
+        err_console.print(f"wrote {json_path}")
+
+    rows = [result] + ([result["baseline"]] if result.get("baseline") else [])
+    missing = sorted({m for row in rows for m in named if m in row["unavailable"]})
+    skipped = sum(len(row["skipped"]) for row in rows)
+    if missing:
+        raise fail(f"could not compute {', '.join(_label(m) for m in missing)} (reasons above); the other metrics are reported")
+    if skipped:
+        raise fail(f"{skipped} file(s) could not be used (listed above); the other images were evaluated")

@@ -1,40 +1,123 @@
-"""`svai prepare`: write a prepared paired dataset."""
+"""`svai prepare`: write a prepared paired dataset from photos, a CSV, or synthetic faces."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from svai.cli.app import app, console, user_errors
 from svai.errors import SvaiError
+
+SYNTHETIC_SIZE = 128
+PHOTO_SIZE = 512
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar driven by `update(done, total)`."""
+    with Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _prepare_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float) -> None:
+    from svai.data.synthetic import write_synthetic_dataset
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SvaiError(f"{out} is not empty: choose a new output folder")
+    with _progress_bar("drawing pairs") as update:
+        summary = write_synthetic_dataset(
+            out, count=count, size=size, seed=seed, test_fraction=test_fraction,
+            progress=lambda done: update(done, count),
+        )
+    console.print(
+        f"wrote {summary['pairs']['train']} train and {summary['pairs']['test']} test pairs "
+        f"({size}x{size}) to {out}"
+    )
+
+
+def _summary_table(report) -> Table:  # type: ignore[no-untyped-def]
+    table = Table(title=f"svai prepare → {report.out}", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("pairs written (new or changed)", str(report.written))
+    table.add_row("pairs kept from the last run", str(report.kept))
+    if report.removed:
+        table.add_row("pairs removed (gone from the source)", str(report.removed))
+    table.add_row("dataset: train / test pairs", f"{report.pairs['train']} / {report.pairs['test']}")
+    for reason, number in report.skipped_by_reason().items():
+        table.add_row(f"[yellow]skipped: {reason}", str(number))
+    return table
 
 
 @app.command(
     epilog=(
         "Examples:\n\n"
+        "  svai prepare photos/ data/ --size 512\n\n"
+        "  svai prepare pairs.csv data/ --crop face --align\n\n"
+        "  svai prepare pix2pix_aligned/ data/ --pairing side-by-side --order after-before\n\n"
         "  svai prepare synthetic data/synth --count 300 --size 128 --seed 0\n\n"
-        "SOURCE `synthetic` draws the built-in synthetic faces; write ./synthetic for a folder of that name."
+        "SOURCE `synthetic` draws the built-in synthetic faces; write ./synthetic for a folder of that name. "
+        "Running again on the same OUT processes only new or changed pairs. See docs/data.md."
     ),
 )
 @user_errors
 def prepare(
-    source: str = typer.Argument(..., help="Photo folder or CSV, or `synthetic` for the built-in dataset."),
-    out: Path = typer.Argument(..., help="Output folder (empty or absent)."),
-    count: int = typer.Option(300, "--count", help="Synthetic only: number of pairs."),
-    size: int = typer.Option(128, "--size", help="Output image size in pixels (square)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (drawing and train/test split)."),
+    source: str = typer.Argument(..., help="Photo folder or CSV of pairs, or `synthetic` for the built-in dataset."),
+    out: Path = typer.Argument(..., help="Output folder: empty, absent, or an earlier prepare of SOURCE."),
+    size: Optional[int] = typer.Option(
+        None, "--size", help=f"Output image size in pixels, square [default: {PHOTO_SIZE}; synthetic {SYNTHETIC_SIZE}]."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed (synthetic drawing and the train/test split)."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of subjects put in the test split."),
+    count: int = typer.Option(300, "--count", help="Synthetic only: number of pairs."),
+    pairing: str = typer.Option(
+        "auto", "--pairing", help="How pairs are found: auto, dirs, names, side-by-side or csv."
+    ),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="CSV with columns before,after[,subject,procedures,id]; paths relative to the CSV."
+    ),
+    order: str = typer.Option(
+        "before-after", "--order", help="Side-by-side composites: before-after (before on the left) or after-before."
+    ),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="YAML mapping folder names to procedures (extends or overrides the built-in aliases)."
+    ),
+    crop: str = typer.Option(
+        "center", "--crop", help="center (square from the middle), face (skin-colour box, centre fallback) or none (pad)."
+    ),
+    align: bool = typer.Option(False, "--align", help="Register each after photo onto its before photo (similarity)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
+    force: bool = typer.Option(False, "--force", help="Rebuild OUT from scratch (only an OUT made by svai prepare)."),
 ) -> None:
     """Pair, clean, resize and split photos into OUT/{train,test}/{before,after}/<id>.png."""
-    if source != "synthetic":
-        raise SvaiError("preparing real photo folders is not available yet: use `svai prepare synthetic OUT`")
-    from svai.data.synthetic import write_synthetic_dataset
+    if source == "synthetic":
+        _prepare_synthetic(out, count, size or SYNTHETIC_SIZE, seed, test_fraction)
+        return
+    from svai.data.prepare import SKIPPED_FILE, PrepareOptions, prepare_dataset
 
-    if out.exists() and any(out.iterdir()):
-        raise SvaiError(f"{out} is not empty: choose a new output folder")
-    summary = write_synthetic_dataset(out, count=count, size=size, seed=seed, test_fraction=test_fraction)
-    console.print(
-        f"wrote {summary['pairs']['train']} train and {summary['pairs']['test']} test pairs "
-        f"({size}x{size}) to {out}"
+    options = PrepareOptions(
+        size=size or PHOTO_SIZE, pairing=pairing, pairs_csv=pairs, order=order, labels=labels,
+        crop=crop, align=align, workers=workers, seed=seed, test_fraction=test_fraction, force=force,
     )
+    with _progress_bar("preparing pairs") as update:
+        report = prepare_dataset(Path(source), out, options, progress=update)
+    console.print(_summary_table(report))
+    if report.skipped:
+        console.print(f"every skipped file and why: {out / SKIPPED_FILE}")
+    if report.total == 0:
+        raise SvaiError(
+            f"no pair could be prepared from {source} ({len(report.skipped)} files skipped): see {out / SKIPPED_FILE}"
+        )

@@ -1,5 +1,100 @@
-"""`svai weights`."""
+"""`svai weights`: list the pretrained files the metrics use; `svai weights fetch` downloads them."""
 
 from __future__ import annotations
 
-from svai.cli.app import app, console, user_errors  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from svai import weights as registry
+from svai.cli.app import app, console, user_errors
+from svai.errors import SvaiError
+
+weights_app = typer.Typer(
+    help=(
+        "Pretrained files used by FID, KID, IS and LPIPS: where they are, whether they verify, "
+        "and how to fetch them. Without a subcommand, lists them."
+    ),
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+app.add_typer(weights_app, name="weights")
+
+WEIGHTS_DIR_HELP = "Folder searched first (then $SVAI_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints)."
+
+
+@weights_app.callback()
+@user_errors
+def list_weights(
+    ctx: typer.Context,
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Hash each file found (a few seconds)."),
+) -> None:
+    """List every pretrained file: key, file name, metrics, location and status."""
+    if ctx.invoked_subcommand is not None:
+        return
+    table = Table(title="Pretrained weights", title_justify="left")
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("file", no_wrap=True)
+    table.add_column("used by")
+    table.add_column("status", no_wrap=True)
+    found: list[tuple[str, Path]] = []
+    for key, entry in registry.REGISTRY.items():
+        path = registry.locate(key, weights_dir)
+        if path is None:
+            status = "[red]missing[/]"
+        else:
+            found.append((key, path))
+            if not verify:
+                status = "present"
+            elif registry.verify(key, path):
+                status = "[green]verified[/]"
+            else:
+                status = "[yellow]wrong hash[/]"
+        table.add_row(key, entry.filename, ", ".join(entry.used_by), status)
+    console.print(table)
+    # Paths go on their own lines: in a table column they would be folded mid-name.
+    for key, path in found:
+        console.print(f"{key}: {path}", highlight=False, markup=False, soft_wrap=True)
+    console.print("searched, in order: " + ", ".join(str(d) for d in registry.search_dirs(weights_dir)), highlight=False)
+    console.print(
+        "missing file: `svai weights fetch KEY` on a machine with internet, or copy it into the first "
+        "folder above (docs/offline.md)",
+        highlight=False,
+        markup=False,
+    )
+
+
+@weights_app.command("fetch")
+@user_errors
+def fetch_weights(
+    name: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(registry.REGISTRY)}. Default: all."),
+    weights_dir: Optional[Path] = typer.Option(
+        None, "--weights-dir", help="Where to save; default $SVAI_WEIGHTS_DIR, else $TORCH_HOME/hub/checkpoints."
+    ),
+    url: Optional[str] = typer.Option(None, "--url", help="Download from this mirror URL instead (one NAME only)."),
+    force: bool = typer.Option(False, "--force", help="Download even when a verified copy is already present."),
+) -> None:
+    """Download pretrained files (needs internet), check their sha256, and save them."""
+    keys = [registry.spec(name).key] if name else list(registry.REGISTRY)
+    if url is not None and name is None:
+        raise SvaiError("--url needs a NAME: a mirror serves one file")
+    for key in keys:
+        present = registry.locate(key, weights_dir)
+        if present is not None and not force and registry.verify(key, present):
+            console.print(f"{key}: already present and verified at {present}", highlight=False)
+            continue
+        entry = registry.spec(key)
+        with Progress(
+            TextColumn(f"{key}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=console, transient=True
+        ) as progress:
+            task = progress.add_task(key, total=entry.size)
+
+            def report(done: int, total: Optional[int], task: int = task) -> None:
+                progress.update(task, completed=done, total=total or entry.size)
+
+            path = registry.fetch(key, weights_dir, url=url, progress=report)
+        console.print(f"{key}: saved and verified {path}", highlight=False)

@@ -135,6 +135,15 @@ def read_rgb(
     Raises `ImageProblem` (an `SvaiError`) naming the file when it is empty, unreadable,
     truncated, not an image or larger than `max_pixels`.
     """
+    return to_rgb_array(load_rgb_image(path, min_size, max_pixels))
+
+
+def load_rgb_image(
+    path: Path,
+    min_size: tuple[int, int] | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> Image.Image:
+    """Like `read_rgb`, but returns a Pillow image in mode "RGB" (metadata dropped)."""
     path = Path(path)
     image = _open(path, max_pixels)
     try:
@@ -147,7 +156,8 @@ def read_rgb(
                 image.draft("RGB", (max(1, int(min_size[0])), max(1, int(min_size[1]))))
             image.load()
             image = ImageOps.exif_transpose(image)
-            return to_rgb_array(image)
+            # A fresh image from the pixels alone: no EXIF, GPS, XMP, comments or profile.
+            return Image.fromarray(to_rgb_array(image))
     except SvaiError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:

@@ -299,7 +299,11 @@ def _pairs_from_folder(root: Path, pairing: str, order: str, aliases: Mapping[st
         if pairing in ("auto", "dirs") and role_folders:
             index, role = role_folders[-1]  # the innermost role folder decides
             key_folders = tuple(nfc(f) for f in folders[:index] + folders[index + 1:])
-            groups[(key_folders, stem)][role].append(path)
+            token = split_role_token(stem)
+            # before/0012_before.jpg pairs with after/0012_after.jpg: a token that agrees
+            # with its folder is redundant, one that disagrees is part of the name.
+            key_stem = token[0] if token is not None and token[1] == role else stem
+            groups[(key_folders, key_stem)][role].append(path)
             continue
         token = split_role_token(stem) if pairing in ("auto", "names") else None
         if token is not None:

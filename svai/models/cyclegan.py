@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, set_requires_grad
@@ -232,9 +233,9 @@ class CycleGAN(ModelFamily):
             return total, {"D_A": loss_a.item(), "D_B": loss_b.item(), "D": total.item()}
         raise ValueError(f"cyclegan has phases G and D; got {phase!r}")
 
-    def _discriminator_loss(self, discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def _discriminator_loss(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """½·(GAN(D(real) → real) + GAN(D(fake) → fake)); halved so D learns more slowly than G."""
         mode = self.options.gan_mode
-        # Halved so D learns more slowly than G, as in the reference.
         return 0.5 * (gan_loss(discriminator(real), True, mode) + gan_loss(discriminator(fake.detach()), False, mode))
 
     # -- inference ----------------------------------------------------------------------
@@ -242,5 +243,7 @@ class CycleGAN(ModelFamily):
     def translate(self, nets: Networks, before: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after by G_AB, same shape, in [-1, 1]."""
         if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
-            raise SvaiError(f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}")
+            raise SvaiError(
+                f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}"
+            )
         return nets["G_AB"](before)

@@ -70,8 +70,8 @@ def init_weights(module: nn.Module, gain: float = 0.02) -> None:
 class SelfAttention(nn.Module):
     """SAGAN self-attention block (Zhang et al. 2019, Sec. 3), optionally multi-head.
 
-    Queries f(x) and keys g(x) are 1×1 convolutions to C/8 channels, values h(x) a 1×1
-    convolution to C channels. With `heads` > 1 those channels are split evenly among the
+    Queries and keys (the paper's g and f) are 1×1 convolutions to C/8 channels, values
+    (h) a 1×1 convolution to C channels. With `heads` > 1 those channels are split evenly among the
     heads, so the parameter count does not depend on `heads`. Attention weights are a
     softmax over all H·W positions (eq. 1) and the output is ``x + γ·o`` (eq. 3) with γ
     initialised to 0, so a fresh block is the identity and the network starts out equal to
@@ -235,7 +235,9 @@ class UnetSkipBlock(nn.Module):
         if outermost:
             down: list[nn.Module] = [down_conv]
             up: list[nn.Module] = [
-                nn.ReLU(True), nn.ConvTranspose2d(inner_channels * 2, outer_channels, 4, stride=2, padding=1), nn.Tanh(),
+                nn.ReLU(True),
+                nn.ConvTranspose2d(inner_channels * 2, outer_channels, 4, stride=2, padding=1),
+                nn.Tanh(),
             ]
         elif innermost:
             down = [nn.LeakyReLU(0.2, True), down_conv]
@@ -262,6 +264,8 @@ class UnetSkipBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The in-place LeakyReLU opening `down` also rectifies x before it is concatenated,
+        # so the skip carries LeakyReLU(x): the reference network behaves the same way.
         y = self.up(self.submodule(self.down(x)))
         if self.outermost:
             return y
@@ -272,9 +276,11 @@ class UnetSkipBlock(nn.Module):
 class UnetGenerator(nn.Module):
     """pix2pix U-Net with `depth` downsamplings (``unet_256`` is depth 8 at 256 px).
 
-    Widths double from `ngf` up to 8·ngf; levels beyond the fifth stay at 8·ngf and carry
-    dropout in their decoder half, as in the reference. With ``attention_position = p`` the
-    features at resolution H/2^p (after the skip concatenation) pass through self-attention.
+    Widths double from `ngf` up to 8·ngf. As in the reference, the 8·ngf levels between the
+    first one at that width and the innermost carry dropout in their decoder half (three of
+    them in unet_256), and the innermost 1×1 bottleneck has no norm. With
+    ``attention_position = p`` the features at resolution H/2^p (after the skip
+    concatenation) pass through self-attention.
 
     x: (B, in_channels, H, W) in [-1, 1] with H, W divisible by 2^depth
     -> (B, out_channels, H, W) in [-1, 1].
@@ -444,14 +450,26 @@ class ImagePool(nn.Module):
         self.register_buffer("images", torch.zeros(0))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         # A fresh pool has not allocated yet: take the stored pool's shape so loading fits.
         stored = state_dict.get(prefix + "images")
         if isinstance(stored, torch.Tensor) and stored.shape != self.images.shape:
             if stored.numel() > 0 and stored.shape[0] != self.size:
-                raise ValueError(f"stored image pool holds {stored.shape[0]} images; this pool holds {self.size}")
+                error_msgs.append(f"stored image pool holds {stored.shape[0]} images; this pool holds {self.size}")
+                return
             self.images = torch.zeros(stored.shape, dtype=stored.dtype, device=self.images.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @torch.no_grad()
     def query(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -282,7 +282,7 @@ def test_pool_state_survives_state_dict_round_trip() -> None:
     out_old = pool.query(queries, torch.Generator().manual_seed(3))
     out_new = fresh.query(queries, torch.Generator().manual_seed(3))
     assert torch.equal(out_old, out_new)
-    with pytest.raises(ValueError):
+    with pytest.raises(RuntimeError, match="holds 5 images"):
         ImagePool(4).load_state_dict(state)
 
 

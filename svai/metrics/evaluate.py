@@ -1,0 +1,734 @@
+"""The evaluation driver: one decode pass over the folders feeds every metric.
+
+`evaluate_folders(pred, target, ...)` returns the evaluation JSON (see `docs/metrics.md`):
+
+- paired metrics (SSIM, PSNR, LPIPS) on files paired by relative path without extension,
+  per image, then mean ± population std over images; with masks also inside the changed
+  region and outside it (`ssim_changed`, `ssim_kept`, ...);
+- set metrics (FID, KID, IS) from one Inception pass over every readable image of each
+  folder; the target folder's features are cached (`svai.metrics.cache`);
+- with `baseline=` the same for a do-nothing folder (usually the before images), sharing
+  the decode and the features of the targets.
+
+Images stream in batches of `batch_size` ids (the next batch decodes in a thread while the
+current one is measured), so memory does not grow with the number of images. A metric that
+cannot run (weights missing, too few images) lands in `unavailable` with the reason and the
+fix; unreadable files land in `skipped`; neither stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from svai import __version__
+from svai.data.images import read_rgb
+from svai.errors import SvaiError
+from svai.metrics import cache as feature_cache
+from svai.metrics.pairing import Pairing, index_folder, pair_ids
+from svai.metrics.psnr import psnr_from_mse, squared_error_map
+from svai.metrics.ssim import SSIM_SETTINGS, SSIM_WINDOW, crop_to_ssim_map, ssim_map
+
+logger = logging.getLogger(__name__)
+
+PAIRED_METRICS: tuple[str, ...] = ("ssim", "psnr", "lpips")
+SET_METRICS: tuple[str, ...] = ("fid", "kid", "is")
+METRICS: tuple[str, ...] = PAIRED_METRICS + SET_METRICS
+REGIONS: tuple[str, ...] = ("changed", "kept")
+HIGHER_IS_BETTER: dict[str, bool] = {"ssim": True, "psnr": True, "lpips": False, "fid": False, "kid": False, "is": True}
+FID_DIMS: tuple[int, ...] = (64, 192, 768, 2048)
+KID_SUBSETS: int = 100
+KID_SUBSET_SIZE: int = 1000
+IS_SPLITS: int = 10
+# AlexNet's strided convolutions and pools need at least 31 px; a round bound is easier to state.
+LPIPS_MIN_SIZE: int = 32
+MASK_THRESHOLD: int = 128  # mask pixels >= this (of 255) belong to the changed region
+
+PSNR_SETTINGS = "per image on 8-bit RGB (peak 255), then averaged; identical pairs counted apart"
+REGION_SETTINGS = (
+    "changed = mask >= 128, kept = the rest; SSIM map (valid 11x11 windows) and squared error "
+    "averaged over each region's pixels, LPIPS spatial map likewise"
+)
+
+Progress = Callable[[int, int], None]
+
+
+def _versions() -> dict[str, str]:
+    found = {"svai": __version__}
+    for package in ("torch", "torchvision", "lpips", "pytorch-fid", "numpy", "scipy"):
+        try:
+            found[package.replace("-", "_")] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package.replace("-", "_")] = "not installed"
+    return found
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _skip_reason(error: SvaiError, path: Path) -> str:
+    message = _one_line(error)
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SvaiError(f"--device {device!r} is not a device: use cpu or cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SvaiError(f"--device {device}: no CUDA device is visible to torch; use --device cpu")
+    if resolved.type not in ("cpu", "cuda"):
+        raise SvaiError(f"--device {device!r} is not supported: use cpu or cuda")
+    return resolved
+
+
+def normalize_metrics(metrics: list[str] | None) -> list[str]:
+    """Lower-case, split on commas, drop duplicates, check names. None -> every metric."""
+    if metrics is None:
+        return list(METRICS)
+    chosen: list[str] = []
+    for item in metrics:
+        for name in str(item).split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in METRICS:
+                raise SvaiError(f"--metrics {name!r} is not known: choose from {', '.join(METRICS)}")
+            if name not in chosen:
+                chosen.append(name)
+    if not chosen:
+        raise SvaiError(f"--metrics is empty: choose from {', '.join(METRICS)}")
+    return chosen
+
+
+@dataclass
+class _Candidate:
+    """One folder measured against the targets: the model's output or the do-nothing baseline."""
+
+    role: str
+    name: str
+    root: Path
+    files: dict[str, Path]
+    pairing: Pairing
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> id -> value
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (dims,)
+    logits: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (1008,)
+    skipped: dict[str, str] = field(default_factory=dict)  # file -> reason
+    evaluated: set[str] = field(default_factory=set)  # ids with paired values
+    without_mask: set[str] = field(default_factory=set)
+
+    def record(self, metric: str, key: str, value: float) -> None:
+        self.values.setdefault(metric, {})[key] = value
+
+
+@dataclass
+class _Models:
+    lpips: torch.nn.Module | None = None
+    inception: torch.nn.Module | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)
+
+
+def _load_models(requested: list[str], lpips_net: str, weights_dir: Path | None, device: torch.device) -> tuple[_Models, str]:
+    """Build the networks the requested metrics need; a failure makes those metrics unavailable.
+
+    Returns the models and the sha256 of the Inception weights ("" without them).
+    """
+    models = _Models()
+    inception_sha = ""
+    if "lpips" in requested:
+        try:
+            from svai import weights
+            from svai.metrics.perceptual import load_lpips
+
+            models.lpips, path = load_lpips(lpips_net, weights_dir, device)
+            models.weights[path.name] = weights.sha256_file(path)
+        except SvaiError as error:
+            models.unavailable["lpips"] = _one_line(error)
+        except ImportError as error:
+            models.unavailable["lpips"] = f"cannot import what LPIPS needs ({error}); reinstall svai with its dependencies"
+    wanted_sets = [m for m in SET_METRICS if m in requested]
+    if wanted_sets:
+        try:
+            from svai import weights
+            from svai.metrics.inception import load_inception
+
+            path = weights.require("inception", weights_dir)
+            models.inception = load_inception(weights_dir, device)
+            inception_sha = weights.sha256_file(path)
+            models.weights[path.name] = inception_sha
+        except SvaiError as error:
+            for metric in wanted_sets:
+                models.unavailable[metric] = _one_line(error)
+        except ImportError as error:
+            for metric in wanted_sets:
+                models.unavailable[metric] = f"cannot import the Inception network ({error}); reinstall svai with its dependencies"
+    return models, inception_sha
+
+
+def _decode(path: Path) -> np.ndarray | SvaiError:
+    try:
+        return read_rgb(path)
+    except SvaiError as error:
+        return error
+
+
+def _decode_batch(jobs: list[tuple[str, str, Path]]) -> dict[tuple[str, str], np.ndarray | SvaiError]:
+    """Decode (role, id, path) jobs; failures come back as the error, not raised."""
+    return {(role, key): _decode(path) for role, key, path in jobs}
+
+
+def _to_tensor(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 arrays of one shape -> (B, 3, H, W) uint8 on `device`."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def _masked_means(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means of (B, H, W) `values` over each image's `mask` (bool (B, H, W)) and its complement.
+
+    Returns two (B,) float64 tensors; NaN where a region has no pixels.
+    """
+    values = values.to(torch.float64)
+    inside = mask.to(torch.float64)
+    outside = 1.0 - inside
+    count_in = inside.sum(dim=(1, 2))
+    count_out = outside.sum(dim=(1, 2))
+    mean_in = (values * inside).sum(dim=(1, 2)) / count_in
+    mean_out = (values * outside).sum(dim=(1, 2)) / count_out
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=values.device)
+    return torch.where(count_in > 0, mean_in, nan), torch.where(count_out > 0, mean_out, nan)
+
+
+class _LpipsTargets:
+    """LPIPS backbone features of one batch's targets, computed once and shared by candidates."""
+
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor) -> None:
+        self.model = model
+        self.images = images
+        self.features: list[torch.Tensor] | None = None
+
+    def get(self) -> list[torch.Tensor]:
+        if self.features is None:
+            from svai.metrics.perceptual import lpips_features
+
+            self.features = lpips_features(self.model, self.images.float() / 127.5 - 1.0)
+        return self.features
+
+
+def _measure_pairs(
+    candidate: _Candidate,
+    ids: list[str],
+    pred: torch.Tensor,
+    target_index: torch.Tensor,
+    target: torch.Tensor,
+    lpips_targets: _LpipsTargets | None,
+    masks: torch.Tensor | None,
+    requested: list[str],
+) -> None:
+    """Paired metrics of one same-shape group. pred: (B, 3, H, W) uint8; target: the batch's
+    targets of that shape, `target_index` picks each pred's target; masks: (B, H, W) bool or None."""
+    paired_target = target.index_select(0, target_index)
+    channels = pred.shape[1]
+    if "psnr" in requested:
+        error = squared_error_map(pred, paired_target) / channels  # (B, H, W) per-pixel MSE
+        for key, value in zip(ids, psnr_from_mse(error.mean(dim=(1, 2))).tolist()):
+            candidate.record("psnr", key, value)
+        if masks is not None:
+            for region, mse in zip(REGIONS, _masked_means(error, masks)):
+                for key, value in zip(ids, psnr_from_mse(mse).tolist()):
+                    if not math.isnan(value):
+                        candidate.record(f"psnr_{region}", key, value)
+    if "ssim" in requested:
+        # float64: the variances are differences of large moments (see ssim_map).
+        similarity = ssim_map(pred.to(torch.float64) / 255.0, paired_target.to(torch.float64) / 255.0)
+        for key, value in zip(ids, similarity.mean(dim=(1, 2)).tolist()):
+            candidate.record("ssim", key, value)
+        if masks is not None:
+            for region, means in zip(REGIONS, _masked_means(similarity, crop_to_ssim_map(masks))):
+                for key, value in zip(ids, means.tolist()):
+                    if not math.isnan(value):
+                        candidate.record(f"ssim_{region}", key, value)
+    if lpips_targets is not None:
+        from svai.metrics.perceptual import lpips_features, lpips_from_features
+
+        model = lpips_targets.model
+        pred_features = lpips_features(model, pred.float() / 127.5 - 1.0)
+        target_features = [f.index_select(0, target_index) for f in lpips_targets.get()]
+        values, spatial = lpips_from_features(model, pred_features, target_features, tuple(pred.shape[-2:]))
+        for key, value in zip(ids, values.tolist()):
+            candidate.record("lpips", key, value)
+        if masks is not None:
+            for region, means in zip(REGIONS, _masked_means(spatial, masks)):
+                for key, value in zip(ids, means.tolist()):
+                    if not math.isnan(value):
+                        candidate.record(f"lpips_{region}", key, value)
+    candidate.evaluated.update(ids)
+
+
+def _inception_pass(
+    model: torch.nn.Module, images: dict[str, np.ndarray], dims: int, device: torch.device
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Features (dims,) float64 and logits (1008,) of every image, one forward per shape."""
+    from svai.metrics.inception import inception_outputs
+
+    features: dict[str, np.ndarray] = {}
+    logits: dict[str, np.ndarray] = {}
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for key, image in images.items():
+        by_shape.setdefault(image.shape, []).append(key)
+    for keys in by_shape.values():
+        batch = _to_tensor([images[k] for k in keys], device).float() / 255.0
+        feats, logit = inception_outputs(model, batch, dims)
+        feats_np = feats.cpu().numpy().astype(np.float64)
+        logit_np = logit.float().cpu().numpy()
+        for i, key in enumerate(keys):
+            features[key] = feats_np[i]
+            logits[key] = logit_np[i]
+    return features, logits
+
+
+def _summary(values: dict[str, float], higher_is_better: bool) -> dict[str, Any]:
+    ordered = dict(sorted(values.items()))
+    array = np.asarray(list(ordered.values()), dtype=np.float64)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "n": int(array.size),
+        "higher_is_better": higher_is_better,
+        "per_image": {k: float(v) for k, v in ordered.items()},
+    }
+
+
+def _psnr_summary(values: dict[str, float]) -> dict[str, Any] | None:
+    """PSNR summary; identical pairs (infinite PSNR) are counted in `identical`, left out of
+    mean/std/n, and have `null` as their per-image value."""
+    finite = {k: v for k, v in values.items() if math.isfinite(v)}
+    identical = len(values) - len(finite)
+    if finite:
+        entry = _summary(finite, True)
+    else:
+        entry = {"mean": None, "std": None, "n": 0, "higher_is_better": True, "per_image": {}}
+    entry["identical"] = identical
+    entry["per_image"] = {k: (float(v) if math.isfinite(v) else None) for k, v in sorted(values.items())}
+    if identical:
+        entry["warning"] = (
+            f"{identical} pair(s) are identical (infinite PSNR): left out of the mean, which covers {len(finite)} pair(s)"
+        )
+    return entry
+
+
+def _fid_warning(n: int, n_target: int, dims: int) -> str | None:
+    smallest = min(n, n_target)
+    if smallest >= dims:
+        return None
+    advice = "compare KID, which is unbiased for small sets" if dims == 64 else "compare KID (unbiased for small sets) or use --fid-dims 64, 192 or 768"
+    return (
+        f"FID from {smallest} images at {dims} dims is unreliable: it is biased for small sets and needs at "
+        f"least {dims} images per folder for a full-rank covariance; {advice}"
+    )
+
+
+def _set_metrics(
+    candidate: _Candidate,
+    target_features: np.ndarray,
+    requested: list[str],
+    unavailable: dict[str, str],
+    dims: int,
+) -> dict[str, dict[str, Any]]:
+    from svai.metrics.fid import feature_statistics, frechet_distance
+    from svai.metrics.inception_score import inception_score
+    from svai.metrics.kid import kernel_inception_distance
+
+    out: dict[str, dict[str, Any]] = {}
+    keys = sorted(candidate.features)
+    n, n_target = len(keys), int(target_features.shape[0])
+    features = np.stack([candidate.features[k] for k in keys]) if keys else np.zeros((0, dims))
+    too_few = f"needs at least 2 readable images in each folder; got {n} in {candidate.root} and {n_target} in the targets"
+    if "fid" in requested and "fid" not in unavailable:
+        if min(n, n_target) < 2:
+            unavailable["fid"] = f"FID {too_few}"
+        else:
+            mu1, sigma1 = feature_statistics(features)
+            mu2, sigma2 = feature_statistics(target_features)
+            out["fid"] = {"mean": frechet_distance(mu1, sigma1, mu2, sigma2), "n": n, "n_target": n_target, "higher_is_better": False}
+            warning = _fid_warning(n, n_target, dims)
+            if warning:
+                out["fid"]["warning"] = warning
+    if "kid" in requested and "kid" not in unavailable:
+        if min(n, n_target) < 2:
+            unavailable["kid"] = f"KID {too_few}"
+        else:
+            subset_size = min(KID_SUBSET_SIZE, n, n_target)
+            mean, std = kernel_inception_distance(features, target_features, subsets=KID_SUBSETS, subset_size=subset_size, seed=0)
+            out["kid"] = {
+                "mean": mean, "std": std, "n": n, "n_target": n_target, "higher_is_better": False,
+                "subsets": KID_SUBSETS, "subset_size": subset_size,
+            }
+    if "is" in requested and "is" not in unavailable:
+        if n < 2:
+            unavailable["is"] = f"IS needs at least 2 readable images in {candidate.root}; got {n}"
+        else:
+            splits = min(IS_SPLITS, n)
+            logits = np.stack([candidate.logits[k] for k in keys])
+            mean, std = inception_score(logits, splits=splits, seed=0)
+            out["is"] = {"mean": mean, "std": std, "n": n, "higher_is_better": True, "splits": splits}
+            if splits < IS_SPLITS:
+                out["is"]["warning"] = f"IS from {n} images uses {splits} splits instead of {IS_SPLITS}"
+    return out
+
+
+def _paired_results(
+    candidate: _Candidate, requested: list[str], unavailable: dict[str, str], masks: Path | None
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for metric in PAIRED_METRICS:
+        if metric not in requested or metric in unavailable:
+            continue
+        values = candidate.values.get(metric, {})
+        if not values:
+            unavailable[metric] = f"{metric.upper()}: no pair could be measured (see skipped and unmatched)"
+            continue
+        out[metric] = _psnr_summary(values) if metric == "psnr" else _summary(values, HIGHER_IS_BETTER[metric])
+        if masks is None:
+            continue
+        for region in REGIONS:
+            name = f"{metric}_{region}"
+            region_values = candidate.values.get(name, {})
+            if not region_values:
+                unavailable[name] = f"no measured pair has {region} pixels in its mask in {masks}"
+                continue
+            entry = _psnr_summary(region_values) if metric == "psnr" else _summary(region_values, HIGHER_IS_BETTER[metric])
+            notes = []
+            if candidate.without_mask:
+                notes.append(f"{len(candidate.without_mask)} pair(s) have no usable mask in {masks} and are left out")
+            empty = len(candidate.evaluated) - len(candidate.without_mask) - len(region_values)
+            if empty > 0:
+                notes.append(f"{empty} pair(s) have no {region} pixels and are left out")
+            if "warning" in entry:
+                notes.insert(0, entry["warning"])
+            if notes:
+                entry["warning"] = "; ".join(notes)
+            out[name] = entry
+    return out
+
+
+def evaluate_folders(
+    pred: Path,
+    target: Path,
+    *,
+    metrics: list[str] | None = None,
+    masks: Path | None = None,
+    baseline: Path | None = None,
+    before: Path | None = None,
+    name: str | None = None,
+    lpips_net: str = "alex",
+    fid_dims: int = 2048,
+    weights_dir: Path | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    use_cache: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Evaluate the images in `pred` against `target`; returns the evaluation JSON as a dict.
+
+    pred, target: folders of images, paired by relative path without extension.
+    metrics: subset of ssim, psnr, lpips, fid, kid, is (None: all). A metric that cannot run
+        lands in result["unavailable"] with the reason; the caller decides whether that fails.
+    masks: folder of masks (255 = changed) paired with the targets; None: `target/../masks`
+        when that folder exists (the prepared dataset layout).
+    baseline: a do-nothing folder (usually the before images), evaluated alike into
+        result["baseline"]; also recorded as `before` unless `before` is given.
+    progress: called as progress(ids_done, ids_total) after each batch.
+    Raises `SvaiError` for bad folders or options.
+    """
+    requested = normalize_metrics(metrics)
+    if lpips_net not in ("alex", "vgg", "squeeze"):
+        raise SvaiError(f"--lpips-net {lpips_net!r} is not known: use alex, vgg or squeeze")
+    if fid_dims not in FID_DIMS:
+        raise SvaiError(f"--fid-dims {fid_dims} is not available: use one of {', '.join(map(str, FID_DIMS))}")
+    if batch_size < 1:
+        raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
+    torch_device = _resolve_device(device)
+
+    pred, target = Path(pred).resolve(), Path(target).resolve()
+    pred_files = index_folder(pred)
+    target_files = index_folder(target)
+    if masks is None:
+        guess = target.parent / "masks"
+        masks = guess if guess.is_dir() and guess != pred else None
+    else:
+        masks = Path(masks).resolve()
+        if not masks.is_dir():
+            raise SvaiError(f"--masks {masks} is not a folder: give the folder of masks (255 = changed region)")
+    mask_files = index_folder(masks) if masks is not None else {}
+    if baseline is not None:
+        baseline = Path(baseline).resolve()
+        before = before if before is not None else baseline
+    before = Path(before).resolve() if before is not None else None
+
+    candidates = [_Candidate("model", name or pred.name, pred, pred_files, pair_ids(pred_files, target_files, pred, target))]
+    if baseline is not None:
+        baseline_files = index_folder(baseline)
+        candidates.append(
+            _Candidate("baseline", "baseline", baseline, baseline_files, pair_ids(baseline_files, target_files, baseline, target))
+        )
+    paired_requested = [m for m in requested if m in PAIRED_METRICS]
+    for candidate in candidates:
+        if paired_requested and not candidate.pairing.ids:
+            raise SvaiError(
+                f"no image in {candidate.root} has a namesake in {target} (pairs match by relative path without "
+                "extension): rename the files, or ask only for set metrics with --metrics fid,kid,is"
+            )
+
+    models, inception_sha = _load_models(requested, lpips_net, weights_dir, torch_device)
+    unavailable = dict(models.unavailable)
+    paired_active = [m for m in paired_requested if m not in unavailable]
+    sets_active = models.inception is not None and any(m in requested and m not in unavailable for m in SET_METRICS)
+
+    # Target features come from the cache when these exact files were seen with these weights.
+    cache_key = ""
+    cached: feature_cache.CachedFeatures | None = None
+    if sets_active:
+        cache_key = feature_cache.target_key(list(target_files.values()), inception_sha, {"fid_dims": fid_dims, "network": "pt_inception-2015-12-05"})
+        cached = feature_cache.load(cache_key) if use_cache else None
+        if cached is not None:
+            logger.info("target features from the cache (%d images)", len(cached.ids))
+    target_features: dict[str, np.ndarray] = {}
+    target_skipped: dict[str, str] = {}
+    mask_skipped: dict[str, str] = {}
+    if cached is not None:
+        target_features = dict(zip(cached.ids, cached.features))
+        target_skipped = {item["file"]: item["reason"] for item in cached.skipped}
+    targets_for_sets = sets_active and cached is None
+
+    # One work list over every id: each file is decoded at most once, whatever uses it.
+    all_ids = sorted(set(target_files).union(*(c.files for c in candidates)))
+    jobs_by_id: dict[str, list[tuple[str, str, Path]]] = {}
+    for key in all_ids:
+        jobs: list[tuple[str, str, Path]] = []
+        paired_with_target = False
+        for candidate in candidates:
+            path = candidate.files.get(key)
+            if path is None:
+                continue
+            has_pair = key in target_files and bool(paired_active)
+            paired_with_target |= has_pair
+            if has_pair or sets_active:
+                jobs.append((candidate.role, key, path))
+        if key in target_files and (paired_with_target or targets_for_sets):
+            jobs.append(("target", key, target_files[key]))
+        if paired_with_target and key in mask_files:
+            jobs.append(("mask", key, mask_files[key]))
+        if jobs:
+            jobs_by_id[key] = jobs
+    work = list(jobs_by_id)
+    batches = [work[i:i + batch_size] for i in range(0, len(work), batch_size)]
+    lpips_model = models.lpips if "lpips" in paired_active else None
+    min_side = max(SSIM_WINDOW if "ssim" in paired_active else 1, LPIPS_MIN_SIZE if lpips_model is not None else 1)
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svai-decode") as pool:
+        pending: Future | None = None
+        for index, batch in enumerate(batches):
+            if pending is None:
+                pending = pool.submit(_decode_batch, [job for key in batch for job in jobs_by_id[key]])
+            decoded = pending.result()
+            pending = None
+            if index + 1 < len(batches):
+                pending = pool.submit(_decode_batch, [job for key in batches[index + 1] for job in jobs_by_id[key]])
+            _measure_batch(
+                batch, decoded, candidates, target_files, mask_files, target_features if targets_for_sets else None,
+                target_skipped, mask_skipped, models, lpips_model, paired_active, sets_active, fid_dims, min_side, torch_device,
+            )
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(work))
+
+    if targets_for_sets and use_cache:
+        keys = sorted(target_features)
+        entry = feature_cache.CachedFeatures(
+            features=np.stack([target_features[k] for k in keys]) if keys else np.zeros((0, fid_dims)),
+            ids=keys,
+            skipped=[{"file": f, "reason": r} for f, r in sorted(target_skipped.items())],
+        )
+        feature_cache.save(cache_key, entry)
+
+    target_matrix = (
+        np.stack([target_features[k] for k in sorted(target_features)]) if target_features else np.zeros((0, fid_dims))
+    )
+    settings: dict[str, Any] = {"ssim": SSIM_SETTINGS, "fid_dims": fid_dims, "lpips_net": lpips_net, "psnr": PSNR_SETTINGS}
+    if masks is not None:
+        settings["regions"] = REGION_SETTINGS
+    results = []
+    for candidate in candidates:
+        own_unavailable = dict(unavailable)
+        metrics_out = _paired_results(candidate, requested, own_unavailable, masks)
+        if sets_active:
+            metrics_out.update(_set_metrics(candidate, target_matrix, requested, own_unavailable, fid_dims))
+        skipped = dict(candidate.skipped)
+        for file, reason in [*target_skipped.items(), *mask_skipped.items()]:
+            skipped.setdefault(file, reason)
+        results.append({
+            "svai_version": __version__,
+            "name": candidate.name,
+            "role": candidate.role,
+            "pred": str(candidate.root),
+            "target": str(target),
+            "masks": str(masks) if masks is not None else None,
+            "before": str(before) if before is not None else None,
+            "metrics": {k: metrics_out[k] for k in _metric_order(metrics_out)},
+            "baseline": None,
+            "unavailable": own_unavailable,
+            "unmatched": candidate.pairing.unmatched(),
+            "skipped": [{"file": f, "reason": r} for f, r in sorted(skipped.items())],
+            "settings": settings,
+            "weights": dict(models.weights),
+            "versions": _versions(),
+        })
+    result = results[0]
+    if len(results) > 1:
+        result["baseline"] = results[1]
+    return result
+
+
+def _metric_order(found: dict[str, Any]) -> list[str]:
+    order = []
+    for metric in PAIRED_METRICS:
+        order += [m for m in (metric, f"{metric}_changed", f"{metric}_kept") if m in found]
+    order += [m for m in SET_METRICS if m in found]
+    return order
+
+
+def _measure_batch(
+    batch: list[str],
+    decoded: dict[tuple[str, str], np.ndarray | SvaiError],
+    candidates: list[_Candidate],
+    target_files: dict[str, Path],
+    mask_files: dict[str, Path],
+    target_features: dict[str, np.ndarray] | None,
+    target_skipped: dict[str, str],
+    mask_skipped: dict[str, str],
+    models: _Models,
+    lpips_model: torch.nn.Module | None,
+    paired_active: list[str],
+    sets_active: bool,
+    dims: int,
+    min_side: int,
+    device: torch.device,
+) -> None:
+    """Measure one batch of ids: paired metrics per candidate, then the Inception pass."""
+    files = {"target": target_files, "mask": mask_files, **{c.role: c.files for c in candidates}}
+    images: dict[str, dict[str, np.ndarray]] = {role: {} for role in files}
+    for (role, key), value in decoded.items():
+        if isinstance(value, SvaiError):
+            path = files[role][key]
+            reason = _skip_reason(value, path)
+            if role == "target":
+                target_skipped[str(path)] = reason
+            elif role == "mask":
+                mask_skipped[str(path)] = reason
+            else:
+                next(c for c in candidates if c.role == role).skipped[str(path)] = reason
+        else:
+            images[role][key] = value
+
+    targets = images["target"]
+    # Targets grouped by shape, so each group is one tensor (and one LPIPS backbone pass).
+    shapes: dict[tuple[int, ...], list[str]] = {}
+    for key in batch:
+        if key in targets:
+            shapes.setdefault(targets[key].shape, []).append(key)
+    groups = {shape: (keys, _to_tensor([targets[k] for k in keys], device)) for shape, keys in shapes.items()}
+    lpips_cache = {shape: _LpipsTargets(lpips_model, tensor) for shape, (_, tensor) in groups.items()} if lpips_model else {}
+
+    masks: dict[str, np.ndarray] = {}
+    for key, mask in images["mask"].items():
+        if key in targets and mask.shape[:2] != targets[key].shape[:2]:
+            mask_skipped[str(mask_files[key])] = (
+                f"mask is {mask.shape[1]}x{mask.shape[0]} but its target is {targets[key].shape[1]}x{targets[key].shape[0]}"
+            )
+            continue
+        masks[key] = mask[..., 0] >= MASK_THRESHOLD
+
+    if paired_active:
+        for candidate in candidates:
+            preds = images[candidate.role]
+            by_shape: dict[tuple[int, ...], list[str]] = {}
+            for key in batch:
+                if key not in preds or key not in targets:
+                    continue
+                shape, target_shape = preds[key].shape, targets[key].shape
+                path = candidate.files[key]
+                if shape != target_shape:
+                    candidate.skipped[str(path)] = (
+                        f"is {shape[1]}x{shape[0]} but its target is {target_shape[1]}x{target_shape[0]}: paired metrics need equal sizes"
+                    )
+                    continue
+                if min(shape[:2]) < min_side:
+                    candidate.skipped[str(path)] = f"is {shape[1]}x{shape[0]}, under the {min_side}x{min_side} the paired metrics need"
+                    continue
+                by_shape.setdefault(shape, []).append(key)
+            for shape, keys in by_shape.items():
+                group_keys, target_tensor = groups[shape]
+                position = {k: i for i, k in enumerate(group_keys)}
+                with_masks = bool(mask_files) and all(k in masks for k in keys)
+                if mask_files and not with_masks:
+                    # Keep the region metrics for pairs that have masks: measure them apart.
+                    masked = [k for k in keys if k in masks]
+                    unmasked = [k for k in keys if k not in masks]
+                    candidate.without_mask.update(unmasked)
+                    parts = [(masked, True), (unmasked, False)]
+                else:
+                    parts = [(keys, with_masks)]
+                for part, use_masks in parts:
+                    if not part:
+                        continue
+                    pred_tensor = _to_tensor([preds[k] for k in part], device)
+                    index = torch.tensor([position[k] for k in part], device=device)
+                    mask_tensor = (
+                        torch.from_numpy(np.stack([masks[k] for k in part])).to(device) if use_masks else None
+                    )
+                    _measure_pairs(
+                        candidate, part, pred_tensor, index, target_tensor,
+                        lpips_cache.get(shape), mask_tensor, paired_active,
+                    )
+
+    if sets_active and models.inception is not None:
+        for candidate in candidates:
+            own = {k: v for k, v in images[candidate.role].items()}
+            if own:
+                feats, logits = _inception_pass(models.inception, own, dims, device)
+                candidate.features.update(feats)
+                candidate.logits.update(logits)
+        if target_features is not None and targets:
+            feats, _ = _inception_pass(models.inception, targets, dims, device)
+            target_features.update(feats)
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    """Write the evaluation JSON atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            # allow_nan=False: a stray infinity would make the file unreadable to strict parsers.
+            json.dump(result, handle, indent=2, allow_nan=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except OSError as error:
+        raise SvaiError(f"cannot write {path} ({error.strerror}): choose another --json path") from None
+    return path

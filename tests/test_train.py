@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from svai.checkpoint import find_checkpoint
+from svai.config import resolve
+from svai.errors import SvaiError
+from svai.train import train
+
+TINY = ["data.image_size=32", "model.ngf=8", "model.ndf=8", "train.sample_every=0", "train.log_every=1"]
+
+
+def config(model: str, data: Path, steps: int, *extra: str):
+    return resolve(model, sets=[*TINY, f"train.steps={steps}", *extra], flags={"data.root": str(data)})
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(find_checkpoint(run).path / "weights.safetensors"))
+
+
+@pytest.mark.parametrize("model", ["pix2pix", "cyclegan-attn"])
+def test_interrupted_and_resumed_equals_one_go(model: str, tiny_dataset: Path, tmp_path: Path) -> None:
+    # pix2pix exercises dropout and batch norm; cyclegan the image pools and unpaired draws.
+    extra = ["train.batch_size=2", "model.pool_size=3"] if model.startswith("cyclegan") else ["train.batch_size=2"]
+    one_go = train(config(model, tiny_dataset, 6, *extra), tmp_path / "one")
+    assert one_go.step == 6 and not one_go.interrupted
+
+    first = train(config(model, tiny_dataset, 6, *extra), tmp_path / "two", should_stop=lambda step: step == 3)
+    assert first.interrupted and first.step == 3
+    assert find_checkpoint(tmp_path / "two").step == 3
+    resumed = train(config(model, tiny_dataset, 6, *extra), tmp_path / "two", resume=True)
+    assert resumed.start_step == 3 and resumed.step == 6
+
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    mismatched = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not mismatched, mismatched[:5]
+    # the log tells one history: one line per step, no duplicates from the resumed half
+    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+
+
+def test_different_seeds_give_different_weights(tiny_dataset: Path, tmp_path: Path) -> None:
+    train(config("pix2pix", tiny_dataset, 1), tmp_path / "a")
+    train(config("pix2pix", tiny_dataset, 1, "train.seed=1"), tmp_path / "b")
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("G."))
+
+
+def test_run_folder_contents(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config("pix2pix", tiny_dataset, 4, "train.sample_every=2", "train.checkpoint_every=1",
+                 "train.keep_checkpoints=2"), run)
+    assert (run / "config.yaml").is_file()
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-00000002.png", "step-00000004.png"]
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert kept == ["step-00000003", "step-00000004"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000004"
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all({"step", "G", "D", "images_per_s"} <= set(r) for r in records)
+    from PIL import Image
+    sample = Image.open(run / "samples" / "step-00000004.png")
+    assert sample.size == (3 * 32, 4 * 32)  # before | generated | after, four test pairs
+
+
+def test_a_new_run_refuses_an_existing_run_folder(tiny_dataset: Path, tmp_path: Path) -> None:
+    train(config("pix2pix", tiny_dataset, 1), tmp_path / "run")
+    with pytest.raises(SvaiError, match="already holds a run"):
+        train(config("pix2pix", tiny_dataset, 2), tmp_path / "run")
+    with pytest.raises(SvaiError, match="already at step 1"):
+        train(config("pix2pix", tiny_dataset, 1), tmp_path / "run", resume=True)
+
+
+def test_a_half_written_checkpoint_is_never_latest(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(config("pix2pix", tiny_dataset, 2), run)
+    # a crash mid-save leaves only a temporary folder behind
+    (run / "checkpoints" / ".tmp-step-00000003-1").mkdir()
+    ((run / "checkpoints" / ".tmp-step-00000003-1") / "weights.safetensors").write_bytes(b"partial")
+    assert find_checkpoint(run).step == 2
+    resumed = train(config("pix2pix", tiny_dataset, 3), run, resume=True)
+    assert resumed.start_step == 2 and resumed.step == 3
+
+
+def test_fp16_on_cpu_is_a_clear_error(tiny_dataset: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SvaiError, match="fp16 needs a CUDA GPU"):
+        train(config("pix2pix", tiny_dataset, 1, "train.mixed_precision=fp16"), tmp_path / "run")
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None:
+    result = train(config("pix2pix", tiny_dataset, 2, "train.mixed_precision=bf16"), tmp_path / "run")
+    assert result.step == 2
+    assert all(torch.isfinite(v.float()).all() for v in weights(tmp_path / "run").values())
