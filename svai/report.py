@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -103,12 +104,12 @@ def _read_result(file: Path) -> dict:
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise SvaiError(f"{file}: cannot read it ({error}); give an evaluation JSON written by `svai evaluate`") from None
+        raise SvaiError(f"{file}: cannot read it ({error}); give an evaluation JSON from `svai evaluate`") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise SvaiError(
-            f"{file}: not valid JSON (line {error.lineno}: {error.msg}); give an evaluation JSON written by `svai evaluate`"
+            f"{file}: not valid JSON (line {error.lineno}: {error.msg}); give an evaluation JSON from `svai evaluate`"
         ) from None
     _check_result(data, file, "")
     if data.get("baseline") is not None:
@@ -326,7 +327,9 @@ def comparison_table(rows: list[dict], sort: str | None = None) -> ComparisonTab
     warnings.extend(_target_warnings(rows))
     differing = differing_settings(rows)
     if differing:
-        warnings.append(f"evaluation settings differ between rows ({', '.join(differing)}): their numbers may not be comparable")
+        warnings.append(
+            f"evaluation settings differ between rows ({', '.join(differing)}): their numbers may not be comparable"
+        )
     return ComparisonTable(
         columns=columns,
         rows=table_rows,
@@ -357,7 +360,9 @@ def _column(metric: str, rows: list[dict], warnings: list[str]) -> Column:
     entries = [row["metrics"][metric] for row in rows if metric in row["metrics"]]
     stated = {entry["higher_is_better"] for entry in entries if isinstance(entry.get("higher_is_better"), bool)}
     if len(stated) > 1:
-        warnings.append(f"{metric}: the results disagree on whether higher is better; its best and baseline marks are left out")
+        warnings.append(
+            f"{metric}: the results disagree on whether higher is better; its best and baseline marks are left out"
+        )
         direction = None
     elif stated:
         direction = stated.pop()
@@ -438,7 +443,7 @@ def _mark_best(rows: list[TableRow], columns: list[Column]) -> list[TableRow]:
             if metric in best_of and c.mean == best_of[metric] else c
             for metric, c in row.cells.items()
         }
-        marked.append(TableRow(row.label, row.role, row.baseline, row.source, row.target, cells, row.wins, row.compared))
+        marked.append(dataclasses.replace(row, cells=cells))
     return marked
 
 
@@ -448,7 +453,8 @@ def _order_rows(rows: list[TableRow], columns: list[Column], sort: str | None) -
     metric = sort.strip().lower()
     column = next((c for c in columns if c.metric == metric), None)
     if column is None:
-        raise SvaiError(f"cannot sort by {sort!r}: these results have {', '.join(c.metric for c in columns) or 'no metrics'}")
+        available = ", ".join(c.metric for c in columns) or "no metrics"
+        raise SvaiError(f"cannot sort by {sort!r}: these results have {available}")
     sign = -1.0 if column.higher_is_better else 1.0
 
     def key(row: TableRow) -> tuple[bool, float]:
@@ -492,7 +498,9 @@ def _row_notes(row: dict) -> list[str]:
     unmatched = row.get("unmatched") or {}
     pred_only, target_only = len(unmatched.get("pred_only") or []), len(unmatched.get("target_only") or [])
     if pred_only or target_only:
-        notes.append(f"{pred_only} prediction(s) without a target and {target_only} target(s) without a prediction were left out")
+        notes.append(
+            f"{pred_only} prediction(s) without a target and {target_only} target(s) without a prediction were left out"
+        )
     if row.get("skipped"):
         notes.append(f"{len(row['skipped'])} file(s) skipped while evaluating")
     return notes + list(row.get("_notes") or [])
@@ -731,7 +739,10 @@ def _grid_columns(models: list[dict], before_dir: Path | None, warnings: list[st
         before = Path(known[0]) if known else None
     columns: list[tuple[str, Path]] = []
     if before is None:
-        warnings.append("before images unknown (the results name no \"before\" folder): the grid leaves that column out; give --before DIR")
+        warnings.append(
+            'before images unknown (the results name no "before" folder): the grid leaves that column out; '
+            "give --before DIR"
+        )
     else:
         columns.append(("before", Path(before)))
     for row in models:
@@ -772,12 +783,16 @@ def _choose_ids(
             for (title, folder), index in zip(columns, indexes):
                 if image_id not in index:
                     example = next(iter(sorted(index)), "")
-                    raise SvaiError(f"--ids {image_id!r}: no such image in {folder} ({title}); ids look like {example!r}")
+                    raise SvaiError(
+                        f"--ids {image_id!r}: no such image in {folder} ({title}); ids look like {example!r}"
+                    )
         return chosen
     common = sorted(set.intersection(*(set(index) for index in indexes)))
     if not common:
         folders = ", ".join(str(folder) for _, folder in columns)
-        raise SvaiError(f"no image id is present in every grid folder ({folders}): check that they hold the same test set")
+        raise SvaiError(
+            f"no image id is present in every grid folder ({folders}): check that they hold the same test set"
+        )
     return spread(common, k)
 
 
@@ -1094,4 +1109,7 @@ def _html_settings(rows: list[dict], table: ComparisonTable) -> str:
         differs = ' class="differs"' if len(present) > 1 and key not in _PER_RUN_KEYS else ""
         body.append(f"<tr{differs}><th>{_e(key)}</th>" + "".join(f"<td>{_e(v)}</td>" for v in values) + "</tr>")
     note = '<p class="legend">Highlighted: values that differ between rows.</p>'
-    return f'<div class="details"><table class="settings"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>{note}'
+    return (
+        f'<div class="details"><table class="settings"><thead><tr>{head}</tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table></div>{note}'
+    )

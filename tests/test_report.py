@@ -73,7 +73,8 @@ def evaluation(name: str, values: dict, pred: Path, target: Path, before: Path |
 
 
 def baseline_json(before: Path, target: Path, values: dict = BASELINE) -> dict:
-    return {"name": "baseline", "role": "baseline", "pred": str(before), "target": str(target), "metrics": metrics(values)}
+    return {"name": "baseline", "role": "baseline", "pred": str(before), "target": str(target),
+            "metrics": metrics(values)}
 
 
 def write_run(folder: Path, data: dict) -> Path:
@@ -92,7 +93,8 @@ def runs(tmp_path: Path) -> dict:
     base = baseline_json(before, after)
     p2p = write_run(tmp_path / "runs" / "p2p", evaluation("pix2pix", PIX2PIX, p2p_out, after, before, base))
     cg = write_run(tmp_path / "runs" / "cg", evaluation("cyclegan", CYCLEGAN, cg_out, after, before, base))
-    return {"p2p": p2p, "cg": cg, "before": before, "after": after, "p2p_out": p2p_out, "cg_out": cg_out, "tmp": tmp_path}
+    return {"p2p": p2p, "cg": cg, "before": before, "after": after,
+            "p2p_out": p2p_out, "cg_out": cg_out, "tmp": tmp_path}
 
 
 def table_for(runs: dict, sort: str | None = None) -> report.ComparisonTable:
@@ -108,7 +110,9 @@ def row(table: report.ComparisonTable, label: str) -> report.TableRow:
 
 def test_embedded_baseline_shared_by_two_runs_is_one_row(runs):
     rows = report.load_results([runs["p2p"], runs["cg"]])
-    assert [(r["_label"], r["role"]) for r in rows] == [("pix2pix", "model"), ("baseline", "baseline"), ("cyclegan", "model")]
+    assert [(r["_label"], r["role"]) for r in rows] == [
+        ("pix2pix", "model"), ("baseline", "baseline"), ("cyclegan", "model"),
+    ]
     assert all(r["_baseline"] == "baseline" for r in rows if r["role"] == "model")
 
 
@@ -317,7 +321,8 @@ def test_unknown_format_is_an_error(runs):
 
 def test_rich_table_has_every_row_and_arrowed_header(runs):
     rendered = report.rich_table(table_for(runs))
-    assert [str(c.header) for c in rendered.columns] == ["model", "fid ↓", "lpips ↓", "ssim ↑", "psnr ↑", "beats baseline"]
+    headers = [str(c.header) for c in rendered.columns]
+    assert headers == ["model", "fid ↓", "lpips ↓", "ssim ↑", "psnr ↑", "beats baseline"]
     assert rendered.row_count == 3
 
 

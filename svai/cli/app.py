@@ -8,6 +8,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from svai.errors import SvaiError
 
@@ -34,7 +35,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def fail(message: str) -> typer.Exit:
     """Print one error line on stderr and return the exit (code 2) to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code=2)
 
 

@@ -29,7 +29,8 @@ from svai.errors import SvaiError
 @user_errors
 def compare(
     results: list[Path] = typer.Argument(
-        ..., help="Run folders holding evaluation.json, or evaluation JSON files.", show_default=False
+        ..., help="Run folders holding evaluation.json, or evaluation JSON files.", show_default=False,
+        metavar="RESULTS",
     ),
     fmt: str = typer.Option("table", "--format", "-f", help="table (terminal), markdown, csv or json, on stdout."),
     sort: Optional[str] = typer.Option(None, "--sort", help="Order rows by this metric, best first."),

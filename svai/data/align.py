@@ -163,6 +163,8 @@ def register_pair(
     before: np.ndarray,
     after: np.ndarray,
     work_size: int = 96,
+    iterations: int = 50,
+    tolerance: float = 1e-4,
     max_angle: float = 20.0,
     scale_range: tuple[float, float] = (0.75, 1.33),
     max_shift: float = 0.25,
@@ -188,7 +190,7 @@ def register_pair(
         work = min(work_size, size)
         small_before = F.interpolate(full_before, size=(work, work), mode="area")
         small_after = F.interpolate(full_after, size=(work, work), mode="area")
-        registrator = ImageRegistrator("similarity", lr=1e-2, num_iterations=80, pyramid_levels=3, tolerance=1e-6)
+        registrator = ImageRegistrator("similarity", lr=1e-2, num_iterations=iterations, pyramid_levels=3, tolerance=tolerance)
         model = registrator.model
         # The angle is in degrees while scale and shift are fractions of the frame: give the
         # angle a 30x larger Adam step so a few degrees of head tilt are reachable.

@@ -347,7 +347,6 @@ def prepare_dataset(
     if inside_out:
         raise SvaiError(f"{inside_out[0]} lies inside OUT {out}: keep source photos outside the output folder")
 
-    test_subjects = split_subjects({p.subject for p in found.pairs}, options.test_fraction, options.seed)
     settings = options.image_settings()
     old_pairs: dict = state.get("pairs", {}) if state.get("image_settings") == settings else {}
     old_failures: dict = state.get("failures", {}) if state.get("image_settings") == settings else {}
@@ -361,26 +360,25 @@ def prepare_dataset(
     alignments: dict[str, dict] = {}
     fingerprints: dict[str, str] = {}
     for pair in found.pairs:
-        split = "test" if pair.subject in test_subjects else "train"
         fingerprint = _fingerprint(pair, settings)
         fingerprints[pair.id] = fingerprint
         old = old_pairs.get(pair.id)
         if old and old.get("fingerprint") == fingerprint and all(
             (out / old["split"] / kind / f"{pair.id}.png").is_file() for kind in ("before", "after")
         ):
-            if old["split"] != split:
-                _move_outputs(out, pair.id, old["split"], split)
             records.append(PairRecord(
-                id=pair.id, split=split, subject=pair.subject, procedures=pair.procedures,
+                id=pair.id, split=old["split"], subject=pair.subject, procedures=pair.procedures,
                 source_before=_display(pair.before, root), source_after=_display(pair.after, root),
                 sha256_before=old["sha256_before"], sha256_after=old["sha256_after"],
             ))
-            new_state[pair.id] = {**old, "split": split}
+            new_state[pair.id] = dict(old)
             continue
         if fingerprint in old_failures:
             failures[fingerprint] = old_failures[fingerprint]
             skipped.extend(Skip(*row) for row in old_failures[fingerprint])
             continue
+        # Written where it most likely belongs; moved once the split of the good pairs is known.
+        split = old["split"] if old else "train"
         jobs.append(_Job(pair, split, out, root, options.size, options.crop, options.align, options.max_pixels))
 
     out.mkdir(parents=True, exist_ok=True)
@@ -399,6 +397,14 @@ def prepare_dataset(
             "sha256_before": record.sha256_before, "sha256_after": record.sha256_after,
             "face_found": outcome.face_found, "alignment": outcome.alignment,
         }
+    # Split the subjects of the pairs actually written, so --test-fraction holds for them.
+    test_subjects = split_subjects({r.subject for r in records}, options.test_fraction, options.seed)
+    for record in records:
+        split = "test" if record.subject in test_subjects else "train"
+        if split != record.split:
+            _move_outputs(out, record.id, record.split, split)
+            record.split = split
+        new_state[record.id]["split"] = split
     for pair_id, entry in new_state.items():
         if entry.get("face_found") is not None:
             face_found["found" if entry["face_found"] else "centre fallback"] += 1

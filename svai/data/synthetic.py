@@ -564,9 +564,16 @@ def _draw_ears(canvas: _Canvas, face: Face) -> None:
         canvas.scale(win, 1.0 - 0.3 * inner)
 
 
-def _hair_texture(u: np.ndarray, v: np.ndarray, hair: np.ndarray) -> np.ndarray:
-    """Hair colour with faint strands, (h, w, 3)."""
-    strands = 0.93 + 0.04 * np.sin(u * 150.0 + 4.0 * np.sin(v * 11.0)) + 0.03 * np.sin(u * 67.0 - v * 23.0)
+def _hair_texture(u: np.ndarray, v: np.ndarray, hair: np.ndarray, px: float) -> np.ndarray:
+    """Hair colour (h, w, 3) with faint strands.
+
+    Each strand wave fades out when its period nears two pixels, so small images get flat
+    hair instead of moire.
+    """
+    fine = 0.04 * min(max((2.0 * math.pi / 150.0 / px - 2.0) / 4.0, 0.0), 1.0)
+    coarse = 0.03 * min(max((2.0 * math.pi / 67.0 / px - 2.0) / 4.0, 0.0), 1.0)
+    strands = (1.0 - fine - coarse) + fine * np.sin(u * 150.0 + 4.0 * np.sin(v * 11.0)) \
+        + coarse * np.sin(u * 67.0 - v * 23.0)
     return hair * strands[..., None]
 
 
@@ -585,7 +592,7 @@ def _draw_hair_back(canvas: _Canvas, face: Face) -> None:
     x = np.abs(u * (1.0 / half_width))
     y = np.abs((v - centre) * (1.0 / half_height))
     shape = x * x * x + y * y * y - 1.0
-    canvas.paint(win, _fill(shape), _hair_texture(u, v, _rgb(face.hair) * 0.8))
+    canvas.paint(win, _fill(shape), _hair_texture(u, v, _rgb(face.hair) * 0.8, frame.px))
 
 
 def _draw_hair_cap(canvas: _Canvas, face: Face) -> None:
@@ -594,7 +601,7 @@ def _draw_hair_cap(canvas: _Canvas, face: Face) -> None:
     frame = canvas.frame
     a = face.head_width
     volume = 1.02 if face.hair_style == "buzz" else face.hair_volume
-    ru, rv, cv = a * volume, face.head_top * (1.0 + (volume - 1.0) * 0.8), 0.0
+    ru, rv = a * volume, face.head_top * (1.0 + (volume - 1.0) * 0.8)
     if face.hair_style in ("long", "volume"):
         side_v = face.eye_y + 0.02
     else:
@@ -606,7 +613,7 @@ def _draw_hair_cap(canvas: _Canvas, face: Face) -> None:
     if win is None:
         return
     u, v = frame.u[win], frame.v[win]
-    outer = (u * (1.0 / ru)) ** 2 + ((v - cv) * (1.0 / rv)) ** 2 - 1.0
+    outer = (u * (1.0 / ru)) ** 2 + (v * (1.0 / rv)) ** 2 - 1.0
     # High over the forehead, sloping with the parting, dropping steeply at the temples.
     across = _unit((np.abs(u) - a * 0.45) * (1.0 / (a * 0.5)))
     line = hairline + 0.25 * face.hair_part * u + (side_v - hairline) * across ** 3
@@ -615,7 +622,7 @@ def _draw_hair_cap(canvas: _Canvas, face: Face) -> None:
     alpha = _fill(np.maximum(outer, (v - line) * 8.0))
     if face.hair_style == "buzz":
         alpha *= 0.6
-    canvas.paint(win, alpha, _hair_texture(u, v, _rgb(face.hair)))
+    canvas.paint(win, alpha, _hair_texture(u, v, _rgb(face.hair), frame.px))
 
 
 def _draw_eye(canvas: _Canvas, face: Face, side: float) -> None:
@@ -625,7 +632,8 @@ def _draw_eye(canvas: _Canvas, face: Face, side: float) -> None:
     cu = side * face.eye_dx + photo.yaw * 0.5
     cv = face.eye_y
     ew = face.eye_width
-    win = _window(frame, cu - ew * 1.7, cu + ew * 1.7, cv - 0.08, cv + 0.06)
+    # Tall enough for the highest crease of a fully opened, tilted eye.
+    win = _window(frame, cu - ew * 1.7, cu + ew * 1.7, cv - 0.12, cv + 0.07)
     if win is None:
         return
     du, dv = frame.u[win] - cu, frame.v[win] - cv
@@ -690,7 +698,7 @@ def _draw_brow(canvas: _Canvas, face: Face, side: float) -> None:
     curve = -face.brow_arch * (1.0 - ((outward - 0.3) * (1.0 / 1.3)) ** 2) + 0.006 * outward
     thickness = face.brow_thickness * (1.0 - 0.45 * _unit(outward))
     shape = np.maximum(np.abs(dv - curve) - thickness * 0.5, (np.abs(p) - 1.0) * half * 0.5)
-    canvas.paint(win, _fill(shape) * 0.9, _hair_texture(du * 0.5, dv, _rgb(face.brow)))
+    canvas.paint(win, _fill(shape) * 0.9, _hair_texture(du * 0.5, dv, _rgb(face.brow), frame.px))
 
 
 def _draw_nose(canvas: _Canvas, face: Face) -> None:

@@ -22,6 +22,17 @@ def _as_float64(values: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def _feature_matrix(features: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    x = _as_float64(features)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be (N, D). Got shape {x.shape}")
+    if x.shape[0] < 2:
+        raise ValueError(f"a covariance needs at least 2 feature rows. Got {x.shape[0]} in {name}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return x
+
+
 def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of a feature matrix.
 
@@ -32,13 +43,7 @@ def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray,
         mu: (D,) float64. sigma: (D, D) float64, normalised by N − 1 like
         `numpy.cov(features, rowvar=False)` (and so like pytorch-fid).
     """
-    x = _as_float64(features)
-    if x.ndim != 2:
-        raise ValueError(f"features must be (N, D). Got shape {x.shape}")
-    if x.shape[0] < 2:
-        raise ValueError(f"a covariance needs at least 2 feature rows. Got {x.shape[0]}")
-    if not np.isfinite(x).all():
-        raise ValueError("features contain NaN or infinity")
+    x = _feature_matrix(features, "features")
     mu = x.mean(axis=0)
     centred = x - mu
     sigma = centred.T @ centred / (x.shape[0] - 1)
@@ -99,7 +104,25 @@ def frechet_distance(
 
 
 def fid_from_features(features1: np.ndarray | torch.Tensor, features2: np.ndarray | torch.Tensor) -> float:
-    """FID between two feature sets (N₁, D) and (N₂, D): statistics, then `frechet_distance`."""
-    mu1, sigma1 = feature_statistics(features1)
-    mu2, sigma2 = feature_statistics(features2)
-    return frechet_distance(mu1, sigma1, mu2, sigma2)
+    """FID between two feature sets (N₁, D) and (N₂, D), e.g. from `inception_outputs`.
+
+    Same value as `frechet_distance(*feature_statistics(f1), *feature_statistics(f2))`, but
+    when both sets have fewer rows than D it never forms a D × D matrix: with centred
+    features Cᵢ and Σᵢ = CᵢᵀCᵢ/(Nᵢ−1), the eigenvalues of Σ₁Σ₂ are the squared singular
+    values of C₁C₂ᵀ/√((N₁−1)(N₂−1)), so Tr((Σ₁Σ₂)^{1/2}) is the nuclear norm of that small
+    N₁ × N₂ matrix, with no D × D eigendecomposition.
+    """
+    a = _feature_matrix(features1, "features1")
+    b = _feature_matrix(features2, "features2")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature dimensions differ. Got shapes {a.shape} and {b.shape}")
+    n1, n2, d = a.shape[0], b.shape[0], a.shape[1]
+    if max(n1, n2) >= d:
+        return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+    c1, c2 = a - mu1, b - mu2
+    scale = np.sqrt((n1 - 1) * (n2 - 1))
+    trace_sqrt = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / scale
+    diff = mu1 - mu2
+    value = float(diff @ diff + (c1 * c1).sum() / (n1 - 1) + (c2 * c2).sum() / (n2 - 1) - 2.0 * trace_sqrt)
+    return max(value, 0.0)

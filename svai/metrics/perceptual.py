@@ -66,6 +66,42 @@ def _backbone_state(trunk: torch.nn.Module, state: dict[str, torch.Tensor], path
     return mapped
 
 
+def _empty_lpips(net: str, meta: bool) -> torch.nn.Module:
+    """lpips.LPIPS with a random backbone and random linear layers, about to be overwritten.
+
+    With `meta=True` the networks are created on the meta device: the random initialisation
+    of torchvision's classifiers (which LPIPS never uses) costs seconds for VGG, and is
+    skipped. lpips creates its input scaling constants outside the device context, so
+    they stay real.
+    """
+    lpips = _lpips_package()
+    with warnings.catch_warnings():
+        # lpips passes torchvision's deprecated `pretrained=` argument; with pnet_rand=True it
+        # asks for random weights, so nothing is downloaded.
+        warnings.simplefilter("ignore")
+        if meta:
+            with torch.device("meta"):
+                model = lpips.LPIPS(pretrained=False, net=net, version=LPIPS_VERSION, pnet_rand=True, verbose=False)
+        else:
+            model = lpips.LPIPS(pretrained=False, net=net, version=LPIPS_VERSION, pnet_rand=True, verbose=False)
+    return model
+
+
+def _load_into(model: torch.nn.Module, net: str, backbone_path: Path) -> torch.nn.Module:
+    """Fill the backbone from `backbone_path` and the linear layers from the wheel."""
+    backbone = _backbone_state(model.net, _load_state(backbone_path), backbone_path)
+    model.net.to_empty(device="cpu")
+    model.net.load_state_dict(backbone)
+    linear = _load_state(linear_layers_path(net))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("lin") and not k.startswith("lins.")}
+    if {k: tuple(v.shape) for k, v in linear.items()} != expected:
+        raise SvaiError(f"{linear_layers_path(net)}: does not match the LPIPS {net} layers; reinstall the lpips package")
+    model.lins.to_empty(device="cpu")
+    # strict=False: the file holds only the linear layers, not the backbone or scaling buffers.
+    model.load_state_dict(linear, strict=False)
+    return model
+
+
 def build_lpips(net: str, backbone_path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """An `lpips.LPIPS` (version 0.1, eval mode, no gradients) with its backbone read from a file.
 
@@ -74,19 +110,11 @@ def build_lpips(net: str, backbone_path: Path, device: str | torch.device = "cpu
     """
     if net not in LPIPS_NETS:
         raise SvaiError(f"--lpips-net {net!r} is not known: use one of {', '.join(LPIPS_NETS)}")
-    lpips = _lpips_package()
-    with warnings.catch_warnings():
-        # lpips passes torchvision's deprecated `pretrained=` argument; with pnet_rand=True it
-        # asks for random weights, so nothing is downloaded.
-        warnings.simplefilter("ignore")
-        model = lpips.LPIPS(pretrained=False, net=net, version=LPIPS_VERSION, pnet_rand=True, verbose=False)
-    model.net.load_state_dict(_backbone_state(model.net, _load_state(Path(backbone_path)), Path(backbone_path)))
-    linear = _load_state(linear_layers_path(net))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("lin") and not k.startswith("lins.")}
-    if {k: tuple(v.shape) for k, v in linear.items()} != expected:
-        raise SvaiError(f"{linear_layers_path(net)}: does not match the LPIPS {net} layers; reinstall the lpips package")
-    # strict=False: the file holds only the linear layers, not the backbone or scaling buffers.
-    model.load_state_dict(linear, strict=False)
+    model = _load_into(_empty_lpips(net, meta=True), net, Path(backbone_path))
+    if any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
+        # Something this lpips version builds was not covered by the two files: build the
+        # slow way, with real random initialisation, and load again.
+        model = _load_into(_empty_lpips(net, meta=False), net, Path(backbone_path))
     model.eval().requires_grad_(False)
     return model.to(device)
 

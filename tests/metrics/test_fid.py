@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 from PIL import Image
-from pytorch_fid.fid_score import calculate_fid_given_paths
+from pytorch_fid.fid_score import calculate_fid_given_paths, calculate_frechet_distance
 from pytorch_fid.inception import InceptionV3
 
 from svai.metrics.fid import feature_statistics, fid_from_features, frechet_distance
@@ -94,6 +94,16 @@ def test_calibrated_fid_separates_sets_and_is_zero_on_identical(ours) -> None:
     assert fid_from_features(ours["a"][2048], ours["a"][2048]) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
+def test_statistics_path_equals_pytorch_fid_distance(ours) -> None:
+    # The D x D route (feature_statistics + frechet_distance) against pytorch-fid's own
+    # distance on the same rank-deficient statistics (24 rows, 192 dims).
+    stats_a, stats_b = feature_statistics(ours["a"][192]), feature_statistics(ours["b"][192])
+    expected = calculate_frechet_distance(*stats_a, *stats_b)
+    assert frechet_distance(*stats_a, *stats_b) == pytest.approx(expected, rel=PARITY_RTOL)
+    assert fid_from_features(ours["a"][192], ours["b"][192]) == pytest.approx(expected, rel=PARITY_RTOL)
+
+
 def test_inception_outputs_shapes_and_logits(use_torch_home: Path) -> None:
     model = load_inception()
     images = torch.rand(2, 3, 40, 56)
@@ -161,6 +171,17 @@ def test_matches_general_matrix_square_root() -> None:
     got = frechet_distance(mu1, s1, mu2, s2)
     assert got == pytest.approx(expected, rel=1e-9)
     assert frechet_distance(mu2, s2, mu1, s1) == pytest.approx(got, rel=1e-9)
+
+
+@pytest.mark.parametrize("rows", [(5, 9), (30, 25)])
+def test_feature_route_equals_statistics_route(rows: tuple[int, int]) -> None:
+    # (5, 9) rows < 20 dims takes the small-matrix route; (30, 25) the D x D one.
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(rows[0], 20))
+    b = rng.normal(loc=0.3, scale=1.5, size=(rows[1], 20))
+    expected = frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    assert fid_from_features(a, b) == pytest.approx(expected, rel=1e-9)
+    assert fid_from_features(a, a) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_does_not_use_scipy_sqrtm(monkeypatch: pytest.MonkeyPatch) -> None:

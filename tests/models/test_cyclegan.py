@@ -275,3 +275,15 @@ def test_bad_options_name_the_key(change: dict, key: str) -> None:
 def test_image_size_must_be_divisible_by_four() -> None:
     with pytest.raises(SvaiError, match="image size"):
         CycleGAN(CycleGANOptions(), 66)
+
+
+def test_losses_under_bf16_autocast() -> None:
+    family = CycleGAN(preset_options("cyclegan-attn-gd", **SMALL), 32)
+    nets = family.build()
+    ctx: dict = {}
+    for phase in family.phases():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = family.loss(phase.name, nets, make_batch(32), ctx, 0)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        loss.backward()
+    assert nets["pool_A"].images.dtype == torch.float32

@@ -222,3 +222,14 @@ def test_bad_options_name_the_key(change: dict, size: int, key: str) -> None:
 def test_image_size_must_halve_five_times() -> None:
     with pytest.raises(SvaiError, match="image size"):
         Pix2Pix(Pix2PixOptions(), 48)
+
+
+def test_losses_under_bf16_autocast() -> None:
+    family = Pix2Pix(Pix2PixOptions(**SMALL, attention="generator+discriminator"), 32)
+    nets = family.build()
+    ctx: dict = {}
+    for phase in family.phases():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = family.loss(phase.name, nets, make_batch(32), ctx, 0)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        loss.backward()
