@@ -160,6 +160,9 @@ class Trainer:
         self.start_step = 0
         if resume:
             self._load(find_checkpoint(self.run_dir))
+        if self.start_step >= train.steps:
+            raise SvaiError(
+                f"the run is already at step {self.start_step}; pass a larger --steps to continue it")
 
     # -- set-up -------------------------------------------------------------------------
     def _sample_set(self) -> PairedImages:
@@ -227,9 +230,6 @@ class Trainer:
     def run(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         total = config.train.steps
-        if self.start_step >= total:
-            raise SvaiError(
-                f"the run is already at step {self.start_step}; pass a larger --steps to continue it")
         if accelerator.is_main_process:
             self._truncate_log(self.start_step)
         images_per_step = config.train.batch_size * accelerator.num_processes
@@ -374,6 +374,23 @@ def eval_mode(nets: Networks) -> Iterator[None]:
             net.train(modes[name])
 
 
+def prepare_training(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    on_event: EventCallback | None = None,
+    should_stop: Callable[[int], bool] | None = None,
+) -> Trainer:
+    """Check everything, build the models and write the run's config; `run()` then trains."""
+    check_run_dir(run_dir, resume)
+    trainer = Trainer(config, run_dir, resume=resume, on_event=on_event, should_stop=should_stop)
+    if trainer.accelerator.is_main_process:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(run_dir) / "config.yaml", config.to_yaml().encode())
+    trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
 def train(
     config: RunConfig,
     run_dir: Path,
@@ -382,13 +399,7 @@ def train(
     should_stop: Callable[[int], bool] | None = None,
 ) -> TrainResult:
     """Train `config` into `run_dir` (new, or continued from its latest checkpoint)."""
-    check_run_dir(run_dir, resume)
-    trainer = Trainer(config, run_dir, resume=resume, on_event=on_event, should_stop=should_stop)
-    if trainer.accelerator.is_main_process:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(run_dir) / "config.yaml", config.to_yaml().encode())
-    trainer.accelerator.wait_for_everyone()
-    return trainer.run()
+    return prepare_training(config, run_dir, resume, on_event, should_stop).run()
 
 
 def parameter_counts(family: ModelFamily) -> dict[str, int]:
@@ -400,5 +411,5 @@ def parameter_counts(family: ModelFamily) -> dict[str, int]:
             if name in trainable or any(True for _ in net.parameters())}
 
 
-__all__ = ["train", "Trainer", "TrainResult", "make_family", "eval_mode", "parameter_counts", "resolve_for_run"]
+__all__ = ["train", "prepare_training", "Trainer", "TrainResult", "make_family", "eval_mode", "parameter_counts", "resolve_for_run"]
 

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from svai.cli.app import app, console, err_console, fail, user_errors
+from svai.errors import SvaiError
 
 
 @app.command(
@@ -31,11 +32,16 @@ def generate(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Predict the 'after' photo for every image in a folder with a trained model."""
-    from svai.generate import count_images, generate_folder, load_model, parse_procedures
+    from svai.generate import check_output_folder, count_images, generate_folder, load_model, parse_procedures
 
     total = count_images(input)
-    model = load_model(run, checkpoint, device)
+    check_output_folder(input, output)
     condition = parse_procedures(procedures)
+    if batch_size < 1:
+        raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
+    model = load_model(run, checkpoint, device)
+    if condition is not None and model.family.condition != "procedures":
+        raise SvaiError(f"--procedures: {model.config.name} is not conditioned on procedures; leave the option out")
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console) as progress:
         task = progress.add_task("generate", total=total)

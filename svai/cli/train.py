@@ -46,7 +46,7 @@ def train(
 ) -> None:
     """Train an image-to-image model; Ctrl-C saves a checkpoint and stops cleanly."""
     from svai.errors import SvaiError
-    from svai.train import resolve_for_run, train as run_training
+    from svai.train import prepare_training, resolve_for_run
 
     if mixed_precision is not None and mixed_precision not in PRECISIONS:
         raise SvaiError(f"--mixed-precision {mixed_precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -58,6 +58,7 @@ def train(
     if data is not None and not data.is_dir():
         raise SvaiError(f"--data {data}: folder not found (make one with `svai prepare`)")
     resolved = resolve_for_run(out, resume, model, config, set_, flags)
+    trainer = prepare_training(resolved, out, resume=resume)
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -74,7 +75,8 @@ def train(
                 fields = {"logs": _format_logs(event["logs"])} if kind == "log" else {}
                 progress.update(task, completed=event["step"], **fields)
 
-        result = run_training(resolved, out, resume=resume, on_event=on_event)
+        trainer.on_event = on_event
+        result = trainer.run()
     if result.interrupted:
         err_console.print(
             f"stopped at step {result.step}/{result.total_steps}; checkpoint saved in {result.checkpoint}. "

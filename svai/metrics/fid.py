@@ -50,12 +50,21 @@ def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray,
     return mu, sigma
 
 
+def _clip_eigenvalues(eigenvalues: np.ndarray) -> np.ndarray:
+    """Zero the eigenvalues that are round-off, as numpy.linalg.matrix_rank decides rank.
+
+    A covariance of N <= D feature rows has D − N + 1 zero eigenvalues, which a solver
+    returns as ±ε·λmax. Left in, each adds √(ε·λmax) to a trace of square roots: with 2048
+    dims that sums to ~1e-4, so identical statistics would not give 0.
+    """
+    tolerance = max(eigenvalues.max(initial=0.0), 0.0) * eigenvalues.shape[0] * np.finfo(np.float64).eps
+    return np.where(eigenvalues > tolerance, eigenvalues, 0.0)
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     """Square root of a symmetric positive semi-definite matrix via its eigendecomposition."""
     eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    # Round-off makes zero eigenvalues of a rank-deficient covariance (N <= D) slightly
-    # negative; they are zero.
-    roots = np.sqrt(np.clip(eigenvalues, 0.0, None))
+    roots = np.sqrt(_clip_eigenvalues(eigenvalues))
     return (eigenvectors * roots) @ eigenvectors.T
 
 
@@ -70,7 +79,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     root1 = _psd_sqrt(sigma1)
     middle = root1 @ sigma2 @ root1
     eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
-    return float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+    return float(np.sqrt(_clip_eigenvalues(eigenvalues)).sum())
 
 
 def frechet_distance(

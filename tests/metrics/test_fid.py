@@ -140,11 +140,12 @@ def test_feature_statistics_match_numpy() -> None:
     assert mu.dtype == sigma.dtype == np.float64
 
 
-@pytest.mark.parametrize("rank", [None, 7])
-def test_identical_statistics_give_zero(rank: int | None) -> None:
+@pytest.mark.parametrize(("dim", "rank"), [(64, None), (64, 7), (512, 23)])
+def test_identical_statistics_give_zero(dim: int, rank: int | None) -> None:
+    # Rank-deficient covariances are the usual case (fewer images than feature dims).
     rng = np.random.default_rng(1)
-    sigma = random_covariance(rng, 64, rank) * 50
-    mu = rng.normal(size=64)
+    sigma = random_covariance(rng, dim, rank) * 50
+    mu = rng.normal(size=dim)
     assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-6)
 
 

@@ -1,0 +1,145 @@
+"""`svai train`, `generate` and `models` through the CLI, and one run through all five commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from svai.cli import app
+
+TINY = ["--image-size", "32", "--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "train.sample_every=0"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data"
+    assert invoke("prepare", "synthetic", data, "--count", "24", "--size", "32", "--seed", "3",
+                  "--test-fraction", "0.25").exit_code == 0
+    run = root / "run"
+    result = invoke("train", "--model", "pix2pix", "--data", data, "--out", run, "--steps", "2", *TINY)
+    assert result.exit_code == 0, result.output
+    return data, run
+
+
+def test_five_commands_end_to_end(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    out = tmp_path / "pred"
+    result = invoke("generate", "--run", run, "--input", data / "test" / "before", "--output", out)
+    assert result.exit_code == 0, result.output
+    inputs = sorted(p.name for p in (data / "test" / "before").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == inputs
+    report = tmp_path / "eval.json"
+    result = invoke("evaluate", "--pred", out, "--target", data / "test" / "after",
+                    "--baseline", data / "test" / "before", "--metrics", "ssim,psnr", "--json", report)
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(report.read_text())
+    assert evaluation["metrics"]["ssim"]["n"] == len(inputs)
+    result = invoke("compare", report, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert "baseline" in result.stdout and "ssim" in result.stdout
+
+
+def test_generate_keeps_relative_paths_and_sizes(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, run = trained
+    source = tmp_path / "photos"
+    (source / "Clinic A" / "deep").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 64, 3), dtype=np.uint8)).save(source / "wide.JPG")
+    Image.fromarray(rng.integers(0, 255, (50, 30, 3), dtype=np.uint8)).save(source / "Clinic A" / "deep" / "tall.webp")
+    Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(source / "Clinic A" / "gray.tif")
+    (source / "notes.txt").write_text("not an image")
+    (source / "broken.png").write_bytes(b"\x89PNG broken")
+    snapshot = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+
+    out = tmp_path / "out"
+    result = invoke("generate", "--run", run, "--input", source, "--output", out, "--batch-size", "2")
+    # the broken file is reported and makes the exit code 2, but every good image is written
+    assert result.exit_code == 2
+    assert "broken.png" in result.stderr and "Traceback" not in result.output
+    expected = {"wide.png": (64, 40), "Clinic A/deep/tall.png": (30, 50), "Clinic A/gray.png": (32, 32)}
+    for name, size in expected.items():
+        with Image.open(out / name) as image:
+            assert image.size == size and image.mode == "RGB"
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == snapshot
+
+
+def test_generate_is_deterministic_and_matches_checkpoint_choice(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    first, second = tmp_path / "a", tmp_path / "b"
+    for out, checkpoint in ((first, "latest"), (second, "2")):
+        assert invoke("generate", "--run", run, "--input", data / "test" / "before", "--output", out,
+                      "--checkpoint", checkpoint).exit_code == 0
+    for file in first.iterdir():
+        assert np.array_equal(np.asarray(Image.open(file)), np.asarray(Image.open(second / file.name)))
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--model", "pix3pix", "--data", "{data}", "--out", "{tmp}/r"], ["pix3pix", "pix2pix", "cyclegan-attn"]),
+        (["train", "--model", "pix2pix", "--data", "{tmp}/nowhere", "--out", "{tmp}/r"], ["--data", "nowhere"]),
+        (["train", "--model", "pix2pix", "--data", "{data}", "--out", "{tmp}/r", "--mixed-precision", "fp8"], ["--mixed-precision"]),
+        (["train", "--model", "pix2pix", "--data", "{data}", "--out", "{tmp}/r", "--set", "model.bogus=1"], ["model.bogus"]),
+        (["train", "--model", "pix2pix", "--data", "{data}", "--out", "{tmp}/r", "--set", "train.steps=x"], ["train.steps"]),
+        (["train", "--out", "{tmp}/never-trained", "--resume"], ["never-trained"]),
+        (["train", "--model", "pix2pix", "--data", "{tmp}", "--out", "{tmp}/r"], ["manifest.csv"]),
+        (["generate", "--run", "{tmp}/none", "--input", "{data}", "--output", "{tmp}/o"], ["none"]),
+        (["generate", "--run", "{run}", "--input", "{tmp}/empty", "--output", "{tmp}/o"], ["empty", "no images"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{data}/test/before/x"], ["--output", "inside"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--checkpoint", "99"], ["--checkpoint 99"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--procedures", "ears"], ["--procedures", "ears"]),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args: list[str], fragments: list[str], trained, tmp_path: Path) -> None:
+    data, run = trained
+    (tmp_path / "empty").mkdir()
+    filled = [a.format(data=data, run=run, tmp=tmp_path) for a in args]
+    assert_user_error(invoke(*filled), *fragments)
+
+
+def test_train_refuses_to_overwrite_and_resume_continues(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    assert_user_error(invoke("train", "--model", "pix2pix", "--data", data, "--out", run, "--steps", "3", *TINY),
+                      "--resume")
+    result = invoke("train", "--out", run, "--resume", "--steps", "3")
+    assert result.exit_code == 0, result.output
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+
+
+def test_models_lists_every_model_with_parameter_counts() -> None:
+    result = invoke("models", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert {"pix2pix", "cyclegan", "cyclegan-attn", "cyclegan-attn-gd"} <= set(rows)
+    # the reference implementations' counts at default width and 256 px
+    assert rows["pix2pix"]["parameters"] == {"G": 54_413_955, "D": 2_768_705}
+    assert rows["cyclegan"]["parameters"]["G_AB"] == 11_378_179
+    assert rows["cyclegan"]["parameters"]["D_A"] == 2_764_737
+    assert rows["cyclegan"]["paired"] is False and rows["pix2pix"]["paired"] is True
+    assert rows["cyclegan-attn-gd"]["parameters"]["D_A"] > rows["cyclegan-attn"]["parameters"]["D_A"]
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "generate", "evaluate", "compare", "models", "weights"])
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "svai " + command in result.stdout.replace("\n", " ") or "Example" in result.stdout
