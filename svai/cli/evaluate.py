@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from svai.cli.app import app, console, err_console, fail, user_errors
@@ -37,7 +38,7 @@ def _label(metric: str) -> str:
 
 def _table(result: dict[str, Any]) -> Table:
     rows = [result] + ([result["baseline"]] if result.get("baseline") else [])
-    table = Table(title=f"{result['name']} vs {result['target']}", title_justify="left")
+    table = Table(title=escape(f"{result['name']} vs {result['target']}"), title_justify="left")
     if len(rows) > 1:
         table.add_column("run")
     table.add_column("metric")
@@ -56,7 +57,7 @@ def _table(result: dict[str, Any]) -> Table:
                 n += f" / {entry['n_target']}"
             cells = [_label(metric), "↑" if entry["higher_is_better"] else "↓", _format(metric, entry), n]
             if len(rows) > 1:
-                cells.insert(0, row["name"] if row["role"] == "model" else "baseline (do nothing)")
+                cells.insert(0, escape(row["name"]) if row["role"] == "model" else "baseline (do nothing)")
             table.add_row(*cells)
     return table
 
@@ -72,7 +73,7 @@ def _report(result: dict[str, Any]) -> None:
         prefix = "" if row["role"] == "model" else "baseline: "
         for metric, entry in row["metrics"].items():
             if entry.get("warning"):
-                err_console.print(f"[yellow]warning:[/] {prefix}{_label(metric)}: {entry['warning']}")
+                err_console.print(f"[yellow]warning:[/] {prefix}{_label(metric)}: {escape(entry['warning'])}")
         by_reason: dict[str, list[str]] = {}
         for metric, reason in row["unavailable"].items():
             # The baseline shares the model's weights: say each missing file once.
@@ -80,15 +81,15 @@ def _report(result: dict[str, Any]) -> None:
                 continue
             by_reason.setdefault(reason, []).append(_label(metric))
         for reason, labels in by_reason.items():
-            err_console.print(f"[yellow]unavailable:[/] {prefix}{', '.join(labels)}: {reason}")
+            err_console.print(f"[yellow]unavailable:[/] {prefix}{', '.join(labels)}: {escape(reason)}")
         for side, root in (("pred_only", row["pred"]), ("target_only", row["target"])):
             files = row["unmatched"][side]
             if files:
                 err_console.print(
-                    f"[yellow]unmatched:[/] {prefix}{len(files)} file(s) only in {root}: {_listing(files)}"
+                    f"[yellow]unmatched:[/] {prefix}{len(files)} file(s) only in {escape(root)}: {escape(_listing(files))}"
                 )
         for item in row["skipped"]:
-            err_console.print(f"[red]skipped:[/] {prefix}{item['file']}: {item['reason']}")
+            err_console.print(f"[red]skipped:[/] {prefix}{escape(item['file'])}: {escape(item['reason'])}")
 
 
 @app.command(
@@ -146,7 +147,7 @@ def evaluate(
     console.print(_table(result))
     _report(result)
     if json_path is not None:
-        err_console.print(f"wrote {json_path}")
+        err_console.print(f"wrote {escape(str(json_path))}")
 
     rows = [result] + ([result["baseline"]] if result.get("baseline") else [])
     missing = sorted({m for row in rows for m in named if m in row["unavailable"]})

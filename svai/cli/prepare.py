@@ -78,7 +78,7 @@ def prepare(
     source: str = typer.Argument(..., help="Photo folder or CSV of pairs, or `synthetic` for the built-in dataset."),
     out: Path = typer.Argument(..., help="Output folder: empty, absent, or an earlier prepare of SOURCE."),
     size: Optional[int] = typer.Option(
-        None, "--size", help=f"Output image size in pixels, square [default: {PHOTO_SIZE}; synthetic {SYNTHETIC_SIZE}]."
+        None, "--size", help=f"Output image size in pixels, square (default {PHOTO_SIZE}; synthetic {SYNTHETIC_SIZE}).",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed (synthetic drawing and the train/test split)."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of subjects put in the test split."),
@@ -99,7 +99,7 @@ def prepare(
         "center", "--crop", help="center (square from the middle), face (skin-colour box, centre fallback) or none (pad)."
     ),
     align: bool = typer.Option(False, "--align", help="Register each after photo onto its before photo (similarity)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [default: CPU count]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: the CPU count); results do not depend on it."),
     force: bool = typer.Option(False, "--force", help="Rebuild OUT from scratch (only an OUT made by svai prepare)."),
 ) -> None:
     """Pair, clean, resize and split photos into OUT/{train,test}/{before,after}/<id>.png."""

@@ -92,8 +92,8 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise ImageProblem(path, "too large", f"refused as a possible decompression bomb ({error})") from None
     except Image.UnidentifiedImageError:
         raise ImageProblem(path, "not an image", "not an image Pillow can decode") from None
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageProblem(path, "unreadable", f"cannot read image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - a malformed file can make any decoder step fail
+        raise ImageProblem(path, "unreadable", f"cannot read image ({type(error).__name__}: {error})") from None
     if image.width * image.height > max_pixels:
         image.close()
         raise ImageProblem(
@@ -147,7 +147,9 @@ def load_rgb_image(
     path = Path(path)
     image = _open(path, max_pixels)
     try:
-        with image:
+        with image, warnings.catch_warnings():
+            # Pillow warns about odd EXIF blocks and the like; a photo either decodes or is skipped.
+            warnings.simplefilter("ignore")
             if min_size is not None and image.format == "JPEG":
                 width, height = _oriented_size(image)
                 if (width, height) != image.size:
@@ -160,9 +162,11 @@ def load_rgb_image(
             return Image.fromarray(to_rgb_array(image))
     except SvaiError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+    except MemoryError:
+        raise ImageProblem(path, "too large", "not enough memory to decode it") from None
+    except Exception as error:  # noqa: BLE001 - a malformed file can make any decoder step fail
         reason = "truncated" if "truncated" in str(error).lower() else "unreadable"
-        raise ImageProblem(path, reason, f"cannot decode image ({error})") from None
+        raise ImageProblem(path, reason, f"cannot decode image ({type(error).__name__}: {error})") from None
 
 
 def draft_size(width: int, height: int, target: int) -> tuple[int, int]:

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -62,8 +63,11 @@ class PrepareOptions:
     max_pixels: int = MAX_PIXELS
 
     def image_settings(self) -> dict:
-        """The settings that change output pixels: a change reprocesses every pair."""
-        return {"size": self.size, "crop": self.crop, "align": self.align, "order": self.order}
+        """The settings that change output pixels: a change reprocesses every pair.
+
+        `order` is not among them: it only concerns composites, whose fingerprint holds it.
+        """
+        return {"size": self.size, "crop": self.crop, "align": self.align}
 
 
 @dataclass
@@ -291,12 +295,17 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: Progress | None) -> list
         # A fresh interpreter per worker (not fork): the parent may hold torch's thread pools.
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context) as pool:
-            futures = [pool.submit(process_pair, job) for job in jobs]
-            for done, future in enumerate(as_completed(futures), start=1):
-                outcomes.append(future.result())
-                if progress:
-                    progress(done, total)
+        try:
+            with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context) as pool:
+                futures = [pool.submit(process_pair, job) for job in jobs]
+                for done, future in enumerate(as_completed(futures), start=1):
+                    outcomes.append(future.result())
+                    if progress:
+                        progress(done, total)
+        except BrokenProcessPool:
+            raise SvaiError(
+                "a worker process died (most likely out of memory): run again with fewer --workers"
+            ) from None
     return sorted(outcomes, key=lambda o: o.id)
 
 
@@ -356,7 +365,7 @@ def prepare_dataset(
     new_state: dict[str, dict] = {}
     failures: dict[str, list] = {}
     skipped = list(found.skipped)
-    face_found = Counter()
+    face_found: Counter[str] = Counter()
     alignments: dict[str, dict] = {}
     fingerprints: dict[str, str] = {}
     for pair in found.pairs:
@@ -418,7 +427,7 @@ def prepare_dataset(
     writer = DatasetWriter(out)
     writer.records = records
     run_settings = {
-        "kind": "photos", "source": source_key, **settings, "pairing": options.pairing,
+        "kind": "photos", "source": source_key, **settings, "order": options.order, "pairing": options.pairing,
         "pairs_csv": str(options.pairs_csv) if options.pairs_csv else None,
         "labels": str(options.labels) if options.labels else None,
         "seed": options.seed, "test_fraction": options.test_fraction,

@@ -80,6 +80,16 @@ def collection(tmp_path: Path) -> Path:
     photo(src / "gallery" / "chin" / "kim 전.jpg", seed=40)
     photo(src / "gallery" / "chin" / "kim 후.webp", seed=41)
     photo(src / "aligned" / "pair1.png", 120, 60, seed=50)
+    # Every colour mode a clinic archive may hold.
+    (src / "modes").mkdir()
+    Image.fromarray(np.full((60, 80), 40000, np.uint16)).save(src / "modes" / "grey16_before.png")
+    Image.new("LA", (80, 60), (90, 128)).save(src / "modes" / "grey16_after.png")
+    Image.new("CMYK", (80, 60), (0, 200, 200, 0)).save(src / "modes" / "cmyk_before.jpg")
+    Image.new("RGBA", (80, 60), (10, 200, 10, 100)).save(src / "modes" / "cmyk_after.tif")
+    palette = Image.new("P", (80, 60), 3)
+    palette.putpalette(list(range(256)) * 3)
+    palette.save(src / "modes" / "pal_before.png")
+    palette.save(src / "modes" / "pal_after.bmp")
     # Broken kinds, each with its own reason.
     (src / "broken").mkdir()
     (src / "broken" / "zero_before.jpg").write_bytes(b"")
@@ -106,13 +116,13 @@ def test_collection_is_prepared_and_everything_explained(collection: Path, tmp_p
     assert set(records) == {
         *(f"clinicA-Blepharoplasty-{i:04d}" for i in range(3)),
         *(f"clinicB-rhino-case{i}" for i in range(3)),
-        "gallery-chin-kim", "aligned-pair1",
+        "gallery-chin-kim", "aligned-pair1", "modes-grey16", "modes-cmyk", "modes-pal",
     }
     assert report.written == len(records) and report.kept == 0
     assert records["clinicA-Blepharoplasty-0001"].procedures == ("eyes",)
     assert records["clinicB-rhino-case1"].procedures == ()  # "rhino" is not an alias
     assert records["gallery-chin-kim"].procedures == ("jaw",)
-    assert sum(r.split == "test" for r in records.values()) == 2  # round(8 * 0.25)
+    assert sum(r.split == "test" for r in records.values()) == 3  # subjects = pairs: round(11 * 0.25)
 
     for record in records.values():
         for kind in ("before", "after"):
@@ -122,6 +132,8 @@ def test_collection_is_prepared_and_everything_explained(collection: Path, tmp_p
             assert png_chunks(path) == [b"IHDR", b"IDAT", b"IEND"]  # no eXIf, tEXt, iCCP …
             assert b"PhoneMaker" not in path.read_bytes() and b"patient" not in path.read_bytes()
 
+    grey = np.asarray(Image.open(out / records["modes-grey16"].split / "before" / "modes-grey16.png"))
+    assert np.all(grey == round(40000 / 65535 * 255))  # 16-bit scaled, not clipped to 255
     assert skipped(out) == {
         "broken/zero_before.jpg": "empty file",
         "broken/cut_before.jpg": "truncated",
