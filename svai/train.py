@@ -128,7 +128,11 @@ class Trainer:
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state()
+        # Without an accelerator, say so explicitly: that is what lets `torchrun` /
+        # `accelerate launch` run several CPU processes (gloo) instead of independent copies.
+        on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
         self.accelerator = Accelerator(
+            cpu=on_cpu,
             mixed_precision=train.mixed_precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )

@@ -98,3 +98,23 @@ def test_bf16_autocast_trains_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None
     result = train(config("pix2pix", tiny_dataset, 2, "train.mixed_precision=bf16"), tmp_path / "run")
     assert result.step == 2
     assert all(torch.isfinite(v.float()).all() for v in weights(tmp_path / "run").values())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_share_one_run(tiny_dataset: Path, tmp_path: Path) -> None:
+    """torchrun with two CPU processes (gloo): one log, one checkpoint with both RNG states."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "svai.cli", "train", "--model", "cyclegan-attn", "--data", str(tiny_dataset), "--out", str(run),
+               "--steps", "2", "--image-size", "32", *[x for s in TINY for x in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("trained cyclegan-attn") == 1
+    checkpoint = find_checkpoint(run).path
+    assert sorted(p.name for p in checkpoint.glob("rng-*")) == ["rng-0.safetensors", "rng-1.safetensors"]
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]

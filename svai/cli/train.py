@@ -59,11 +59,12 @@ def train(
         raise SvaiError(f"--data {data}: folder not found (make one with `svai prepare`)")
     resolved = resolve_for_run(out, resume, model, config, set_, flags)
     trainer = prepare_training(resolved, out, resume=resume)
+    main_process = trainer.accelerator.is_main_process
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[logs]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=err_console, transient=False,
+        console=err_console, transient=False, disable=not main_process,
     ) as progress:
         task = progress.add_task(resolved.name, total=resolved.train.steps, logs="")
 
@@ -78,9 +79,12 @@ def train(
         trainer.on_event = on_event
         result = trainer.run()
     if result.interrupted:
+        if not main_process:
+            raise typer.Exit(code=130)
         err_console.print(
             f"stopped at step {result.step}/{result.total_steps}; checkpoint saved in {result.checkpoint}. "
             f"Continue with: svai train --out {out} --resume"
         )
         raise typer.Exit(code=130)
-    console.print(f"trained {resolved.name} to step {result.step}; run folder: {out}")
+    if main_process:
+        console.print(f"trained {resolved.name} to step {result.step}; run folder: {out}")
