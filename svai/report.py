@@ -487,7 +487,11 @@ def _row_notes(row: dict) -> list[str]:
     notes = []
     unavailable = row.get("unavailable") or {}
     if isinstance(unavailable, dict):
-        notes += [f"{metric} unavailable: {reason}" for metric, reason in unavailable.items()]
+        # FID, KID and IS share one network, so one missing file makes three entries: one line.
+        metrics_for: dict[str, list[str]] = {}
+        for metric, reason in unavailable.items():
+            metrics_for.setdefault(str(reason), []).append(metric)
+        notes += [f"{', '.join(metrics)} unavailable: {reason}" for reason, metrics in metrics_for.items()]
     for metric, entry in row["metrics"].items():
         if entry.get("warning"):
             notes.append(f"{metric}: {entry['warning']}")

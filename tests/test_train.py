@@ -118,3 +118,30 @@ def test_two_cpu_processes_share_one_run(tiny_dataset: Path, tmp_path: Path) -> 
     checkpoint = find_checkpoint(run).path
     assert sorted(p.name for p in checkpoint.glob("rng-*")) == ["rng-0.safetensors", "rng-1.safetensors"]
     assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_exits_cleanly(signum: str, tiny_dataset: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "svai.cli", "train", "--model", "pix2pix", "--data", str(tiny_dataset),
+               "--out", str(run), "--steps", "100000", "--image-size", "32", *[x for s in TINY for x in ("--set", s)]]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = run / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().count("\n") >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(getattr(signal, signum))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    saved = find_checkpoint(run).step
+    last_logged = json.loads(log.read_text().splitlines()[-1])["step"]
+    assert saved == last_logged >= 2
