@@ -23,24 +23,10 @@ from typing import Any, Literal
 import yaml
 
 from svai import __version__
+from svai.data.augment import AugmentOptions
 from svai.errors import SvaiError
 
 SECTIONS = ("model", "data", "train")
-
-
-@dataclass
-class AugmentConfig:
-    """Paired augmentation at training time; every probability 0 means off."""
-
-    hflip: float = 0.0
-    rotate_p: float = 0.0
-    rotate_degrees: float = 10.0
-    scale_p: float = 0.0
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    translate: float = 0.05
-    color_p: float = 0.0
-    brightness: float = 0.1
-    contrast: float = 0.1
 
 
 @dataclass
@@ -51,7 +37,7 @@ class DataConfig:
     image_size: int = 256
     num_workers: int = 0
     cache: bool = True
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentOptions = field(default_factory=AugmentOptions)
 
 
 @dataclass

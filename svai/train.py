@@ -27,6 +27,7 @@ from svai.checkpoint import (
     find_checkpoint, load_networks, load_optimizers, read_state, restore_rng, rng_payload, save_checkpoint,
 )
 from svai.config import RunConfig, load_run_config, resolve
+from svai.data.augment import augment_batch
 from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_uint8
 from svai.data.layout import write_atomic
 from svai.errors import SvaiError
@@ -223,10 +224,8 @@ class Trainer:
 
     def _augment(self, batch: dict[str, Any], step: int) -> dict[str, Any]:
         options = self.config.data.augment
-        if not any(getattr(options, name) > 0 for name in ("hflip", "rotate_p", "scale_p", "color_p")):
+        if not options.enabled:
             return batch
-        from svai.data.augment import augment_batch
-
         generator = torch.Generator(device="cpu").manual_seed(
             hash_seed(self.config.train.seed, step, self.accelerator.process_index, 7))
         return augment_batch(batch, options, generator)

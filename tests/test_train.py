@@ -145,3 +145,17 @@ def test_a_signal_saves_a_checkpoint_and_exits_cleanly(signum: str, tiny_dataset
     saved = find_checkpoint(run).step
     last_logged = json.loads(log.read_text().splitlines()[-1])["step"]
     assert saved == last_logged >= 2
+
+
+def test_augmentation_is_part_of_the_config_and_resumes_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
+    augment = ["data.augment.hflip=0.5", "data.augment.rotate_p=0.5", "data.augment.color_p=0.5", "train.batch_size=2"]
+    one_go = train(config("pix2pix", tiny_dataset, 4, *augment), tmp_path / "one")
+    train(config("pix2pix", tiny_dataset, 4, *augment), tmp_path / "two", should_stop=lambda step: step == 2)
+    train(config("pix2pix", tiny_dataset, 4, *augment), tmp_path / "two", resume=True)
+    plain = train(config("pix2pix", tiny_dataset, 4, "train.batch_size=2"), tmp_path / "plain")
+    a, b, c = weights(tmp_path / "one"), weights(tmp_path / "two"), weights(tmp_path / "plain")
+    assert one_go.step == plain.step == 4
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("G."))  # augmentation changed training
+    with pytest.raises(SvaiError, match="data.augment"):
+        config("pix2pix", tiny_dataset, 1, "data.augment.hflip=2")

@@ -35,6 +35,7 @@ from svai import __version__
 from svai.data.images import read_rgb
 from svai.errors import SvaiError
 from svai.metrics import cache as feature_cache
+from svai.metrics.inference import channels_last, prepare_for_inference
 from svai.metrics.pairing import Pairing, index_folder, pair_ids
 from svai.metrics.psnr import psnr_from_mse, squared_error_map
 from svai.metrics.ssim import SSIM_SETTINGS, SSIM_WINDOW, crop_to_ssim_map, ssim_map
@@ -155,6 +156,7 @@ def _load_models(requested: list[str], lpips_net: str, weights_dir: Path | None,
             from svai.metrics.perceptual import load_lpips
 
             models.lpips, path = load_lpips(lpips_net, weights_dir, device)
+            prepare_for_inference(models.lpips)
             models.weights[path.name] = weights.sha256_file(path)
         except SvaiError as error:
             models.unavailable["lpips"] = _one_line(error)
@@ -167,7 +169,7 @@ def _load_models(requested: list[str], lpips_net: str, weights_dir: Path | None,
             from svai.metrics.inception import load_inception
 
             path = weights.require("inception", weights_dir)
-            models.inception = load_inception(weights_dir, device)
+            models.inception = prepare_for_inference(load_inception(weights_dir, device))
             inception_sha = weights.sha256_file(path)
             models.weights[path.name] = inception_sha
         except SvaiError as error:
@@ -224,7 +226,7 @@ class _LpipsTargets:
         if self.features is None:
             from svai.metrics.perceptual import lpips_features
 
-            self.features = lpips_features(self.model, self.images.float() / 127.5 - 1.0)
+            self.features = lpips_features(self.model, channels_last(self.images.float() / 127.5 - 1.0))
         return self.features
 
 
@@ -265,7 +267,7 @@ def _measure_pairs(
         from svai.metrics.perceptual import lpips_features, lpips_from_features
 
         model = lpips_targets.model
-        pred_features = lpips_features(model, pred.float() / 127.5 - 1.0)
+        pred_features = lpips_features(model, channels_last(pred.float() / 127.5 - 1.0))
         target_features = [f.index_select(0, target_index) for f in lpips_targets.get()]
         values, spatial = lpips_from_features(model, pred_features, target_features, tuple(pred.shape[-2:]))
         for key, value in zip(ids, values.tolist()):
@@ -290,7 +292,7 @@ def _inception_pass(
     for key, image in images.items():
         by_shape.setdefault(image.shape, []).append(key)
     for keys in by_shape.values():
-        batch = _to_tensor([images[k] for k in keys], device).float() / 255.0
+        batch = channels_last(_to_tensor([images[k] for k in keys], device).float() / 255.0)
         feats, logit = inception_outputs(model, batch, dims)
         feats_np = feats.cpu().numpy().astype(np.float64)
         logit_np = logit.float().cpu().numpy()

@@ -56,7 +56,7 @@ def _filter_valid(stack: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     return _band_matrix(height, taps).transpose(0, 1) @ rows
 
 
-# Images per chunk are chosen so the five filtered moments stay near this many bytes.
+# Images per chunk are chosen so the four filtered moments stay near this many bytes.
 _CHUNK_BYTES = 256 * 2**20
 
 
@@ -76,23 +76,33 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels; got {height}x{width}")
     dtype = dtype or torch.float64
     channels = pred.shape[1]
-    per_image = 5 * channels * height * width * torch.finfo(dtype).bits // 8
+    per_image = 4 * channels * height * width * torch.finfo(dtype).bits // 8
     step = max(1, _CHUNK_BYTES // per_image)
     if pred.shape[0] > step:
-        # Bound peak memory for large images: the moments take 5x the input in `dtype`.
+        # Bound peak memory for large images: the moments take 4x the input in `dtype`.
         return torch.cat([ssim_map(pred[i:i + step], target[i:i + step], dtype) for i in range(0, pred.shape[0], step)])
     x = pred.to(dtype)
     y = target.to(dtype)
     taps = gaussian_kernel_1d(dtype=dtype).to(x.device)
-    moments = _filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), taps)
-    mu_x, mu_y, xx, yy, xy = moments.split(channels, dim=1)
-    var_x = xx - mu_x * mu_x
-    var_y = yy - mu_y * mu_y
-    cov = xy - mu_x * mu_y
+    # Four filtered maps, not five: var_x and var_y only appear as their sum, and
+    # filter(x^2) + filter(y^2) = filter(x^2 + y^2) since the filter is linear.
+    batch = x.shape[0]
+    stack = torch.empty((batch, 4) + tuple(x.shape[1:]), dtype=dtype, device=x.device)
+    stack[:, 0] = x
+    stack[:, 1] = y
+    torch.mul(x, x, out=stack[:, 2])
+    stack[:, 2].addcmul_(y, y)
+    torch.mul(x, y, out=stack[:, 3])
+    moments = _filter_valid(stack.flatten(1, 2), taps).unflatten(1, (4, channels))
+    mu_x, mu_y, squares, xy = moments.unbind(1)
+    mu_xx = mu_x * mu_x
+    mu_yy = mu_y * mu_y
+    mu_xy = mu_x * mu_y
     c1 = SSIM_K1**2  # (K1 * data_range)^2 with data_range = 1
     c2 = SSIM_K2**2
-    numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    # Wang et al. 2004, eq. 13, with population (co)variances.
+    numerator = (2 * mu_xy + c1) * (2 * (xy - mu_xy) + c2)
+    denominator = (mu_xx + mu_yy + c1) * (squares - mu_xx - mu_yy + c2)
     return (numerator / denominator).mean(dim=1)
 
 
