@@ -20,6 +20,21 @@ def _format_logs(logs: dict[str, Any]) -> str:
     return "  ".join(shown)
 
 
+def _summary(evaluation: dict[str, Any]) -> str:
+    """One line: each metric of the model next to the do-nothing baseline's."""
+    baseline = (evaluation.get("baseline") or {}).get("metrics", {})
+    parts = []
+    for name in ("ssim", "psnr", "lpips", "fid"):
+        entry = evaluation["metrics"].get(name)
+        if entry is None or entry.get("mean") is None:
+            continue
+        text = f"{name} {entry['mean']:.4g}"
+        if baseline.get(name, {}).get("mean") is not None:
+            text += f" (do nothing: {baseline[name]['mean']:.4g})"
+        parts.append(text)
+    return ", ".join(parts) or "no metric could be computed"
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -86,5 +101,13 @@ def train(
             f"Continue with: svai train --out {out} --resume"
         )
         raise typer.Exit(code=130)
-    if main_process:
-        console.print(f"trained {resolved.name} to step {result.step}; run folder: {out}")
+    if not main_process:
+        return
+    console.print(f"trained {resolved.name} to step {result.step}; run folder: {out}")
+    if resolved.train.evaluate:
+        from svai.pipeline import evaluate_run
+
+        with err_console.status("evaluating the test split"):
+            evaluation = evaluate_run(out)
+        if evaluation is not None:
+            console.print(f"test split: {_summary(evaluation)} -> {out / 'evaluation.json'}")

@@ -58,6 +58,17 @@ def test_five_commands_end_to_end(trained: tuple[Path, Path], tmp_path: Path) ->
     assert "baseline" in result.stdout and "ssim" in result.stdout
 
 
+def test_train_evaluates_the_test_split_for_compare(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    tests = sorted(p.stem for p in (data / "test" / "before").iterdir())
+    assert sorted(evaluation["metrics"]["ssim"]["per_image"]) == tests
+    assert evaluation["baseline"]["role"] == "baseline" and evaluation["name"] == "pix2pix"
+    result = invoke("compare", run, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert {row["name"] for row in json.loads(result.stdout)["rows"]} >= {"pix2pix", "baseline"}
+
+
 def test_generate_keeps_relative_paths_and_sizes(trained: tuple[Path, Path], tmp_path: Path) -> None:
     _, run = trained
     source = tmp_path / "photos"

@@ -1,0 +1,43 @@
+"""Steps that chain the library's stages for one run: predict the test split, then score it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from svai.errors import SvaiError
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "test-predictions"
+EVALUATION = "evaluation.json"
+
+
+def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | None = None) -> dict[str, Any] | None:
+    """Translate the run's test split and evaluate it against the true after photos.
+
+    Writes `RUN/test-predictions/` and `RUN/evaluation.json` (with the do-nothing baseline),
+    so `svai compare RUN` finds the result. Returns the evaluation, or None when the
+    dataset has no test split. Metrics whose pretrained weights are missing are recorded as
+    unavailable, never fatal.
+    """
+    from svai.generate import generate_folder, load_model
+    from svai.metrics.evaluate import evaluate_folders, write_json
+
+    run_dir = Path(run_dir)
+    model = load_model(run_dir, checkpoint, device)
+    data = Path(model.config.data.root)
+    before, after = data / "test" / "before", data / "test" / "after"
+    if not (before.is_dir() and after.is_dir()):
+        log.info("no test split in %s: nothing to evaluate", data)
+        return None
+    predictions = run_dir / PREDICTIONS
+    report = generate_folder(model, before, predictions)
+    if report.skipped:
+        raise SvaiError(f"{len(report.skipped)} test images could not be read, e.g. {report.skipped[0][0]}")
+    result = evaluate_folders(predictions, after, baseline=before, name=model.config.name,
+                              device=str(model.device))
+    result["checkpoint_step"] = model.step
+    write_json(result, run_dir / EVALUATION)
+    return result
