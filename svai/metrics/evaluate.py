@@ -54,6 +54,9 @@ IS_SPLITS: int = 10
 # AlexNet's strided convolutions and pools need at least 31 px; a round bound is easier to state.
 LPIPS_MIN_SIZE: int = 32
 MASK_THRESHOLD: int = 128  # mask pixels >= this (of 255) belong to the changed region
+# Pixels per paired-metric pass (16 images of 256x256): bounds LPIPS activations, which for
+# VGG are about 0.5 KB per pixel, whatever the image size.
+PAIRED_PIXELS_PER_PASS: int = 16 * 256 * 256
 
 PSNR_SETTINGS = "per image on 8-bit RGB (peak 255), then averaged; identical pairs counted apart"
 REGION_SETTINGS = (
@@ -240,7 +243,7 @@ def _measure_pairs(
     masks: torch.Tensor | None,
     requested: list[str],
 ) -> None:
-    """Paired metrics of one same-shape group. pred: (B, 3, H, W) uint8; target: the batch's
+    """Paired metrics of one same-shape group. pred: (B, 3, H, W) uint8; target: a chunk of
     targets of that shape, `target_index` picks each pred's target; masks: (B, H, W) bool or None."""
     paired_target = target.index_select(0, target_index)
     channels = pred.shape[1]
@@ -427,6 +430,37 @@ def _paired_results(
     return out
 
 
+def _plan_decodes(
+    candidates: list[_Candidate],
+    target_files: dict[str, Path],
+    mask_files: dict[str, Path],
+    paired_active: bool,
+    sets_active: bool,
+    targets_for_sets: bool,
+) -> dict[str, list[tuple[str, str, Path]]]:
+    """Which files to decode, per id, as (role, id, path): each at most once, and only
+    when some metric uses it (a pair, the Inception pass, a region)."""
+    plan: dict[str, list[tuple[str, str, Path]]] = {}
+    for key in sorted(set(target_files).union(*(c.files for c in candidates))):
+        jobs: list[tuple[str, str, Path]] = []
+        paired = False
+        for candidate in candidates:
+            path = candidate.files.get(key)
+            if path is None:
+                continue
+            has_pair = paired_active and key in target_files
+            paired |= has_pair
+            if has_pair or sets_active:
+                jobs.append((candidate.role, key, path))
+        if key in target_files and (paired or targets_for_sets):
+            jobs.append(("target", key, target_files[key]))
+        if paired and key in mask_files:
+            jobs.append(("mask", key, mask_files[key]))
+        if jobs:
+            plan[key] = jobs
+    return plan
+
+
 def evaluate_folders(
     pred: Path,
     target: Path,
@@ -468,14 +502,20 @@ def evaluate_folders(
     pred, target = Path(pred).resolve(), Path(target).resolve()
     pred_files = index_folder(pred)
     target_files = index_folder(target)
+    mask_files: dict[str, Path] = {}
     if masks is None:
         guess = target.parent / "masks"
-        masks = guess if guess.is_dir() and guess != pred else None
+        if guess.is_dir() and guess not in (pred, target):
+            try:
+                mask_files, masks = index_folder(guess), guess
+            except SvaiError as error:
+                # A guess, not a request: an empty or odd folder just means no region metrics.
+                logger.warning("not using %s for region metrics: %s", guess, error)
     else:
         masks = Path(masks).resolve()
         if not masks.is_dir():
             raise SvaiError(f"--masks {masks} is not a folder: give the folder of masks (255 = changed region)")
-    mask_files = index_folder(masks) if masks is not None else {}
+        mask_files = index_folder(masks)
     if baseline is not None:
         baseline = Path(baseline).resolve()
         before = before if before is not None else baseline
@@ -516,26 +556,7 @@ def evaluate_folders(
         target_skipped = {item["file"]: item["reason"] for item in cached.skipped}
     targets_for_sets = sets_active and cached is None
 
-    # One work list over every id: each file is decoded at most once, whatever uses it.
-    all_ids = sorted(set(target_files).union(*(c.files for c in candidates)))
-    jobs_by_id: dict[str, list[tuple[str, str, Path]]] = {}
-    for key in all_ids:
-        jobs: list[tuple[str, str, Path]] = []
-        paired_with_target = False
-        for candidate in candidates:
-            path = candidate.files.get(key)
-            if path is None:
-                continue
-            has_pair = key in target_files and bool(paired_active)
-            paired_with_target |= has_pair
-            if has_pair or sets_active:
-                jobs.append((candidate.role, key, path))
-        if key in target_files and (paired_with_target or targets_for_sets):
-            jobs.append(("target", key, target_files[key]))
-        if paired_with_target and key in mask_files:
-            jobs.append(("mask", key, mask_files[key]))
-        if jobs:
-            jobs_by_id[key] = jobs
+    jobs_by_id = _plan_decodes(candidates, target_files, mask_files, bool(paired_active), sets_active, targets_for_sets)
     work = list(jobs_by_id)
     batches = [work[i:i + batch_size] for i in range(0, len(work), batch_size)]
     lpips_model = models.lpips if "lpips" in paired_active else None
@@ -614,6 +635,28 @@ def _metric_order(found: dict[str, Any]) -> list[str]:
     return order
 
 
+def _valid_pairs(
+    candidate: _Candidate, batch: list[str], preds: dict[str, np.ndarray], targets: dict[str, np.ndarray], min_side: int
+) -> set[str]:
+    """Ids of the batch whose pred and target are both decoded, of one size and big enough;
+    the others are recorded as skipped with the reason."""
+    valid: set[str] = set()
+    for key in batch:
+        if key not in preds or key not in targets:
+            continue
+        shape, target_shape = preds[key].shape, targets[key].shape
+        path = str(candidate.files[key])
+        if shape != target_shape:
+            candidate.skipped[path] = (
+                f"is {shape[1]}x{shape[0]} but its target is {target_shape[1]}x{target_shape[0]}: paired metrics need equal sizes"
+            )
+        elif min(shape[:2]) < min_side:
+            candidate.skipped[path] = f"is {shape[1]}x{shape[0]}, under the {min_side}x{min_side} the paired metrics need"
+        else:
+            valid.add(key)
+    return valid
+
+
 def _measure_batch(
     batch: list[str],
     decoded: dict[tuple[str, str], np.ndarray | SvaiError],
@@ -648,14 +691,6 @@ def _measure_batch(
             images[role][key] = value
 
     targets = images["target"]
-    # Targets grouped by shape, so each group is one tensor (and one LPIPS backbone pass).
-    shapes: dict[tuple[int, ...], list[str]] = {}
-    for key in batch:
-        if key in targets:
-            shapes.setdefault(targets[key].shape, []).append(key)
-    groups = {shape: (keys, _to_tensor([targets[k] for k in keys], device)) for shape, keys in shapes.items()}
-    lpips_cache = {shape: _LpipsTargets(lpips_model, tensor) for shape, (_, tensor) in groups.items()} if lpips_model else {}
-
     masks: dict[str, np.ndarray] = {}
     for key, mask in images["mask"].items():
         if key in targets and mask.shape[:2] != targets[key].shape[:2]:
@@ -666,47 +701,38 @@ def _measure_batch(
         masks[key] = mask[..., 0] >= MASK_THRESHOLD
 
     if paired_active:
-        for candidate in candidates:
-            preds = images[candidate.role]
-            by_shape: dict[tuple[int, ...], list[str]] = {}
-            for key in batch:
-                if key not in preds or key not in targets:
-                    continue
-                shape, target_shape = preds[key].shape, targets[key].shape
-                path = candidate.files[key]
-                if shape != target_shape:
-                    candidate.skipped[str(path)] = (
-                        f"is {shape[1]}x{shape[0]} but its target is {target_shape[1]}x{target_shape[0]}: paired metrics need equal sizes"
-                    )
-                    continue
-                if min(shape[:2]) < min_side:
-                    candidate.skipped[str(path)] = f"is {shape[1]}x{shape[0]}, under the {min_side}x{min_side} the paired metrics need"
-                    continue
-                by_shape.setdefault(shape, []).append(key)
-            for shape, keys in by_shape.items():
-                group_keys, target_tensor = groups[shape]
-                position = {k: i for i, k in enumerate(group_keys)}
-                with_masks = bool(mask_files) and all(k in masks for k in keys)
-                if mask_files and not with_masks:
-                    # Keep the region metrics for pairs that have masks: measure them apart.
-                    masked = [k for k in keys if k in masks]
-                    unmasked = [k for k in keys if k not in masks]
-                    candidate.without_mask.update(unmasked)
-                    parts = [(masked, True), (unmasked, False)]
-                else:
-                    parts = [(keys, with_masks)]
-                for part, use_masks in parts:
-                    if not part:
-                        continue
-                    pred_tensor = _to_tensor([preds[k] for k in part], device)
-                    index = torch.tensor([position[k] for k in part], device=device)
-                    mask_tensor = (
-                        torch.from_numpy(np.stack([masks[k] for k in part])).to(device) if use_masks else None
-                    )
-                    _measure_pairs(
-                        candidate, part, pred_tensor, index, target_tensor,
-                        lpips_cache.get(shape), mask_tensor, paired_active,
-                    )
+        valid = {c.role: _valid_pairs(c, batch, images[c.role], targets, min_side) for c in candidates}
+        # Targets grouped by shape, then cut into chunks of bounded pixel count: each chunk
+        # is one tensor and one LPIPS backbone pass, shared by the model and the baseline.
+        shapes: dict[tuple[int, ...], list[str]] = {}
+        for key in batch:
+            if key in targets and any(key in keys for keys in valid.values()):
+                shapes.setdefault(targets[key].shape, []).append(key)
+        for shape, keys in shapes.items():
+            step = max(1, PAIRED_PIXELS_PER_PASS // (shape[0] * shape[1]))
+            for start in range(0, len(keys), step):
+                chunk = keys[start:start + step]
+                target_tensor = _to_tensor([targets[k] for k in chunk], device)
+                lpips_targets = _LpipsTargets(lpips_model, target_tensor) if lpips_model is not None else None
+                position = {k: i for i, k in enumerate(chunk)}
+                for candidate in candidates:
+                    preds = images[candidate.role]
+                    ours = [k for k in chunk if k in valid[candidate.role]]
+                    if mask_files:
+                        # Pairs without a usable mask still get whole-image values.
+                        candidate.without_mask.update(k for k in ours if k not in masks)
+                        parts = [([k for k in ours if k in masks], True), ([k for k in ours if k not in masks], False)]
+                    else:
+                        parts = [(ours, False)]
+                    for part, use_masks in parts:
+                        if not part:
+                            continue
+                        mask_tensor = torch.from_numpy(np.stack([masks[k] for k in part])).to(device) if use_masks else None
+                        _measure_pairs(
+                            candidate, part, _to_tensor([preds[k] for k in part], device),
+                            torch.tensor([position[k] for k in part], device=device), target_tensor,
+                            lpips_targets, mask_tensor, paired_active,
+                        )
 
     if sets_active and models.inception is not None:
         for candidate in candidates:

@@ -61,7 +61,7 @@ def dataset(tmp_path: Path) -> dict[str, Path]:
 
 
 def load(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.array(Image.open(path).convert("RGB"))
 
 
 def skimage_ssim(a: np.ndarray, b: np.ndarray, full: bool = False):
