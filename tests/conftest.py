@@ -6,8 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from svai.data.layout import PROCEDURES, DatasetWriter, PairRecord
+
+
+# The networks in tests are tiny: one thread is as fast as two for them, and it keeps a
+# busy machine from thrashing between OpenMP threads.
+torch.set_num_threads(1)
 
 
 def smooth_image(rng: np.random.Generator, size: int) -> np.ndarray:

