@@ -339,6 +339,3 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
         raise SvaiError(f"{path}: not a svai run configuration")
     return tree
 
-
-def family_options(config: RunConfig) -> dict[str, Any]:
-    return to_plain(config.model)

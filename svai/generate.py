@@ -16,13 +16,13 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from svai.checkpoint import find_checkpoint, load_networks
 from svai.config import RunConfig, load_run_config, resolve
 from svai.data.dataset import resize, to_tensor, to_uint8
 from svai.data.images import list_images, read_rgb
-from svai.data.layout import PROCEDURES, png_bytes, write_atomic
+from svai.data.layout import PROCEDURE_SEPARATOR, PROCEDURES, png_bytes, write_atomic
+from svai.data.layout import parse_procedures as parse_manifest_procedures
 from svai.errors import SvaiError
 from svai.models.base import ModelFamily, Networks
 from svai.train import eval_mode, make_family
@@ -63,13 +63,13 @@ def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | to
 
 
 def parse_procedures(text: str | None) -> torch.Tensor | None:
-    """"eyes+nose" -> multi-hot (P,) tensor; None -> None."""
+    """"eyes+nose" (or "eyes,nose") -> multi-hot (P,) tensor; None -> None."""
     if not text:
         return None
-    names = [p.strip() for p in text.replace(",", "+").split("+") if p.strip()]
-    unknown = [n for n in names if n not in PROCEDURES]
-    if unknown:
-        raise SvaiError(f"--procedures {unknown[0]!r}: choose from {', '.join(PROCEDURES)}")
+    try:
+        names = parse_manifest_procedures(text.replace(",", PROCEDURE_SEPARATOR))
+    except SvaiError as error:
+        raise SvaiError(f"--procedures: {error}") from None
     return torch.tensor([float(p in names) for p in PROCEDURES])
 
 
@@ -82,11 +82,6 @@ def pad_to_square(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, in
     if side == height == width:
         return image, padding
     return F.pad(image, padding, mode="replicate"), padding
-
-
-def translate_image(model: LoadedModel, image: np.ndarray, condition: torch.Tensor | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 photo -> (H, W, 3) uint8 prediction at the same size."""
-    return translate_batch(model, [image], condition)[0]
 
 
 def translate_batch(model: LoadedModel, images: list[np.ndarray], condition: torch.Tensor | None = None) -> list[np.ndarray]:
@@ -129,12 +124,16 @@ def generate_folder(
     batch_size: int = 8,
     condition: torch.Tensor | None = None,
     progress: Callable[[int], None] | None = None,
+    files: list[Path] | None = None,
 ) -> GenerateReport:
-    """Translate every image under `input_dir` into `output_dir`; unreadable files are skipped."""
+    """Translate every image under `input_dir` into `output_dir`; unreadable files are skipped.
+
+    `files` is the input listing when the caller already has it (`list_images(input_dir)`).
+    """
     if batch_size < 1:
         raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
     check_output_folder(input_dir, output_dir)
-    files = list_images(input_dir)
+    files = list_images(input_dir) if files is None else files
     report = GenerateReport()
     seen: dict[Path, Path] = {}
     queue: list[tuple[Path, np.ndarray]] = []
@@ -174,8 +173,4 @@ def generate_folder(
     return report
 
 
-def count_images(input_dir: Path) -> int:
-    return len(list_images(input_dir))
-
-
-__all__ = ["LoadedModel", "GenerateReport", "load_model", "generate_folder", "translate_image", "parse_procedures"]
+__all__ = ["LoadedModel", "GenerateReport", "load_model", "generate_folder", "parse_procedures"]

@@ -409,9 +409,8 @@ def parameter_counts(family: ModelFamily) -> dict[str, int]:
     """Parameters of each trainable network, built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
         nets = family.build()
-    trainable = {name for phase in family.phases() for name in phase.networks}
-    return {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()
-            if name in trainable or any(True for _ in net.parameters())}
+    counts = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
+    return {name: count for name, count in counts.items() if count}
 
 
 __all__ = ["train", "prepare_training", "Trainer", "TrainResult", "make_family", "eval_mode", "parameter_counts", "resolve_for_run"]

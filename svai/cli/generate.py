@@ -32,9 +32,11 @@ def generate(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Predict the 'after' photo for every image in a folder with a trained model."""
-    from svai.generate import check_output_folder, count_images, generate_folder, load_model, parse_procedures
+    from svai.data.images import list_images
+    from svai.generate import check_output_folder, generate_folder, load_model, parse_procedures
 
-    total = count_images(input)
+    files = list_images(input)
+    total = len(files)
     check_output_folder(input, output)
     condition = parse_procedures(procedures)
     if batch_size < 1:
@@ -46,7 +48,7 @@ def generate(
                   console=err_console) as progress:
         task = progress.add_task("generate", total=total)
         report = generate_folder(model, input, output, batch_size, condition,
-                                 progress=lambda n: progress.advance(task, n))
+                                 progress=lambda n: progress.advance(task, n), files=files)
     for file, reason in report.skipped:
         err_console.print(f"skipped {file}: {reason}")
     console.print(f"wrote {len(report.written)} images to {output} ({model.config.name}, step {model.step})")

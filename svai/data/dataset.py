@@ -15,9 +15,14 @@ from svai.data.layout import PROCEDURES, PairRecord, read_manifest
 from svai.errors import SvaiError
 
 
+def _signed(image: torch.Tensor) -> torch.Tensor:
+    """uint8 tensor -> float32 in [-1, 1], same shape."""
+    return image.float().div(127.5).sub(1.0)
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return _signed(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -83,14 +88,14 @@ class PairedImages(Dataset):
         size = self.image_size
         item: dict[str, torch.Tensor | str] = {
             "id": record.id,
-            "before": self._load("before", record).float().div(127.5).sub(1.0),
-            "after": self._load("after", record).float().div(127.5).sub(1.0),
+            "before": _signed(self._load("before", record)),
+            "after": _signed(self._load("after", record)),
             "procedures": torch.tensor([float(p in record.procedures) for p in PROCEDURES]),
         }
         mask = self._load("masks", record)
         item["mask"] = mask.float().div(255.0) if mask is not None else torch.zeros(1, size, size)
         if j >= 0:
-            item["after_unpaired"] = self._load("after", self.records[j]).float().div(127.5).sub(1.0)
+            item["after_unpaired"] = _signed(self._load("after", self.records[j]))
         return item
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -114,5 +114,3 @@ def set_requires_grad(nets: Networks, names: tuple[str, ...] | list[str], flag: 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
-
-OptionsFactory = Callable[..., Any]

@@ -20,7 +20,6 @@ from torch import nn
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, set_requires_grad
 from svai.models.layers import (
-    NORMS,
     ImagePool,
     PatchDiscriminator,
     ResnetGenerator,
@@ -102,8 +101,6 @@ class CycleGAN(ModelFamily):
         super().__init__(options, image_size)
         o = options
         check_gan_options(o, gan_modes=("lsgan", "vanilla"))
-        if o.norm not in NORMS:
-            raise SvaiError(f"model.norm must be one of {', '.join(NORMS)}; got {o.norm!r}")
         if image_size < 4 or image_size % 4 != 0:
             raise SvaiError(
                 f"cyclegan needs an image size divisible by 4 (two downsamplings); got {image_size} "
@@ -112,8 +109,6 @@ class CycleGAN(ModelFamily):
         if o.n_blocks is not None and (not isinstance(o.n_blocks, int) or o.n_blocks < 0):
             raise SvaiError(f"model.n_blocks must be an integer >= 0 or null; got {o.n_blocks!r}")
         self.n_blocks = o.n_blocks if o.n_blocks is not None else (9 if image_size >= 256 else 6)
-        if not 0.0 <= o.dropout < 1.0:
-            raise SvaiError(f"model.dropout must be in [0, 1); got {o.dropout}")
         for key in ("lambda_cycle", "lambda_identity"):
             if getattr(o, key) < 0:
                 raise SvaiError(f"model.{key} must be >= 0; got {getattr(o, key)}")

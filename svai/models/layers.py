@@ -528,14 +528,18 @@ def linear_decay_factor(step: int, total_steps: int, decay_fraction: float) -> f
 def check_gan_options(options: object, gan_modes: tuple[str, ...]) -> None:
     """Validate the options every GAN family here shares; raise SvaiError naming ``model.<key>``.
 
-    `options` needs ngf, ndf, n_layers_d, gan_mode, lr, beta1, beta2, lr_decay_fraction,
-    attention, attention_heads and init_gain attributes.
+    `options` needs ngf, ndf, norm, dropout, n_layers_d, gan_mode, lr, beta1, beta2,
+    lr_decay_fraction, attention, attention_heads and init_gain attributes.
     """
     o: Any = options
     for key in ("ngf", "ndf", "n_layers_d", "attention_heads"):
         value = getattr(o, key)
         if not isinstance(value, int) or value < 1:
             raise SvaiError(f"model.{key} must be a positive integer; got {value!r}")
+    if o.norm not in NORMS:
+        raise SvaiError(f"model.norm must be one of {', '.join(NORMS)}; got {o.norm!r}")
+    if not 0.0 <= o.dropout < 1.0:
+        raise SvaiError(f"model.dropout must be in [0, 1); got {o.dropout}")
     if o.gan_mode not in gan_modes:
         raise SvaiError(f"model.gan_mode must be one of {', '.join(gan_modes)}; got {o.gan_mode!r}")
     if not o.lr > 0:

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, set_requires_grad
 from svai.models.layers import (
-    NORMS,
     PatchDiscriminator,
     UnetGenerator,
     check_attention_heads,
@@ -96,10 +95,6 @@ class Pix2Pix(ModelFamily):
         super().__init__(options, image_size)
         o = options
         check_gan_options(o, gan_modes=("vanilla", "lsgan"))
-        if o.norm not in NORMS:
-            raise SvaiError(f"model.norm must be one of {', '.join(NORMS)}; got {o.norm!r}")
-        if not 0.0 <= o.dropout < 1.0:
-            raise SvaiError(f"model.dropout must be in [0, 1); got {o.dropout}")
         if o.lambda_l1 < 0:
             raise SvaiError(f"model.lambda_l1 must be >= 0; got {o.lambda_l1}")
         available = _halvings(image_size)
