@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from svai.data.layout import write_atomic
+from svai.io import write_atomic
 from svai.errors import SvaiError
 
 CHECKPOINTS = "checkpoints"

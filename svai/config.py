@@ -14,6 +14,7 @@ A resolved configuration is a plain tree::
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,27 @@ from svai.errors import SvaiError
 SECTIONS = ("model", "data", "train")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with the 1.2 booleans: only true/false are booleans.
+
+    YAML 1.1, PyYAML's default, also reads yes/no/on/off as booleans, so
+    `--set train.mixed_precision=no` would arrive as `false` instead of the choice "no".
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse a YAML document the way every svai config layer does (YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 @dataclass
 class DataConfig:
     """Where the prepared dataset is and how it is fed to the model."""
@@ -42,7 +64,12 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """How long and how the shared loop trains."""
+    """How long and how the shared loop trains.
+
+    `grad_clip` caps each phase's gradient norm (0 = off). `grad_accumulation` splits every
+    step into that many micro-batches of `batch_size` before each optimiser step, so a step
+    sees `batch_size × grad_accumulation` pairs per process.
+    """
 
     steps: int = 2000
     batch_size: int = 1
@@ -54,6 +81,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     evaluate: bool = True
+    grad_clip: float = 0.0
+    grad_accumulation: int = 1
 
 
 @dataclass
@@ -212,7 +241,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise SvaiError(f"--set {item!r}: expected key=value, e.g. --set train.steps=500")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = tree
@@ -231,7 +260,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SvaiError(f"--config {path}: file not found")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -319,6 +348,8 @@ def validate(config: RunConfig) -> None:
         (config.train.sample_every >= 0, "train.sample_every", "must be 0 (off) or more"),
         (config.train.checkpoint_every >= 0, "train.checkpoint_every", "must be 0 (only at the end) or more"),
         (config.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1"),
+        (config.train.grad_clip >= 0, "train.grad_clip", "must be 0 (off) or more"),
+        (config.train.grad_accumulation >= 1, "train.grad_accumulation", "must be at least 1"),
         (16 <= config.data.image_size <= 1024, "data.image_size", "must be between 16 and 1024"),
         (config.data.image_size % 16 == 0, "data.image_size", "must be a multiple of 16"),
         (config.data.num_workers >= 0, "data.num_workers", "must be 0 or more"),
@@ -334,7 +365,7 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise SvaiError(f"{path} not found: {run_dir} is not a training run folder")
-    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    tree = parse_yaml(path.read_text(encoding="utf-8")) or {}
     if not isinstance(tree, dict) or "model" not in tree:
         raise SvaiError(f"{path}: not a svai run configuration")
     return tree

@@ -9,7 +9,7 @@ face is never squashed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,13 +19,14 @@ import torch.nn.functional as F
 
 from svai.checkpoint import find_checkpoint, load_networks
 from svai.config import RunConfig, load_run_config, resolve
-from svai.data.dataset import resize, to_tensor, to_uint8
+from svai.data.dataset import procedure_vector, resize, to_tensor, to_uint8
 from svai.data.images import list_images, read_rgb
-from svai.data.layout import PROCEDURE_SEPARATOR, PROCEDURES, png_bytes, write_atomic
+from svai.data.layout import PROCEDURE_SEPARATOR, SPLITS, read_manifest
 from svai.data.layout import parse_procedures as parse_manifest_procedures
 from svai.errors import SvaiError
-from svai.models.base import ModelFamily, Networks
-from svai.train import eval_mode, make_family
+from svai.io import check_output_folder, write_png
+from svai.models.base import ModelFamily, Networks, Request, eval_mode
+from svai.models.registry import make_family
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def parse_procedures(text: str | None) -> torch.Tensor | None:
         names = parse_manifest_procedures(text.replace(",", PROCEDURE_SEPARATOR))
     except SvaiError as error:
         raise SvaiError(f"--procedures: {error}") from None
-    return torch.tensor([float(p in names) for p in PROCEDURES])
+    return procedure_vector(names)
 
 
 def pad_to_square(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -84,7 +85,21 @@ def pad_to_square(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, in
     return F.pad(image, padding, mode="replicate"), padding
 
 
-def translate_batch(model: LoadedModel, images: list[np.ndarray], condition: torch.Tensor | None = None) -> list[np.ndarray]:
+def batch_request(request: Request, count: int, device: torch.device) -> Request:
+    """The request for a batch of `count` images: per-batch tensors moved to `device`, and a
+    single row of procedure strengths (1, P) repeated for every image."""
+    procedures = request.procedures
+    if procedures is not None:
+        procedures = procedures.to(device)
+        if procedures.dim() == 1 or procedures.shape[0] == 1:
+            procedures = procedures.reshape(1, -1).expand(count, -1)
+    reference = request.reference.to(device) if request.reference is not None else None
+    return replace(request, procedures=procedures, reference=reference)
+
+
+def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Request | None = None) -> list[np.ndarray]:
+    """Translate photos of any size: each is padded square, resized to the model's size,
+    translated and restored to its own size. images: (H, W, 3) uint8 -> same."""
     size = model.config.data.image_size
     inputs, layouts = [], []
     for image in images:
@@ -92,11 +107,9 @@ def translate_batch(model: LoadedModel, images: list[np.ndarray], condition: tor
         layouts.append((image.shape[0], image.shape[1], tensor.shape[-1], padding))
         inputs.append(resize(tensor, size))
     before = torch.cat(inputs).to(model.device)
-    cond = None
-    if condition is not None:
-        cond = condition.to(model.device).expand(len(images), -1)
+    asked = batch_request(request or Request(), len(images), model.device)
     with torch.no_grad(), eval_mode(model.nets):
-        fake = model.family.translate(model.nets, before, cond).float().cpu()
+        fake = model.family.translate(model.nets, before, asked).float().cpu()
     outputs = []
     for prediction, (height, width, side, (left, _, top, _)) in zip(fake, layouts):
         restored = resize(prediction[None], side)[..., top:top + height, left:left + width]
@@ -104,36 +117,76 @@ def translate_batch(model: LoadedModel, images: list[np.ndarray], condition: tor
     return outputs
 
 
+def dataset_procedures(input_dir: Path) -> dict[str, torch.Tensor] | None:
+    """Per-image procedure strengths when `input_dir` is a split of a prepared dataset.
+
+    `DATA/test/before` has its manifest two levels up; each image id maps to the multi-hot
+    (P,) row of its labelled procedures. None for any other folder.
+    """
+    folder = Path(input_dir).resolve()
+    root = folder.parent.parent
+    if folder.parent.name not in SPLITS or not (root / "manifest.csv").is_file():
+        return None
+    return {record.id: procedure_vector(record.procedures)
+            for record in read_manifest(root) if record.split == folder.parent.name}
+
+
 def output_path(input_dir: Path, output_dir: Path, file: Path) -> Path:
     return (Path(output_dir) / file.relative_to(input_dir)).with_suffix(".png")
 
 
-def check_output_folder(input_dir: Path, output_dir: Path) -> None:
-    """Refuse an output folder that is, or lies inside, the input: inputs are never touched."""
-    source, target = Path(input_dir).resolve(), Path(output_dir).resolve()
-    if target == source or source in target.parents:
-        raise SvaiError(f"--output {output_dir} is inside --input {input_dir}: choose a folder outside the input")
-    if target.exists() and not target.is_dir():
-        raise SvaiError(f"--output {output_dir} is a file: give a folder")
+@dataclass
+class Generation:
+    """How to generate, besides which model and folders.
+
+    - batch_size: images per forward pass.
+    - request: what every image asks of the model (`svai.models.base.Request`); procedure
+      strengths given here apply to every image.
+    - references: reference "after" photos (reference-guided models). Input `x.jpg` takes
+      the reference with the same stem when there is one, else the references in turn.
+    """
+
+    batch_size: int = 8
+    request: Request = field(default_factory=Request)
+    references: list[Path] | None = None
+
+
+def reference_for(references: list[Path], index: int, file: Path) -> Path:
+    """The reference photo of the `index`-th input `file`: same stem first, else in turn."""
+    for reference in references:
+        if reference.stem == file.stem:
+            return reference
+    return references[index % len(references)]
+
+
+def load_square(file: Path, size: int) -> torch.Tensor:
+    """A photo as (1, 3, size, size) in [-1, 1]: padded square by its border, then resized."""
+    return resize(pad_to_square(to_tensor(read_rgb(file))[None])[0], size)
 
 
 def generate_folder(
     model: LoadedModel,
     input_dir: Path,
     output_dir: Path,
-    batch_size: int = 8,
-    condition: torch.Tensor | None = None,
+    settings: Generation | None = None,
     progress: Callable[[int], None] | None = None,
     files: list[Path] | None = None,
 ) -> GenerateReport:
     """Translate every image under `input_dir` into `output_dir`; unreadable files are skipped.
 
     `files` is the input listing when the caller already has it (`list_images(input_dir)`).
+    A model that reads procedure strengths, given none in the request, takes each image's own
+    labels from the dataset's manifest when `input_dir` is a split of a prepared dataset.
     """
-    if batch_size < 1:
-        raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
-    check_output_folder(input_dir, output_dir)
+    settings = settings or Generation()
+    if settings.batch_size < 1:
+        raise SvaiError(f"--batch-size must be at least 1; got {settings.batch_size}")
+    check_output_folder({"--input": input_dir}, output_dir)
     files = list_images(input_dir) if files is None else files
+    request = settings.request
+    labels = None
+    if "procedures" in model.family.uses and request.procedures is None:
+        labels = dataset_procedures(input_dir)
     report = GenerateReport()
     seen: dict[Path, Path] = {}
     queue: list[tuple[Path, np.ndarray]] = []
@@ -142,10 +195,18 @@ def generate_folder(
         # Photos of different sizes batch fine: each is padded and resized to the model size.
         if not queue:
             return
-        predictions = translate_batch(model, [image for _, image in queue], condition)
+        asked = request
+        if labels is not None:
+            unlabelled = procedure_vector(())
+            asked = replace(asked, procedures=torch.stack([labels.get(file.stem, unlabelled) for file, _ in queue]))
+        if settings.references:
+            start = len(report.written)
+            chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(queue)]
+            asked = replace(asked, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
+        predictions = translate_batch(model, [image for _, image in queue], asked)
         for (file, _), prediction in zip(queue, predictions):
             target = output_path(input_dir, output_dir, file)
-            write_atomic(target, png_bytes(prediction))
+            write_png(target, prediction)
             report.written.append(target)
         if progress is not None:
             progress(len(queue))
@@ -167,10 +228,10 @@ def generate_folder(
                 progress(1)
             continue
         queue.append((file, image))
-        if len(queue) >= batch_size:
+        if len(queue) >= settings.batch_size:
             flush()
     flush()
     return report
 
 
-__all__ = ["LoadedModel", "GenerateReport", "load_model", "generate_folder", "parse_procedures"]
+__all__ = ["LoadedModel", "GenerateReport", "Generation", "load_model", "generate_folder", "parse_procedures"]

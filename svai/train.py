@@ -13,14 +13,13 @@ import logging
 import math
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from svai.checkpoint import (
@@ -29,10 +28,10 @@ from svai.checkpoint import (
 from svai.config import RunConfig, load_run_config, resolve
 from svai.data.augment import augment_batch
 from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_uint8
-from svai.data.layout import write_atomic
 from svai.errors import SvaiError
-from svai.models.base import ModelFamily, Networks
-from svai.models.registry import families
+from svai.io import write_atomic, write_png
+from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
+from svai.models.registry import make_family
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +46,6 @@ class TrainResult:
     total_steps: int
     interrupted: bool
     checkpoint: Path | None
-
-
-def make_family(config: RunConfig) -> ModelFamily:
-    return families()[config.family](config.model, config.data.image_size)
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -146,9 +141,14 @@ class Trainer:
         self.family = make_family(config)
         self.nets: Networks = self.family.build()
         self.phases = self.family.phases()
+        check_phases(self.phases)
         trainable = list(dict.fromkeys(name for phase in self.phases for name in phase.networks))
         self.trainable = trainable
-        self.optimizers = {phase.name: self._optimizer(phase) for phase in self.phases}
+        # Phases that share an optimiser (`Phase.shares`) point at one object; the dict of
+        # distinct optimisers is what is prepared, stepped, saved and restored.
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            phase.name: self._optimizer(phase) for phase in self.phases if phase.shares is None}
+        self.phase_optimizer = {phase.name: phase.shares or phase.name for phase in self.phases}
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
 
         prepared = self.accelerator.prepare(*[self.nets[n] for n in trainable], *self.optimizers.values())
@@ -156,7 +156,7 @@ class Trainer:
         self.wrapped: Networks = dict(self.nets)
         for name, module in zip(trainable, prepared[: len(trainable)]):
             self.wrapped[name] = module
-        for name, optimizer in zip(self.optimizers, prepared[len(trainable):]):
+        for name, optimizer in zip(list(self.optimizers), prepared[len(trainable):]):
             self.optimizers[name] = optimizer
         for name, module in self.nets.items():
             if name not in trainable:
@@ -176,21 +176,23 @@ class Trainer:
         except SvaiError:
             return self.train_set
 
-    def _optimizer(self, phase: Any) -> torch.optim.Optimizer:
+    def _optimizer(self, phase: Phase) -> torch.optim.Optimizer:
+        """The phase's optimiser over the trainable parameters of its networks; frozen
+        parameters (requires_grad off at build time) are never handed to it."""
         overrides = dict(phase.lr_overrides)
         groups = []
         for name in phase.networks:
-            params = [p for p in self.nets[name].parameters()]
+            params = [p for p in self.nets[name].parameters() if p.requires_grad]
             if params:
                 groups.append({"params": params, "lr": overrides.get(name, phase.lr)})
         if not groups:
             raise ValueError(f"phase {phase.name!r} has no parameters to train")
-        return torch.optim.Adam(groups, lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay)
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[phase.optimizer]
+        return kind(groups, lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay)
 
     def _load(self, ref: Any) -> None:
         state = read_state(ref.path)
-        unwrapped = {n: self.accelerator.unwrap_model(m) for n, m in self.wrapped.items()}
-        load_networks(ref.path, unwrapped)
+        load_networks(ref.path, self.nets)
         load_optimizers(ref.path, {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}, state["optimizers"])
         restore_rng(ref.path, self.accelerator.process_index, state)
         scaler = getattr(self.accelerator, "scaler", None)
@@ -202,8 +204,9 @@ class Trainer:
     # -- loop ---------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         train = self.config.train
+        # One loader batch feeds a whole step: `grad_accumulation` micro-batches of `batch_size`.
         sampler = StepBatches(
-            len(self.train_set), train.batch_size, self.start_step, train.steps, train.seed,
+            len(self.train_set), train.batch_size * train.grad_accumulation, self.start_step, train.steps, train.seed,
             unpaired=not self.family.paired,
             rank=self.accelerator.process_index, world_size=self.accelerator.num_processes,
         )
@@ -235,7 +238,7 @@ class Trainer:
         total = config.train.steps
         if accelerator.is_main_process:
             self._truncate_log(self.start_step)
-        images_per_step = config.train.batch_size * accelerator.num_processes
+        images_per_step = config.train.batch_size * config.train.grad_accumulation * accelerator.num_processes
         step = self.start_step
         interrupted = False
         checkpoint: Path | None = None
@@ -280,22 +283,66 @@ class Trainer:
         return TrainResult(self.run_dir, self.start_step, step, total, interrupted, checkpoint)
 
     def _step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        """One training step: each due phase accumulates its gradient over the step's
+        micro-batches, is clipped when asked, and takes one optimiser step."""
+        parts = split_batch(batch, self.config.train.grad_accumulation)
+        scaler = getattr(self.accelerator, "scaler", None)
+        # One context per micro-batch, shared by that micro-batch's phases (a generated
+        # image made in one phase is reused by the next).
+        contexts = [StepContext(scaler=scaler) for _ in parts]
         logs: dict[str, float] = {}
-        ctx: dict[str, Any] = {}
         for phase in self.phases:
             if step % phase.every:
                 continue
-            optimizer = self.optimizers[phase.name]
-            with self.accelerator.autocast():
-                loss, phase_logs = self.family.loss(phase.name, self.wrapped, batch, ctx, step)
-            if not torch.isfinite(loss.detach()).all():
-                raise FloatingPointError(f"{phase.name} loss is {loss.item()} at step {step}")
+            optimizer = self.optimizers[self.phase_optimizer[phase.name]]
             optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(loss)
+            phase_totals: dict[str, float] = {}
+            for index, (part, ctx) in enumerate(zip(parts, contexts)):
+                with self._sync_gradients(phase, last=index == len(parts) - 1):
+                    with self.accelerator.autocast():
+                        loss, phase_logs = self.family.loss(phase.name, self.wrapped, part, ctx, step)
+                    if not torch.isfinite(loss.detach()).all():
+                        raise FloatingPointError(f"{phase.name} loss is {loss.item()} at step {step}")
+                    self.accelerator.backward(loss / len(parts))
+                for key, value in phase_logs.items():
+                    phase_totals[key] = phase_totals.get(key, 0.0) + float(value) / len(parts)
+            self._drop_foreign_gradients(phase)
+            self._clip(phase, optimizer)
             optimizer.step()
-            logs.update({k: float(v) for k, v in phase_logs.items()})
-        self.family.after_step(self.wrapped, step)
+            logs.update(phase_totals)
+        # EMA copies and other state follow the networks themselves, never their DDP wrappers.
+        self.family.after_step(self.nets, step)
         return logs
+
+    def _drop_foreign_gradients(self, phase: Phase) -> None:
+        """A phase sharing an optimiser updates only its own networks: gradients its loss left
+        in the owner's other networks are dropped, so the step skips them."""
+        if phase.shares is None:
+            return
+        owner = next(p for p in self.phases if p.name == phase.shares)
+        for name in set(owner.networks) - set(phase.networks):
+            for parameter in self.nets[name].parameters():
+                parameter.grad = None
+
+    @contextmanager
+    def _sync_gradients(self, phase: Phase, last: bool) -> Iterator[None]:
+        """Across processes, all-reduce gradients on the last micro-batch of a step only."""
+        with ExitStack() as stack:
+            if not last and self.accelerator.num_processes > 1:
+                for name in phase.networks:
+                    stack.enter_context(self.accelerator.no_sync(self.wrapped[name]))
+            yield
+
+    def _clip(self, phase: Phase, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the phase's gradient norm to `train.grad_clip` (0 = off), in true units under fp16."""
+        limit = self.config.train.grad_clip
+        if not limit:
+            return
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
+        params = [p for name in phase.networks for p in self.nets[name].parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, limit)
 
     # -- outputs ------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -314,9 +361,6 @@ class Trainer:
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         write_atomic(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
-    def unwrapped(self) -> Networks:
-        return {n: self.accelerator.unwrap_model(m) for n, m in self.wrapped.items()}
-
     @torch.no_grad()
     def _sample(self, step: int) -> None:
         """Save a grid of before | generated | after rows for a fixed set of pairs."""
@@ -326,18 +370,14 @@ class Trainer:
         if count == 0:
             return
         items = collate([self.sample_set[(i, -1)] for i in range(count)])
-        nets = self.unwrapped()
         before = items["before"].to(self.accelerator.device)
-        condition = items["procedures"].to(self.accelerator.device)
-        with eval_mode(nets), self.accelerator.autocast():
-            fake = self.family.translate(nets, before, condition)
+        request = Request(procedures=items["procedures"].to(self.accelerator.device)).only(self.family.uses)
+        with eval_mode(self.nets), self.accelerator.autocast():
+            fake = self.family.translate(self.nets, before, request)
         rows = [np.concatenate(list(images), axis=1)
                 for images in zip(to_uint8(items["before"]), to_uint8(fake), to_uint8(items["after"]))]
-        grid = np.concatenate(rows, axis=0)
-        folder = self.run_dir / "samples"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"step-{step:08d}.png"
-        Image.fromarray(grid).save(path)
+        path = self.run_dir / "samples" / f"step-{step:08d}.png"
+        write_png(path, np.concatenate(rows, axis=0))
         self.on_event({"event": "sample", "step": step, "path": str(path)})
 
     def _save(self, step: int) -> Path | None:
@@ -357,24 +397,20 @@ class Trainer:
                 "family": self.config.family,
             }
             optimizers = {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}
-            path = save_checkpoint(self.run_dir, step, self.unwrapped(), optimizers, extra, states,
+            path = save_checkpoint(self.run_dir, step, self.nets, optimizers, extra, states,
                                    keep=self.config.train.keep_checkpoints)
             self.on_event({"event": "checkpoint", "step": step, "path": str(path)})
         accelerator.wait_for_everyone()
         return path
 
 
-@contextmanager
-def eval_mode(nets: Networks) -> Iterator[None]:
-    """Put networks in eval mode for inference and restore each one's mode afterwards."""
-    modes = {name: net.training for name, net in nets.items()}
-    for net in nets.values():
-        net.eval()
-    try:
-        yield
-    finally:
-        for name, net in nets.items():
-            net.train(modes[name])
+def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """Split a batch into `parts` micro-batches along the first dimension (the ids list too)."""
+    if parts == 1:
+        return [batch]
+    size = len(batch["before"])
+    bounds = [round(i * size / parts) for i in range(parts + 1)]
+    return [{k: v[lo:hi] for k, v in batch.items()} for lo, hi in zip(bounds, bounds[1:])]
 
 
 def prepare_training(
@@ -405,13 +441,5 @@ def train(
     return prepare_training(config, run_dir, resume, on_event, should_stop).run()
 
 
-def parameter_counts(family: ModelFamily) -> dict[str, int]:
-    """Parameters of each trainable network, built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        nets = family.build()
-    counts = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
-    return {name: count for name, count in counts.items() if count}
-
-
-__all__ = ["train", "prepare_training", "Trainer", "TrainResult", "make_family", "eval_mode", "parameter_counts", "resolve_for_run"]
+__all__ = ["train", "prepare_training", "Trainer", "TrainResult", "resolve_for_run", "split_batch"]
 

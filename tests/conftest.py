@@ -1,4 +1,24 @@
-"""Fixtures shared across the suite: tiny prepared datasets built in temporary folders."""
+"""Fixtures shared across the suite: tiny prepared datasets, and test-made pretrained weights.
+
+Datasets:
+    tiny_dataset (session): a prepared dataset of 32 px pairs (8 train, 4 test) whose "after"
+        is a brightened, masked change of "before".
+
+Weights: no test may touch the network, so instead of the published weights we save randomly
+initialised networks of the exact architectures where torch.hub (and so pytorch-fid,
+torchvision and lpips) would look for the real files: `$TORCH_HOME/hub/checkpoints/`.
+The reference libraries then load the same tensors as svai does, and parity tests compare
+like with like. They serve the metrics, `svai.weights` and any frozen network a model uses.
+    torch_home (session): a folder holding hub/checkpoints/ with
+        - pt_inception-2015-12-05-6726825d.pth: pytorch-fid's FID Inception, random init,
+          batch-norm statistics calibrated on smooth synthetic images so that features do
+          not vanish (an uncalibrated random Inception gives FID ≈ 1e-14 for any two sets);
+        - alexnet-owt-7be5be79.pth, squeezenet1_1-b8a52dc0.pth: random torchvision state dicts.
+    use_torch_home (function): points $TORCH_HOME at `torch_home` and clears
+        $SVAI_WEIGHTS_DIR; returns the checkpoints folder.
+    image_folders (session): two folders `a` and `b` of 24 PNGs each, 64 px, of different
+        content, for FID parity with pytorch-fid's file-based pipeline.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from svai.data.layout import PROCEDURES, DatasetWriter, PairRecord
 
@@ -48,3 +69,116 @@ def write_tiny_dataset(root: Path, size: int = 32, train: int = 8, test: int = 4
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+# --------------------------------------------------------------------------------------------
+# Test-made pretrained weights (see the module docstring)
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+SQUEEZENET_FILE = "squeezenet1_1-b8a52dc0.pth"
+
+IMAGE_SIZE = 64
+IMAGES_PER_FOLDER = 24
+CALIBRATION_IMAGES = 32
+
+
+def smooth_images(n: int, size: int, seed: int, style: str) -> np.ndarray:
+    """`n` natural-looking RGB images: a colour gradient plus soft blobs, (n, size, size, 3) uint8.
+
+    style "warm": reds/yellows with a few large blobs; style "cool": blues/greens with more,
+    smaller blobs and a faint stripe pattern. The two styles give clearly different FID
+    statistics; white noise would not exercise the network like images do.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / (size - 1)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        if style == "warm":
+            base = rng.uniform([0.5, 0.2, 0.0], [1.0, 0.7, 0.3], size=(2, 3))
+            blobs, radius = rng.integers(2, 4), (0.15, 0.35)
+        elif style == "cool":
+            base = rng.uniform([0.0, 0.3, 0.4], [0.3, 0.8, 1.0], size=(2, 3))
+            blobs, radius = rng.integers(5, 9), (0.05, 0.15)
+        else:
+            raise ValueError(f"unknown style {style!r}")
+        angle = rng.uniform(0, 2 * np.pi)
+        t = (np.cos(angle) * xx + np.sin(angle) * yy + 1.5) / 3.0
+        img = (1 - t)[..., None] * base[0] + t[..., None] * base[1]
+        for _ in range(blobs):
+            cy, cx = rng.uniform(0, 1, size=2)
+            r = rng.uniform(*radius)
+            weight = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))[..., None]
+            img = (1 - weight) * img + weight * rng.uniform(0, 1, size=3)
+        if style == "cool":
+            img = img + 0.08 * np.sin(2 * np.pi * rng.uniform(3, 6) * xx)[..., None]
+        out[i] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+    return out
+
+
+def calibrated_fid_inception(seed: int = 0) -> torch.nn.Module:
+    """pytorch-fid's FID Inception with random weights and calibrated batch-norm statistics.
+
+    Calibration: reset every BatchNorm's running statistics, set momentum=None (cumulative
+    average), run one train-mode forward pass over smooth images, switch to eval. The
+    running statistics then equal the batch statistics, so activations keep unit scale
+    through all 90-odd layers instead of vanishing.
+    """
+    from svai.metrics.inception import build_fid_inception
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_fid_inception()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    half = CALIBRATION_IMAGES // 2
+    pixels = np.concatenate(
+        [smooth_images(half, IMAGE_SIZE, 1000 + seed, "warm"), smooth_images(half, IMAGE_SIZE, 2000 + seed, "cool")]
+    )
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    # The same preprocessing pytorch-fid applies before the network.
+    x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+    net.train()
+    with torch.no_grad():
+        net(x)
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TORCH_HOME with test-made weights under the real file names (see module docstring)."""
+    import torchvision  # only the sessions that need weights pay for importing it
+
+    home = tmp_path_factory.mktemp("torch_home")
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(calibrated_fid_inception().state_dict(), checkpoints / INCEPTION_FILE)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        torch.save(torchvision.models.alexnet(weights=None).state_dict(), checkpoints / ALEXNET_FILE)
+        torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), checkpoints / SQUEEZENET_FILE)
+    return home
+
+
+@pytest.fixture
+def use_torch_home(torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point $TORCH_HOME at the test-made weights; returns its hub/checkpoints folder."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.delenv("SVAI_WEIGHTS_DIR", raising=False)
+    return torch_home / "hub" / "checkpoints"
+
+
+@pytest.fixture(scope="session")
+def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Folders `a` (warm style) and `b` (cool style), 24 PNGs of 64 px each."""
+    root = tmp_path_factory.mktemp("fid_images")
+    folders = []
+    for name, style, seed in (("a", "warm", 11), ("b", "cool", 12)):
+        folder = root / name
+        folder.mkdir()
+        for i, pixels in enumerate(smooth_images(IMAGES_PER_FOLDER, IMAGE_SIZE, seed, style)):
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+        folders.append(folder)
+    return folders[0], folders[1]

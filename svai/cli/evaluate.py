@@ -11,29 +11,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from svai.cli.app import app, console, err_console, fail, user_errors
+from svai.metrics.specs import get_spec, metric_label, metric_names
 
-# Decimals shown per metric family; the JSON keeps full precision.
-_DECIMALS = {"ssim": 4, "psnr": 2, "lpips": 4, "fid": 2, "kid": 5, "is": 3}
 _LISTED = 10  # file names shown per list before "and N more"
 
 
 def _format(metric: str, entry: dict[str, Any]) -> str:
-    decimals = _DECIMALS[metric.split("_")[0]]
-    mean = entry.get("mean")
-    if mean is None:
+    """The "mean ± std" cell at the metric's decimals (the JSON keeps full precision); "-" without a mean."""
+    from svai.report.formats import summary_text
+
+    if entry.get("mean") is None:
         return "-"
-    text = f"{mean:.{decimals}f}"
-    if entry.get("std") is not None:
-        text += f" ± {entry['std']:.{decimals}f}"
-    return text
-
-
-def _label(metric: str) -> str:
-    base, _, region = metric.partition("_")
-    name = {"is": "IS", "kid": "KID", "fid": "FID"}.get(base, base.upper())
-    if base == "psnr":
-        name += " (dB)"
-    return f"{name} {region}" if region else name
+    return summary_text(entry["mean"], entry.get("std"), get_spec(metric).decimals).inline()
 
 
 def _table(result: dict[str, Any]) -> Table:
@@ -56,7 +45,7 @@ def _table(result: dict[str, Any]) -> Table:
                 n += f" (+{entry['identical']} identical)"
             if "n_target" in entry:
                 n += f" / {entry['n_target']}"
-            cells = [_label(metric), "↑" if entry["higher_is_better"] else "↓", _format(metric, entry), n]
+            cells = [metric_label(metric), "↑" if entry["higher_is_better"] else "↓", _format(metric, entry), n]
             if len(rows) > 1:
                 cells.insert(0, escape(row["name"]) if row["role"] == "model" else "baseline (do nothing)")
             table.add_row(*cells)
@@ -74,13 +63,13 @@ def _report(result: dict[str, Any]) -> None:
         prefix = "" if row["role"] == "model" else "baseline: "
         for metric, entry in row["metrics"].items():
             if entry.get("warning"):
-                err_console.print(f"[yellow]warning:[/] {prefix}{_label(metric)}: {escape(entry['warning'])}")
+                err_console.print(f"[yellow]warning:[/] {prefix}{metric_label(metric)}: {escape(entry['warning'])}")
         by_reason: dict[str, list[str]] = {}
         for metric, reason in row["unavailable"].items():
             # The baseline shares the model's weights: say each missing file once.
             if row is not result and result["unavailable"].get(metric) == reason:
                 continue
-            by_reason.setdefault(reason, []).append(_label(metric))
+            by_reason.setdefault(reason, []).append(metric_label(metric))
         for reason, labels in by_reason.items():
             err_console.print(f"[yellow]unavailable:[/] {prefix}{', '.join(labels)}: {escape(reason)}")
         for side, root in (("pred_only", row["pred"]), ("target_only", row["target"])):
@@ -108,7 +97,7 @@ def evaluate(
     target: Path = typer.Option(..., "--target", help="Folder of ground-truth images (paired by relative path without extension)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full results (per image, settings, versions) here."),
     metrics: Optional[list[str]] = typer.Option(
-        None, "--metrics", help="Metrics to compute, comma-separated or repeated: ssim, psnr, lpips, fid, kid, is (default: all)."
+        None, "--metrics", help=f"Metrics to compute, comma-separated or repeated: {', '.join(metric_names())} (default: all)."
     ),
     masks: Optional[Path] = typer.Option(
         None, "--masks", help="Masks (255 = changed region) for region metrics; default TARGET/../masks when it exists."
@@ -154,6 +143,6 @@ def evaluate(
     missing = sorted({m for row in rows for m in named if m in row["unavailable"]})
     skipped = sum(len(row["skipped"]) for row in rows)
     if missing:
-        raise fail(f"could not compute {', '.join(_label(m) for m in missing)} (reasons above); the other metrics are reported")
+        raise fail(f"could not compute {', '.join(metric_label(m) for m in missing)} (reasons above); the other metrics are reported")
     if skipped:
         raise fail(f"{skipped} file(s) could not be used (listed above); the other images were evaluated")

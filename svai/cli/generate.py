@@ -17,8 +17,12 @@ from svai.errors import SvaiError
         "Examples:\n\n"
         "  svai generate --run runs/p2p --input data/synth/test/before --output out/p2p\n\n"
         "  svai generate --run runs/p2p --input photos/ --output out/ --checkpoint 1000 --batch-size 16\n\n"
+        "  svai generate --run runs/stargan --input photos/ --output out/ --procedures nose+jaw --intensity 0.5\n\n"
+        "  svai generate --run runs/sg2 --input photos/ --output out/ --reference refs/   (or --seed 7)\n\n"
         "Every image under --input (png, jpg, jpeg, webp, bmp, tif; any letter case; recursively) becomes a PNG "
-        "with the same relative path under --output, at the input's size."
+        "with the same relative path under --output, at the input's size. When --input is a split of a "
+        "prepared dataset (DATA/test/before), procedure-conditioned models take each image's labels from "
+        "the dataset's manifest unless --procedures is given. `svai models` lists the controls each model takes."
     ),
 )
 @user_errors
@@ -28,26 +32,45 @@ def generate(
     output: Path = typer.Option(..., "--output", help="Folder for the predicted 'after' PNGs."),
     checkpoint: str = typer.Option("latest", "--checkpoint", help="latest, or a step number."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
-    procedures: Optional[str] = typer.Option(None, "--procedures", help="For procedure-conditioned models: e.g. eyes+nose."),
+    procedures: Optional[str] = typer.Option(
+        None, "--procedures", help="Procedures to simulate on every image, e.g. nose+jaw (or nose,jaw)."),
+    intensity: Optional[float] = typer.Option(
+        None, "--intensity", help="0..1: how strong the change is (1 = as trained)."),
+    reference: Optional[Path] = typer.Option(
+        None, "--reference", help="Reference 'after' photo, or a folder of them (same name first, else in turn)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random style draws: repeatable output."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Predict the 'after' photo for every image in a folder with a trained model."""
+    import torch
+
     from svai.data.images import list_images
-    from svai.generate import check_output_folder, generate_folder, load_model, parse_procedures
+    from svai.generate import Generation, generate_folder, load_model, parse_procedures
+    from svai.io import check_output_folder
+    from svai.models.base import Request
 
     files = list_images(input)
     total = len(files)
-    check_output_folder(input, output)
-    condition = parse_procedures(procedures)
+    check_output_folder({"--input": input}, output)
+    if intensity is not None and not 0.0 <= intensity <= 1.0:
+        raise SvaiError(f"--intensity must be between 0 and 1; got {intensity}")
     if batch_size < 1:
         raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
+    references = None
+    if reference is not None:
+        try:
+            references = [reference] if reference.is_file() else list_images(reference)
+        except SvaiError as error:
+            raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
+    request = Request(procedures=parse_procedures(procedures), intensity=intensity,
+                      generator=torch.Generator().manual_seed(seed) if seed is not None else None)
     model = load_model(run, checkpoint, device)
-    if condition is not None and model.family.condition != "procedures":
-        raise SvaiError(f"--procedures: {model.config.name} is not conditioned on procedures; leave the option out")
+    model.family.check_request([*request.given(), *(["reference"] if references else [])])
+    settings = Generation(batch_size, request=request, references=references)
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console) as progress:
         task = progress.add_task("generate", total=total)
-        report = generate_folder(model, input, output, batch_size, condition,
+        report = generate_folder(model, input, output, settings,
                                  progress=lambda n: progress.advance(task, n), files=files)
     for file, reason in report.skipped:
         err_console.print(f"skipped {file}: {reason}")

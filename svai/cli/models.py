@@ -15,8 +15,8 @@ from svai.cli.app import app, console, user_errors
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the models `svai train --model` accepts, with their network sizes."""
     from svai.config import resolve
-    from svai.models.registry import list_models, resolve_model
-    from svai.train import make_family, parameter_counts
+    from svai.models.base import REQUEST_OPTIONS
+    from svai.models.registry import list_models, make_family, parameter_counts, resolve_model
 
     rows = []
     for name in list_models():
@@ -27,7 +27,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
             "name": name,
             "family": family_cls.name,
             "paired": family_cls.paired,
-            "condition": family_cls.condition,
+            # The `svai generate` options that steer this model beyond the before photo.
+            "controls": [REQUEST_OPTIONS[field] for field in sorted(family_cls.uses)],
             "image_size": config.data.image_size,
             "parameters": counts,
             "description": preset.get("description") or family_cls.description,
@@ -36,10 +37,11 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         console.print_json(json.dumps(rows))
         return
     table = Table(title="svai models")
-    for column in ("name", "family", "pairs", "condition", "parameters (at size)", "description"):
+    for column in ("name", "family", "pairs", "controls", "parameters (at size)", "description"):
         table.add_column(column)
     for row in rows:
         params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in row["parameters"].items())
-        table.add_row(row["name"], row["family"], "yes" if row["paired"] else "no", row["condition"],
+        table.add_row(row["name"], row["family"], "yes" if row["paired"] else "no",
+                      " ".join(row["controls"]) or "-",
                       f"{params} ({row['image_size']}px)", row["description"])
     console.print(table)

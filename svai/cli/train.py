@@ -22,9 +22,11 @@ def _format_logs(logs: dict[str, Any]) -> str:
 
 def _summary(evaluation: dict[str, Any]) -> str:
     """One line: each metric of the model next to the do-nothing baseline's."""
+    from svai.metrics.specs import headline_metrics
+
     baseline = (evaluation.get("baseline") or {}).get("metrics", {})
     parts = []
-    for name in ("ssim", "psnr", "lpips", "fid"):
+    for name in headline_metrics():
         entry = evaluation["metrics"].get(name)
         if entry is None or entry.get("mean") is None:
             continue

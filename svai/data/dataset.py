@@ -31,6 +31,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def procedure_vector(names: tuple[str, ...]) -> torch.Tensor:
+    """Procedure names -> (P,) float multi-hot over `PROCEDURES`."""
+    return torch.tensor([float(p in names) for p in PROCEDURES])
+
+
 def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Resize (B, C, H, W) to `size` with antialiased bilinear filtering (a no-op when equal)."""
     target = (size, size) if isinstance(size, int) else size
@@ -90,7 +95,7 @@ class PairedImages(Dataset):
             "id": record.id,
             "before": _signed(self._load("before", record)),
             "after": _signed(self._load("after", record)),
-            "procedures": torch.tensor([float(p in record.procedures) for p in PROCEDURES]),
+            "procedures": procedure_vector(record.procedures),
         }
         mask = self._load("masks", record)
         item["mask"] = mask.float().div(255.0) if mask is not None else torch.zeros(1, size, size)

@@ -14,15 +14,14 @@ import csv
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from svai import __version__
 from svai.errors import SvaiError
+from svai.io import png_bytes, write_atomic
 
 PROCEDURES: tuple[str, ...] = ("eyes", "nose", "jaw")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -46,24 +45,6 @@ def parse_procedures(text: str) -> tuple[str, ...]:
     if unknown:
         raise SvaiError(f"unknown procedure {unknown[0]!r}: use {', '.join(PROCEDURES)}")
     return names
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encode (H, W, 3) or (H, W) uint8 as a PNG with no metadata."""
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"expected uint8 (H, W[, 3]); got {image.dtype} {image.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that a crash leaves either the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -30,7 +30,8 @@ from PIL import Image
 
 from svai.data.align import CROPS, Box, carry_box, face_box, register_pair, render, square_box
 from svai.data.images import MAX_PIXELS, ImageProblem, draft_size, load_rgb_image, probe
-from svai.data.layout import SPLITS, DatasetWriter, PairRecord, split_subjects, write_atomic
+from svai.data.layout import SPLITS, DatasetWriter, PairRecord, split_subjects
+from svai.io import write_atomic
 from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases
 from svai.errors import SvaiError
 

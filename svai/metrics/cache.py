@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from svai.io import atomic_open
+
 logger = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "SVAI_CACHE_DIR"
@@ -89,11 +91,8 @@ def save(key: str, entry: CachedFeatures) -> Path | None:
     path = _entry(key)
     meta = json.dumps({"ids": entry.ids, "skipped": entry.skipped}).encode()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as handle:
+        with atomic_open(path) as handle:
             np.savez(handle, features=np.asarray(entry.features, dtype=np.float64), meta=np.frombuffer(meta, dtype=np.uint8))
-        os.replace(tmp, path)
     except OSError as error:
         logger.warning("could not write the feature cache %s (%s)", path, error)
         return None

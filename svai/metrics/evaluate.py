@@ -14,6 +14,10 @@ Images stream in batches of `batch_size` ids (the next batch decodes in a thread
 current one is measured), so memory does not grow with the number of images. A metric that
 cannot run (weights missing, too few images) lands in `unavailable` with the reason and the
 fix; unreadable files land in `skipped`; neither stops the others.
+
+The steps of one evaluation: check the options (`_Options`), index the folders (`_Folders`),
+load the networks and look up cached target features (`_Evaluation`), measure batch by batch
+(`_Evaluation.measure`), then summarise each candidate into its JSON (`_Evaluation.results`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -34,19 +37,21 @@ import torch
 from svai import __version__
 from svai.data.images import read_rgb
 from svai.errors import SvaiError
+from svai.io import write_atomic
 from svai.metrics import cache as feature_cache
 from svai.metrics.inference import channels_last, prepare_for_inference
 from svai.metrics.pairing import Pairing, index_folder, pair_ids
+from svai.metrics.perceptual import LPIPS_NETS
 from svai.metrics.psnr import psnr_from_mse, squared_error_map
+from svai.metrics.specs import REGIONS, get_spec, metric_names
 from svai.metrics.ssim import SSIM_SETTINGS, SSIM_WINDOW, crop_to_ssim_map, ssim_map
 
 logger = logging.getLogger(__name__)
 
-PAIRED_METRICS: tuple[str, ...] = ("ssim", "psnr", "lpips")
-SET_METRICS: tuple[str, ...] = ("fid", "kid", "is")
-METRICS: tuple[str, ...] = PAIRED_METRICS + SET_METRICS
-REGIONS: tuple[str, ...] = ("changed", "kept")
-HIGHER_IS_BETTER: dict[str, bool] = {"ssim": True, "psnr": True, "lpips": False, "fid": False, "kid": False, "is": True}
+# Derived from the spec registry (`svai.metrics.specs`), in the order evaluate writes them.
+PAIRED_METRICS: tuple[str, ...] = metric_names("paired")
+SET_METRICS: tuple[str, ...] = metric_names("set")
+METRICS: tuple[str, ...] = metric_names()
 FID_DIMS: tuple[int, ...] = (64, 192, 768, 2048)
 KID_SUBSETS: int = 100
 KID_SUBSET_SIZE: int = 1000
@@ -65,6 +70,8 @@ REGION_SETTINGS = (
 )
 
 Progress = Callable[[int, int], None]
+# Decoded images of one batch: (role, id) -> (H, W, 3) uint8, or the error that stopped it.
+Decoded = dict[tuple[str, str], np.ndarray | SvaiError]
 
 
 def _versions() -> dict[str, str]:
@@ -118,6 +125,32 @@ def normalize_metrics(metrics: list[str] | None) -> list[str]:
     return chosen
 
 
+# --------------------------------------------------------------------------------------------
+# What one evaluation works on: options, folders, candidates, networks
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The checked options of one evaluation (see `evaluate_folders`)."""
+
+    requested: list[str]
+    lpips_net: str
+    fid_dims: int
+    weights_dir: Path | None
+    batch_size: int
+    device: torch.device
+    use_cache: bool
+
+
+def _check_options(lpips_net: str, fid_dims: int, batch_size: int) -> None:
+    if lpips_net not in LPIPS_NETS:
+        raise SvaiError(f"--lpips-net {lpips_net!r} is not known: use alex, vgg or squeeze")
+    if fid_dims not in FID_DIMS:
+        raise SvaiError(f"--fid-dims {fid_dims} is not available: use one of {', '.join(map(str, FID_DIMS))}")
+    if batch_size < 1:
+        raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
+
+
 @dataclass
 class _Candidate:
     """One folder measured against the targets: the model's output or the do-nothing baseline."""
@@ -138,21 +171,77 @@ class _Candidate:
         self.values.setdefault(metric, {})[key] = value
 
 
+@dataclass(frozen=True)
+class _Folders:
+    """The resolved folders of one evaluation and their files, indexed by id."""
+
+    target: Path
+    target_files: dict[str, Path]
+    masks: Path | None  # None: no region metrics
+    mask_files: dict[str, Path]
+    before: Path | None  # recorded for grids, never read here
+    candidates: list[_Candidate]  # the model first, then the baseline when there is one
+
+
+def _index_folders(
+    pred: Path, target: Path, masks: Path | None, baseline: Path | None, before: Path | None, name: str | None
+) -> _Folders:
+    """Resolve and index the folders; `masks` None looks for `target/../masks`."""
+    pred, target = Path(pred).resolve(), Path(target).resolve()
+    pred_files = index_folder(pred)
+    target_files = index_folder(target)
+    mask_files: dict[str, Path] = {}
+    if masks is None:
+        guess = target.parent / "masks"
+        if guess.is_dir() and guess not in (pred, target):
+            try:
+                mask_files, masks = index_folder(guess), guess
+            except SvaiError as error:
+                # A guess, not a request: an empty or odd folder just means no region metrics.
+                logger.warning("not using %s for region metrics: %s", guess, error)
+    else:
+        masks = Path(masks).resolve()
+        if not masks.is_dir():
+            raise SvaiError(f"--masks {masks} is not a folder: give the folder of masks (255 = changed region)")
+        mask_files = index_folder(masks)
+    if baseline is not None:
+        baseline = Path(baseline).resolve()
+        before = before if before is not None else baseline
+    before = Path(before).resolve() if before is not None else None
+
+    candidates = [_Candidate("model", name or pred.name, pred, pred_files, pair_ids(pred_files, target_files, pred, target))]
+    if baseline is not None:
+        baseline_files = index_folder(baseline)
+        candidates.append(
+            _Candidate("baseline", "baseline", baseline, baseline_files, pair_ids(baseline_files, target_files, baseline, target))
+        )
+    return _Folders(target, target_files, masks, mask_files, before, candidates)
+
+
+def _check_pairs(folders: _Folders, requested: list[str]) -> None:
+    """Paired metrics need pairs: a folder with no namesake in the targets is a user error."""
+    if not any(metric in PAIRED_METRICS for metric in requested):
+        return
+    for candidate in folders.candidates:
+        if not candidate.pairing.ids:
+            raise SvaiError(
+                f"no image in {candidate.root} has a namesake in {folders.target} (pairs match by relative path without "
+                "extension): rename the files, or ask only for set metrics with --metrics fid,kid,is"
+            )
+
+
 @dataclass
 class _Models:
     lpips: torch.nn.Module | None = None
     inception: torch.nn.Module | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
-    weights: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    inception_sha: str = ""  # keys the target-feature cache; "" without the network
 
 
-def _load_models(requested: list[str], lpips_net: str, weights_dir: Path | None, device: torch.device) -> tuple[_Models, str]:
-    """Build the networks the requested metrics need; a failure makes those metrics unavailable.
-
-    Returns the models and the sha256 of the Inception weights ("" without them).
-    """
+def _load_models(requested: list[str], lpips_net: str, weights_dir: Path | None, device: torch.device) -> _Models:
+    """Build the networks the requested metrics need; a failure makes those metrics unavailable."""
     models = _Models()
-    inception_sha = ""
     if "lpips" in requested:
         try:
             from svai import weights
@@ -173,15 +262,19 @@ def _load_models(requested: list[str], lpips_net: str, weights_dir: Path | None,
 
             path = weights.require("inception", weights_dir)
             models.inception = prepare_for_inference(load_inception(weights_dir, device))
-            inception_sha = weights.sha256_file(path)
-            models.weights[path.name] = inception_sha
+            models.inception_sha = weights.sha256_file(path)
+            models.weights[path.name] = models.inception_sha
         except SvaiError as error:
             for metric in wanted_sets:
                 models.unavailable[metric] = _one_line(error)
         except ImportError as error:
             for metric in wanted_sets:
                 models.unavailable[metric] = f"cannot import the Inception network ({error}); reinstall svai with its dependencies"
-    return models, inception_sha
+    return models
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring: functions of tensors, called by `_Evaluation` batch by batch
 
 
 def _decode(path: Path) -> np.ndarray | SvaiError:
@@ -191,7 +284,7 @@ def _decode(path: Path) -> np.ndarray | SvaiError:
         return error
 
 
-def _decode_batch(jobs: list[tuple[str, str, Path]]) -> dict[tuple[str, str], np.ndarray | SvaiError]:
+def _decode_batch(jobs: list[tuple[str, str, Path]]) -> Decoded:
     """Decode (role, id, path) jobs; failures come back as the error, not raised."""
     return {(role, key): _decode(path) for role, key, path in jobs}
 
@@ -217,68 +310,78 @@ def _masked_means(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tenso
     return torch.where(count_in > 0, mean_in, nan), torch.where(count_out > 0, mean_out, nan)
 
 
-class _LpipsTargets:
-    """LPIPS backbone features of one batch's targets, computed once and shared by candidates."""
+class _TargetChunk:
+    """Targets of one shape measured together, shared by the model and the baseline.
 
-    def __init__(self, model: torch.nn.Module, images: torch.Tensor) -> None:
-        self.model = model
+    images: (B, 3, H, W) uint8 on the measuring device; `position[id]` is an id's index in it.
+    Their LPIPS backbone features are computed on first use, once for every candidate.
+    """
+
+    def __init__(self, ids: list[str], images: torch.Tensor, lpips_model: torch.nn.Module | None) -> None:
         self.images = images
-        self.features: list[torch.Tensor] | None = None
+        self.position = {key: index for index, key in enumerate(ids)}
+        self.lpips_model = lpips_model
+        self._lpips_features: list[torch.Tensor] | None = None
 
-    def get(self) -> list[torch.Tensor]:
-        if self.features is None:
+    def lpips_features(self) -> list[torch.Tensor]:
+        if self._lpips_features is None:
             from svai.metrics.perceptual import lpips_features
 
-            self.features = lpips_features(self.model, channels_last(self.images.float() / 127.5 - 1.0))
-        return self.features
+            self._lpips_features = lpips_features(self.lpips_model, channels_last(self.images.float() / 127.5 - 1.0))
+        return self._lpips_features
 
 
-def _measure_pairs(
-    candidate: _Candidate,
-    ids: list[str],
-    pred: torch.Tensor,
-    target_index: torch.Tensor,
-    target: torch.Tensor,
-    lpips_targets: _LpipsTargets | None,
-    masks: torch.Tensor | None,
-    requested: list[str],
-) -> None:
-    """Paired metrics of one same-shape group. pred: (B, 3, H, W) uint8; target: a chunk of
-    targets of that shape, `target_index` picks each pred's target; masks: (B, H, W) bool or None."""
-    paired_target = target.index_select(0, target_index)
+@dataclass(frozen=True)
+class _PairGroup:
+    """Predictions of one candidate paired with targets of one `_TargetChunk`.
+
+    pred: (B, 3, H, W) uint8; target_index: (B,) each prediction's target in the chunk;
+    masks: (B, H, W) bool (True = changed region) or None for whole-image values only.
+    """
+
+    ids: list[str]
+    pred: torch.Tensor
+    target_index: torch.Tensor
+    masks: torch.Tensor | None
+
+
+def _record_regions(candidate: _Candidate, metric: str, ids: list[str], means: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Record (changed, kept) region values; NaN (a region without pixels) is left out."""
+    for region, values in zip(REGIONS, means):
+        for key, value in zip(ids, values.tolist()):
+            if not math.isnan(value):
+                candidate.record(f"{metric}_{region}", key, value)
+
+
+def _measure_pairs(candidate: _Candidate, group: _PairGroup, chunk: _TargetChunk, metrics: list[str]) -> None:
+    """Record the paired `metrics` of `group` (ssim, psnr, and lpips when the chunk has its network)."""
+    paired_target = chunk.images.index_select(0, group.target_index)
+    pred, ids, masks = group.pred, group.ids, group.masks
     channels = pred.shape[1]
-    if "psnr" in requested:
+    if "psnr" in metrics:
         error = squared_error_map(pred, paired_target) / channels  # (B, H, W) per-pixel MSE
         for key, value in zip(ids, psnr_from_mse(error.mean(dim=(1, 2))).tolist()):
             candidate.record("psnr", key, value)
         if masks is not None:
-            for region, mse in zip(REGIONS, _masked_means(error, masks)):
-                for key, value in zip(ids, psnr_from_mse(mse).tolist()):
-                    if not math.isnan(value):
-                        candidate.record(f"psnr_{region}", key, value)
-    if "ssim" in requested:
+            region_mse = _masked_means(error, masks)
+            _record_regions(candidate, "psnr", ids, (psnr_from_mse(region_mse[0]), psnr_from_mse(region_mse[1])))
+    if "ssim" in metrics:
         similarity = ssim_map(pred.float() / 255.0, paired_target.float() / 255.0)
         for key, value in zip(ids, similarity.mean(dim=(1, 2)).tolist()):
             candidate.record("ssim", key, value)
         if masks is not None:
-            for region, means in zip(REGIONS, _masked_means(similarity, crop_to_ssim_map(masks))):
-                for key, value in zip(ids, means.tolist()):
-                    if not math.isnan(value):
-                        candidate.record(f"ssim_{region}", key, value)
-    if lpips_targets is not None:
+            _record_regions(candidate, "ssim", ids, _masked_means(similarity, crop_to_ssim_map(masks)))
+    if chunk.lpips_model is not None:
         from svai.metrics.perceptual import lpips_features, lpips_from_features
 
-        model = lpips_targets.model
+        model = chunk.lpips_model
         pred_features = lpips_features(model, channels_last(pred.float() / 127.5 - 1.0))
-        target_features = [f.index_select(0, target_index) for f in lpips_targets.get()]
+        target_features = [f.index_select(0, group.target_index) for f in chunk.lpips_features()]
         values, spatial = lpips_from_features(model, pred_features, target_features, tuple(pred.shape[-2:]))
         for key, value in zip(ids, values.tolist()):
             candidate.record("lpips", key, value)
         if masks is not None:
-            for region, means in zip(REGIONS, _masked_means(spatial, masks)):
-                for key, value in zip(ids, means.tolist()):
-                    if not math.isnan(value):
-                        candidate.record(f"lpips_{region}", key, value)
+            _record_regions(candidate, "lpips", ids, _masked_means(spatial, masks))
     candidate.evaluated.update(ids)
 
 
@@ -304,6 +407,32 @@ def _inception_pass(
     return features, logits
 
 
+def _valid_pairs(
+    candidate: _Candidate, batch: list[str], preds: dict[str, np.ndarray], targets: dict[str, np.ndarray], min_side: int
+) -> set[str]:
+    """Ids of the batch whose pred and target are both decoded, of one size and big enough;
+    the others are recorded as skipped with the reason."""
+    valid: set[str] = set()
+    for key in batch:
+        if key not in preds or key not in targets:
+            continue
+        shape, target_shape = preds[key].shape, targets[key].shape
+        path = str(candidate.files[key])
+        if shape != target_shape:
+            candidate.skipped[path] = (
+                f"is {shape[1]}x{shape[0]} but its target is {target_shape[1]}x{target_shape[0]}: paired metrics need equal sizes"
+            )
+        elif min(shape[:2]) < min_side:
+            candidate.skipped[path] = f"is {shape[1]}x{shape[0]}, under the {min_side}x{min_side} the paired metrics need"
+        else:
+            valid.add(key)
+    return valid
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries: per-image values -> the JSON entries
+
+
 def _summary(values: dict[str, float], higher_is_better: bool) -> dict[str, Any]:
     ordered = dict(sorted(values.items()))
     array = np.asarray(list(ordered.values()), dtype=np.float64)
@@ -319,12 +448,13 @@ def _summary(values: dict[str, float], higher_is_better: bool) -> dict[str, Any]
 def _psnr_summary(values: dict[str, float]) -> dict[str, Any] | None:
     """PSNR summary; identical pairs (infinite PSNR) are counted in `identical`, left out of
     mean/std/n, and have `null` as their per-image value."""
+    higher_is_better = get_spec("psnr").higher_is_better
     finite = {k: v for k, v in values.items() if math.isfinite(v)}
     identical = len(values) - len(finite)
     if finite:
-        entry = _summary(finite, True)
+        entry = _summary(finite, higher_is_better)
     else:
-        entry = {"mean": None, "std": None, "n": 0, "higher_is_better": True, "per_image": {}}
+        entry = {"mean": None, "std": None, "n": 0, "higher_is_better": higher_is_better, "per_image": {}}
     entry["identical"] = identical
     entry["per_image"] = {k: (float(v) if math.isfinite(v) else None) for k, v in sorted(values.items())}
     if identical:
@@ -332,6 +462,10 @@ def _psnr_summary(values: dict[str, float]) -> dict[str, Any] | None:
             f"{identical} pair(s) are identical (infinite PSNR): left out of the mean, which covers {len(finite)} pair(s)"
         )
     return entry
+
+
+def _paired_summary(metric: str, values: dict[str, float]) -> dict[str, Any]:
+    return _psnr_summary(values) if metric == "psnr" else _summary(values, get_spec(metric).higher_is_better)
 
 
 def _fid_warning(n: int, n_target: int, dims: int) -> str | None:
@@ -367,7 +501,10 @@ def _set_metrics(
         else:
             mu1, sigma1 = feature_statistics(features)
             mu2, sigma2 = feature_statistics(target_features)
-            out["fid"] = {"mean": frechet_distance(mu1, sigma1, mu2, sigma2), "n": n, "n_target": n_target, "higher_is_better": False}
+            out["fid"] = {
+                "mean": frechet_distance(mu1, sigma1, mu2, sigma2), "n": n, "n_target": n_target,
+                "higher_is_better": get_spec("fid").higher_is_better,
+            }
             warning = _fid_warning(n, n_target, dims)
             if warning:
                 out["fid"]["warning"] = warning
@@ -378,7 +515,8 @@ def _set_metrics(
             subset_size = min(KID_SUBSET_SIZE, n, n_target)
             mean, std = kernel_inception_distance(features, target_features, subsets=KID_SUBSETS, subset_size=subset_size, seed=0)
             out["kid"] = {
-                "mean": mean, "std": std, "n": n, "n_target": n_target, "higher_is_better": False,
+                "mean": mean, "std": std, "n": n, "n_target": n_target,
+                "higher_is_better": get_spec("kid").higher_is_better,
                 "subsets": KID_SUBSETS, "subset_size": subset_size,
             }
     if "is" in requested and "is" not in unavailable:
@@ -388,7 +526,7 @@ def _set_metrics(
             splits = min(IS_SPLITS, n)
             logits = np.stack([candidate.logits[k] for k in keys])
             mean, std = inception_score(logits, splits=splits, seed=0)
-            out["is"] = {"mean": mean, "std": std, "n": n, "higher_is_better": True, "splits": splits}
+            out["is"] = {"mean": mean, "std": std, "n": n, "higher_is_better": get_spec("is").higher_is_better, "splits": splits}
             if splits < IS_SPLITS:
                 out["is"]["warning"] = f"IS from {n} images uses {splits} splits instead of {IS_SPLITS}"
     return out
@@ -403,9 +541,9 @@ def _paired_results(
             continue
         values = candidate.values.get(metric, {})
         if not values:
-            unavailable[metric] = f"{metric.upper()}: no pair could be measured (see skipped and unmatched)"
+            unavailable[metric] = f"{get_spec(metric).label}: no pair could be measured (see skipped and unmatched)"
             continue
-        out[metric] = _psnr_summary(values) if metric == "psnr" else _summary(values, HIGHER_IS_BETTER[metric])
+        out[metric] = _paired_summary(metric, values)
         if masks is None:
             continue
         for region in REGIONS:
@@ -414,7 +552,7 @@ def _paired_results(
             if not region_values:
                 unavailable[name] = f"no measured pair has {region} pixels in its mask in {masks}"
                 continue
-            entry = _psnr_summary(region_values) if metric == "psnr" else _summary(region_values, HIGHER_IS_BETTER[metric])
+            entry = _paired_summary(metric, region_values)
             notes = []
             if candidate.without_mask:
                 notes.append(f"{len(candidate.without_mask)} pair(s) have no usable mask in {masks} and are left out")
@@ -429,35 +567,278 @@ def _paired_results(
     return out
 
 
-def _plan_decodes(
-    candidates: list[_Candidate],
-    target_files: dict[str, Path],
-    mask_files: dict[str, Path],
-    paired_active: bool,
-    sets_active: bool,
-    targets_for_sets: bool,
-) -> dict[str, list[tuple[str, str, Path]]]:
-    """Which files to decode, per id, as (role, id, path): each at most once, and only
-    when some metric uses it (a pair, the Inception pass, a region)."""
-    plan: dict[str, list[tuple[str, str, Path]]] = {}
-    for key in sorted(set(target_files).union(*(c.files for c in candidates))):
-        jobs: list[tuple[str, str, Path]] = []
-        paired = False
-        for candidate in candidates:
-            path = candidate.files.get(key)
-            if path is None:
+def _metric_order(found: dict[str, Any]) -> list[str]:
+    order = []
+    for metric in PAIRED_METRICS:
+        order += [m for m in (metric, *(f"{metric}_{region}" for region in REGIONS)) if m in found]
+    order += [m for m in SET_METRICS if m in found]
+    return order
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+
+
+class _Evaluation:
+    """One evaluation's state: its folders, networks, which metrics run, and the target features.
+
+    Built once per `evaluate_folders` call; `measure` streams the batches through it and
+    `results` turns what the candidates gathered into the evaluation JSON.
+    """
+
+    def __init__(self, options: _Options, folders: _Folders) -> None:
+        self.options = options
+        self.folders = folders
+        self.candidates = folders.candidates
+        self.models = _load_models(options.requested, options.lpips_net, options.weights_dir, options.device)
+        self.unavailable = dict(self.models.unavailable)
+        self.paired_active = [m for m in options.requested if m in PAIRED_METRICS and m not in self.unavailable]
+        self.sets_active = self.models.inception is not None and any(
+            m in options.requested and m not in self.unavailable for m in SET_METRICS
+        )
+        self.lpips_model = self.models.lpips if "lpips" in self.paired_active else None
+        # The smallest side every paired metric can measure.
+        self.min_side = max(
+            SSIM_WINDOW if "ssim" in self.paired_active else 1, LPIPS_MIN_SIZE if self.lpips_model is not None else 1
+        )
+        self.target_features: dict[str, np.ndarray] = {}
+        self.target_skipped: dict[str, str] = {}
+        self.mask_skipped: dict[str, str] = {}
+        self.cache_key = ""
+        self.targets_for_sets = False  # True: the Inception pass covers the targets too
+        if self.sets_active:
+            self._load_cached_targets()
+        self._files = {
+            "target": folders.target_files, "mask": folders.mask_files, **{c.role: c.files for c in self.candidates},
+        }
+
+    def _load_cached_targets(self) -> None:
+        """Target features come from the cache when these exact files were seen with these weights."""
+        options = self.options
+        self.cache_key = feature_cache.target_key(
+            list(self.folders.target_files.values()), self.models.inception_sha,
+            {"fid_dims": options.fid_dims, "network": "pt_inception-2015-12-05"},
+        )
+        cached = feature_cache.load(self.cache_key) if options.use_cache else None
+        if cached is None:
+            self.targets_for_sets = True
+            return
+        logger.info("target features from the cache (%d images)", len(cached.ids))
+        self.target_features = dict(zip(cached.ids, cached.features))
+        self.target_skipped = {item["file"]: item["reason"] for item in cached.skipped}
+
+    # ---------------------------------------------------------------------------- measuring
+
+    def _plan_decodes(self) -> dict[str, list[tuple[str, str, Path]]]:
+        """Which files to decode, per id, as (role, id, path): each at most once, and only
+        when some metric uses it (a pair, the Inception pass, a region)."""
+        target_files, mask_files = self.folders.target_files, self.folders.mask_files
+        plan: dict[str, list[tuple[str, str, Path]]] = {}
+        for key in sorted(set(target_files).union(*(c.files for c in self.candidates))):
+            jobs: list[tuple[str, str, Path]] = []
+            paired = False
+            for candidate in self.candidates:
+                path = candidate.files.get(key)
+                if path is None:
+                    continue
+                has_pair = bool(self.paired_active) and key in target_files
+                paired |= has_pair
+                if has_pair or self.sets_active:
+                    jobs.append((candidate.role, key, path))
+            if key in target_files and (paired or self.targets_for_sets):
+                jobs.append(("target", key, target_files[key]))
+            if paired and key in mask_files:
+                jobs.append(("mask", key, mask_files[key]))
+            if jobs:
+                plan[key] = jobs
+        return plan
+
+    def measure(self, progress: Progress | None) -> None:
+        """Decode and measure every planned id, `batch_size` ids at a time.
+
+        The next batch decodes in a worker thread while this one is measured.
+        """
+        jobs_by_id = self._plan_decodes()
+        work = list(jobs_by_id)
+        size = self.options.batch_size
+        batches = [work[i:i + size] for i in range(0, len(work), size)]
+
+        def decode(batch: list[str]) -> Future:
+            return pool.submit(_decode_batch, [job for key in batch for job in jobs_by_id[key]])
+
+        done = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svai-decode") as pool:
+            pending: Future | None = None
+            for index, batch in enumerate(batches):
+                decoded = (pending or decode(batch)).result()
+                pending = decode(batches[index + 1]) if index + 1 < len(batches) else None
+                self._measure_batch(batch, decoded)
+                done += len(batch)
+                if progress is not None:
+                    progress(done, len(work))
+
+    def _measure_batch(self, batch: list[str], decoded: Decoded) -> None:
+        """Measure one batch of ids: paired metrics per candidate, then the Inception pass."""
+        images = self._sort_decoded(decoded)
+        if self.paired_active:
+            self._measure_paired(batch, images, self._usable_masks(images))
+        if self.sets_active and self.models.inception is not None:
+            self._measure_sets(images)
+
+    def _sort_decoded(self, decoded: Decoded) -> dict[str, dict[str, np.ndarray]]:
+        """Decoded images by role then id; each failure is recorded as skipped where it belongs."""
+        images: dict[str, dict[str, np.ndarray]] = {role: {} for role in self._files}
+        for (role, key), value in decoded.items():
+            if not isinstance(value, SvaiError):
+                images[role][key] = value
                 continue
-            has_pair = paired_active and key in target_files
-            paired |= has_pair
-            if has_pair or sets_active:
-                jobs.append((candidate.role, key, path))
-        if key in target_files and (paired or targets_for_sets):
-            jobs.append(("target", key, target_files[key]))
-        if paired and key in mask_files:
-            jobs.append(("mask", key, mask_files[key]))
-        if jobs:
-            plan[key] = jobs
-    return plan
+            path = self._files[role][key]
+            reason = _skip_reason(value, path)
+            if role == "target":
+                self.target_skipped[str(path)] = reason
+            elif role == "mask":
+                self.mask_skipped[str(path)] = reason
+            else:
+                next(c for c in self.candidates if c.role == role).skipped[str(path)] = reason
+        return images
+
+    def _usable_masks(self, images: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """(H, W) bool changed-region masks by id; one whose size differs from its target is skipped."""
+        targets = images["target"]
+        masks: dict[str, np.ndarray] = {}
+        for key, mask in images["mask"].items():
+            if key in targets and mask.shape[:2] != targets[key].shape[:2]:
+                self.mask_skipped[str(self.folders.mask_files[key])] = (
+                    f"mask is {mask.shape[1]}x{mask.shape[0]} but its target is {targets[key].shape[1]}x{targets[key].shape[0]}"
+                )
+                continue
+            masks[key] = mask[..., 0] >= MASK_THRESHOLD
+        return masks
+
+    def _measure_paired(
+        self, batch: list[str], images: dict[str, dict[str, np.ndarray]], masks: dict[str, np.ndarray]
+    ) -> None:
+        targets = images["target"]
+        valid = {c.role: _valid_pairs(c, batch, images[c.role], targets, self.min_side) for c in self.candidates}
+        # Targets grouped by shape, then cut into chunks of bounded pixel count: each chunk
+        # is one tensor and one LPIPS backbone pass, shared by the model and the baseline.
+        shapes: dict[tuple[int, ...], list[str]] = {}
+        for key in batch:
+            if key in targets and any(key in keys for keys in valid.values()):
+                shapes.setdefault(targets[key].shape, []).append(key)
+        for shape, keys in shapes.items():
+            step = max(1, PAIRED_PIXELS_PER_PASS // (shape[0] * shape[1]))
+            for start in range(0, len(keys), step):
+                ids = keys[start:start + step]
+                chunk = _TargetChunk(ids, _to_tensor([targets[k] for k in ids], self.options.device), self.lpips_model)
+                for candidate in self.candidates:
+                    ours = [k for k in ids if k in valid[candidate.role]]
+                    for group in self._pair_groups(candidate, ours, images[candidate.role], masks, chunk):
+                        _measure_pairs(candidate, group, chunk, self.paired_active)
+
+    def _pair_groups(
+        self,
+        candidate: _Candidate,
+        ids: list[str],
+        preds: dict[str, np.ndarray],
+        masks: dict[str, np.ndarray],
+        chunk: _TargetChunk,
+    ) -> list[_PairGroup]:
+        """`ids` as tensors: with a masks folder, pairs with a usable mask apart from the others."""
+        device = self.options.device
+        if self.folders.mask_files:
+            # Pairs without a usable mask still get whole-image values.
+            candidate.without_mask.update(k for k in ids if k not in masks)
+            parts = [([k for k in ids if k in masks], True), ([k for k in ids if k not in masks], False)]
+        else:
+            parts = [(ids, False)]
+        return [
+            _PairGroup(
+                ids=part,
+                pred=_to_tensor([preds[k] for k in part], device),
+                target_index=torch.tensor([chunk.position[k] for k in part], device=device),
+                masks=torch.from_numpy(np.stack([masks[k] for k in part])).to(device) if use_masks else None,
+            )
+            for part, use_masks in parts if part
+        ]
+
+    def _measure_sets(self, images: dict[str, dict[str, np.ndarray]]) -> None:
+        """Inception features and logits of every decoded candidate image, and of the targets
+        unless they came from the cache."""
+        dims, device = self.options.fid_dims, self.options.device
+        for candidate in self.candidates:
+            own = dict(images[candidate.role])
+            if own:
+                feats, logits = _inception_pass(self.models.inception, own, dims, device)
+                candidate.features.update(feats)
+                candidate.logits.update(logits)
+        targets = images["target"]
+        if self.targets_for_sets and targets:
+            feats, _ = _inception_pass(self.models.inception, targets, dims, device)
+            self.target_features.update(feats)
+
+    # ---------------------------------------------------------------------------- results
+
+    def _target_matrix(self) -> np.ndarray:
+        """(N, dims) float64 target features in id order."""
+        keys = sorted(self.target_features)
+        return np.stack([self.target_features[k] for k in keys]) if keys else np.zeros((0, self.options.fid_dims))
+
+    def save_cache(self) -> None:
+        """Store freshly computed target features for the next evaluation against these targets."""
+        if not (self.targets_for_sets and self.options.use_cache):
+            return
+        entry = feature_cache.CachedFeatures(
+            features=self._target_matrix(),
+            ids=sorted(self.target_features),
+            skipped=[{"file": f, "reason": r} for f, r in sorted(self.target_skipped.items())],
+        )
+        feature_cache.save(self.cache_key, entry)
+
+    def results(self) -> dict[str, Any]:
+        """The evaluation JSON of the model, with the baseline's nested under "baseline"."""
+        target_matrix = self._target_matrix()
+        settings: dict[str, Any] = {
+            "ssim": SSIM_SETTINGS, "fid_dims": self.options.fid_dims, "lpips_net": self.options.lpips_net,
+            "psnr": PSNR_SETTINGS,
+        }
+        if self.folders.masks is not None:
+            settings["regions"] = REGION_SETTINGS
+        results = [self._candidate_result(candidate, target_matrix, settings) for candidate in self.candidates]
+        result = results[0]
+        if len(results) > 1:
+            result["baseline"] = results[1]
+        return result
+
+    def _candidate_result(
+        self, candidate: _Candidate, target_matrix: np.ndarray, settings: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One candidate's evaluation JSON; `target_matrix`: (N, dims) target features."""
+        folders, requested = self.folders, self.options.requested
+        own_unavailable = dict(self.unavailable)
+        metrics_out = _paired_results(candidate, requested, own_unavailable, folders.masks)
+        if self.sets_active:
+            metrics_out.update(_set_metrics(candidate, target_matrix, requested, own_unavailable, self.options.fid_dims))
+        skipped = dict(candidate.skipped)
+        for file, reason in [*self.target_skipped.items(), *self.mask_skipped.items()]:
+            skipped.setdefault(file, reason)
+        return {
+            "svai_version": __version__,
+            "name": candidate.name,
+            "role": candidate.role,
+            "pred": str(candidate.root),
+            "target": str(folders.target),
+            "masks": str(folders.masks) if folders.masks is not None else None,
+            "before": str(folders.before) if folders.before is not None else None,
+            "metrics": {k: metrics_out[k] for k in _metric_order(metrics_out)},
+            "baseline": None,
+            "unavailable": own_unavailable,
+            "unmatched": candidate.pairing.unmatched(),
+            "skipped": [{"file": f, "reason": r} for f, r in sorted(skipped.items())],
+            "settings": settings,
+            "weights": dict(self.models.weights),
+            "versions": _versions(),
+        }
 
 
 def evaluate_folders(
@@ -490,272 +871,23 @@ def evaluate_folders(
     Raises `SvaiError` for bad folders or options.
     """
     requested = normalize_metrics(metrics)
-    if lpips_net not in ("alex", "vgg", "squeeze"):
-        raise SvaiError(f"--lpips-net {lpips_net!r} is not known: use alex, vgg or squeeze")
-    if fid_dims not in FID_DIMS:
-        raise SvaiError(f"--fid-dims {fid_dims} is not available: use one of {', '.join(map(str, FID_DIMS))}")
-    if batch_size < 1:
-        raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
-    torch_device = _resolve_device(device)
-
-    pred, target = Path(pred).resolve(), Path(target).resolve()
-    pred_files = index_folder(pred)
-    target_files = index_folder(target)
-    mask_files: dict[str, Path] = {}
-    if masks is None:
-        guess = target.parent / "masks"
-        if guess.is_dir() and guess not in (pred, target):
-            try:
-                mask_files, masks = index_folder(guess), guess
-            except SvaiError as error:
-                # A guess, not a request: an empty or odd folder just means no region metrics.
-                logger.warning("not using %s for region metrics: %s", guess, error)
-    else:
-        masks = Path(masks).resolve()
-        if not masks.is_dir():
-            raise SvaiError(f"--masks {masks} is not a folder: give the folder of masks (255 = changed region)")
-        mask_files = index_folder(masks)
-    if baseline is not None:
-        baseline = Path(baseline).resolve()
-        before = before if before is not None else baseline
-    before = Path(before).resolve() if before is not None else None
-
-    candidates = [_Candidate("model", name or pred.name, pred, pred_files, pair_ids(pred_files, target_files, pred, target))]
-    if baseline is not None:
-        baseline_files = index_folder(baseline)
-        candidates.append(
-            _Candidate("baseline", "baseline", baseline, baseline_files, pair_ids(baseline_files, target_files, baseline, target))
-        )
-    paired_requested = [m for m in requested if m in PAIRED_METRICS]
-    for candidate in candidates:
-        if paired_requested and not candidate.pairing.ids:
-            raise SvaiError(
-                f"no image in {candidate.root} has a namesake in {target} (pairs match by relative path without "
-                "extension): rename the files, or ask only for set metrics with --metrics fid,kid,is"
-            )
-
-    models, inception_sha = _load_models(requested, lpips_net, weights_dir, torch_device)
-    unavailable = dict(models.unavailable)
-    paired_active = [m for m in paired_requested if m not in unavailable]
-    sets_active = models.inception is not None and any(m in requested and m not in unavailable for m in SET_METRICS)
-
-    # Target features come from the cache when these exact files were seen with these weights.
-    cache_key = ""
-    cached: feature_cache.CachedFeatures | None = None
-    if sets_active:
-        cache_key = feature_cache.target_key(list(target_files.values()), inception_sha, {"fid_dims": fid_dims, "network": "pt_inception-2015-12-05"})
-        cached = feature_cache.load(cache_key) if use_cache else None
-        if cached is not None:
-            logger.info("target features from the cache (%d images)", len(cached.ids))
-    target_features: dict[str, np.ndarray] = {}
-    target_skipped: dict[str, str] = {}
-    mask_skipped: dict[str, str] = {}
-    if cached is not None:
-        target_features = dict(zip(cached.ids, cached.features))
-        target_skipped = {item["file"]: item["reason"] for item in cached.skipped}
-    targets_for_sets = sets_active and cached is None
-
-    jobs_by_id = _plan_decodes(candidates, target_files, mask_files, bool(paired_active), sets_active, targets_for_sets)
-    work = list(jobs_by_id)
-    batches = [work[i:i + batch_size] for i in range(0, len(work), batch_size)]
-    lpips_model = models.lpips if "lpips" in paired_active else None
-    min_side = max(SSIM_WINDOW if "ssim" in paired_active else 1, LPIPS_MIN_SIZE if lpips_model is not None else 1)
-
-    done = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svai-decode") as pool:
-        pending: Future | None = None
-        for index, batch in enumerate(batches):
-            if pending is None:
-                pending = pool.submit(_decode_batch, [job for key in batch for job in jobs_by_id[key]])
-            decoded = pending.result()
-            pending = None
-            if index + 1 < len(batches):
-                pending = pool.submit(_decode_batch, [job for key in batches[index + 1] for job in jobs_by_id[key]])
-            _measure_batch(
-                batch, decoded, candidates, target_files, mask_files, target_features if targets_for_sets else None,
-                target_skipped, mask_skipped, models, lpips_model, paired_active, sets_active, fid_dims, min_side, torch_device,
-            )
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(work))
-
-    if targets_for_sets and use_cache:
-        keys = sorted(target_features)
-        entry = feature_cache.CachedFeatures(
-            features=np.stack([target_features[k] for k in keys]) if keys else np.zeros((0, fid_dims)),
-            ids=keys,
-            skipped=[{"file": f, "reason": r} for f, r in sorted(target_skipped.items())],
-        )
-        feature_cache.save(cache_key, entry)
-
-    target_matrix = (
-        np.stack([target_features[k] for k in sorted(target_features)]) if target_features else np.zeros((0, fid_dims))
-    )
-    settings: dict[str, Any] = {"ssim": SSIM_SETTINGS, "fid_dims": fid_dims, "lpips_net": lpips_net, "psnr": PSNR_SETTINGS}
-    if masks is not None:
-        settings["regions"] = REGION_SETTINGS
-    results = []
-    for candidate in candidates:
-        own_unavailable = dict(unavailable)
-        metrics_out = _paired_results(candidate, requested, own_unavailable, masks)
-        if sets_active:
-            metrics_out.update(_set_metrics(candidate, target_matrix, requested, own_unavailable, fid_dims))
-        skipped = dict(candidate.skipped)
-        for file, reason in [*target_skipped.items(), *mask_skipped.items()]:
-            skipped.setdefault(file, reason)
-        results.append({
-            "svai_version": __version__,
-            "name": candidate.name,
-            "role": candidate.role,
-            "pred": str(candidate.root),
-            "target": str(target),
-            "masks": str(masks) if masks is not None else None,
-            "before": str(before) if before is not None else None,
-            "metrics": {k: metrics_out[k] for k in _metric_order(metrics_out)},
-            "baseline": None,
-            "unavailable": own_unavailable,
-            "unmatched": candidate.pairing.unmatched(),
-            "skipped": [{"file": f, "reason": r} for f, r in sorted(skipped.items())],
-            "settings": settings,
-            "weights": dict(models.weights),
-            "versions": _versions(),
-        })
-    result = results[0]
-    if len(results) > 1:
-        result["baseline"] = results[1]
-    return result
-
-
-def _metric_order(found: dict[str, Any]) -> list[str]:
-    order = []
-    for metric in PAIRED_METRICS:
-        order += [m for m in (metric, f"{metric}_changed", f"{metric}_kept") if m in found]
-    order += [m for m in SET_METRICS if m in found]
-    return order
-
-
-def _valid_pairs(
-    candidate: _Candidate, batch: list[str], preds: dict[str, np.ndarray], targets: dict[str, np.ndarray], min_side: int
-) -> set[str]:
-    """Ids of the batch whose pred and target are both decoded, of one size and big enough;
-    the others are recorded as skipped with the reason."""
-    valid: set[str] = set()
-    for key in batch:
-        if key not in preds or key not in targets:
-            continue
-        shape, target_shape = preds[key].shape, targets[key].shape
-        path = str(candidate.files[key])
-        if shape != target_shape:
-            candidate.skipped[path] = (
-                f"is {shape[1]}x{shape[0]} but its target is {target_shape[1]}x{target_shape[0]}: paired metrics need equal sizes"
-            )
-        elif min(shape[:2]) < min_side:
-            candidate.skipped[path] = f"is {shape[1]}x{shape[0]}, under the {min_side}x{min_side} the paired metrics need"
-        else:
-            valid.add(key)
-    return valid
-
-
-def _measure_batch(
-    batch: list[str],
-    decoded: dict[tuple[str, str], np.ndarray | SvaiError],
-    candidates: list[_Candidate],
-    target_files: dict[str, Path],
-    mask_files: dict[str, Path],
-    target_features: dict[str, np.ndarray] | None,
-    target_skipped: dict[str, str],
-    mask_skipped: dict[str, str],
-    models: _Models,
-    lpips_model: torch.nn.Module | None,
-    paired_active: list[str],
-    sets_active: bool,
-    dims: int,
-    min_side: int,
-    device: torch.device,
-) -> None:
-    """Measure one batch of ids: paired metrics per candidate, then the Inception pass."""
-    files = {"target": target_files, "mask": mask_files, **{c.role: c.files for c in candidates}}
-    images: dict[str, dict[str, np.ndarray]] = {role: {} for role in files}
-    for (role, key), value in decoded.items():
-        if isinstance(value, SvaiError):
-            path = files[role][key]
-            reason = _skip_reason(value, path)
-            if role == "target":
-                target_skipped[str(path)] = reason
-            elif role == "mask":
-                mask_skipped[str(path)] = reason
-            else:
-                next(c for c in candidates if c.role == role).skipped[str(path)] = reason
-        else:
-            images[role][key] = value
-
-    targets = images["target"]
-    masks: dict[str, np.ndarray] = {}
-    for key, mask in images["mask"].items():
-        if key in targets and mask.shape[:2] != targets[key].shape[:2]:
-            mask_skipped[str(mask_files[key])] = (
-                f"mask is {mask.shape[1]}x{mask.shape[0]} but its target is {targets[key].shape[1]}x{targets[key].shape[0]}"
-            )
-            continue
-        masks[key] = mask[..., 0] >= MASK_THRESHOLD
-
-    if paired_active:
-        valid = {c.role: _valid_pairs(c, batch, images[c.role], targets, min_side) for c in candidates}
-        # Targets grouped by shape, then cut into chunks of bounded pixel count: each chunk
-        # is one tensor and one LPIPS backbone pass, shared by the model and the baseline.
-        shapes: dict[tuple[int, ...], list[str]] = {}
-        for key in batch:
-            if key in targets and any(key in keys for keys in valid.values()):
-                shapes.setdefault(targets[key].shape, []).append(key)
-        for shape, keys in shapes.items():
-            step = max(1, PAIRED_PIXELS_PER_PASS // (shape[0] * shape[1]))
-            for start in range(0, len(keys), step):
-                chunk = keys[start:start + step]
-                target_tensor = _to_tensor([targets[k] for k in chunk], device)
-                lpips_targets = _LpipsTargets(lpips_model, target_tensor) if lpips_model is not None else None
-                position = {k: i for i, k in enumerate(chunk)}
-                for candidate in candidates:
-                    preds = images[candidate.role]
-                    ours = [k for k in chunk if k in valid[candidate.role]]
-                    if mask_files:
-                        # Pairs without a usable mask still get whole-image values.
-                        candidate.without_mask.update(k for k in ours if k not in masks)
-                        parts = [([k for k in ours if k in masks], True), ([k for k in ours if k not in masks], False)]
-                    else:
-                        parts = [(ours, False)]
-                    for part, use_masks in parts:
-                        if not part:
-                            continue
-                        mask_tensor = torch.from_numpy(np.stack([masks[k] for k in part])).to(device) if use_masks else None
-                        _measure_pairs(
-                            candidate, part, _to_tensor([preds[k] for k in part], device),
-                            torch.tensor([position[k] for k in part], device=device), target_tensor,
-                            lpips_targets, mask_tensor, paired_active,
-                        )
-
-    if sets_active and models.inception is not None:
-        for candidate in candidates:
-            own = {k: v for k, v in images[candidate.role].items()}
-            if own:
-                feats, logits = _inception_pass(models.inception, own, dims, device)
-                candidate.features.update(feats)
-                candidate.logits.update(logits)
-        if target_features is not None and targets:
-            feats, _ = _inception_pass(models.inception, targets, dims, device)
-            target_features.update(feats)
+    _check_options(lpips_net, fid_dims, batch_size)
+    options = _Options(requested, lpips_net, fid_dims, weights_dir, batch_size, _resolve_device(device), use_cache)
+    folders = _index_folders(pred, target, masks, baseline, before, name)
+    _check_pairs(folders, requested)
+    evaluation = _Evaluation(options, folders)
+    evaluation.measure(progress)
+    evaluation.save_cache()
+    return evaluation.results()
 
 
 def write_json(result: dict[str, Any], path: Path) -> Path:
-    """Write the evaluation JSON atomically (temporary file in the same folder, then rename)."""
+    """Write the evaluation JSON atomically."""
     path = Path(path)
+    # allow_nan=False: a stray infinity would make the file unreadable to strict parsers.
+    data = (json.dumps(result, indent=2, allow_nan=False) + "\n").encode("utf-8")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            # allow_nan=False: a stray infinity would make the file unreadable to strict parsers.
-            json.dump(result, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as error:
         raise SvaiError(f"cannot write {path} ({error.strerror}): choose another --json path") from None
     return path

@@ -12,16 +12,25 @@ Batches handed to a family are dicts of tensors already on the right device:
   for families that learn from unpaired domains (``paired = False``)
 - ``mask``: (B, 1, H, W) in [0, 1], where the procedures changed the face (zeros if unknown)
 - ``procedures``: (B, P) float multi-hot over `svai.data.layout.PROCEDURES`
+
+At inference every family answers a `Request`: the before images plus whatever else the
+user asked for (procedure strengths, intensity, reference photos, a random generator,
+sampler settings). Generate, the training sampler and the evaluation fill it alike; a family
+declares the fields it reads in `uses`, and a user asking for any other field gets a
+one-line error naming the option.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable, Iterator, Literal
 
 import torch
 from torch import nn
+
+from svai.errors import SvaiError
 
 Batch = dict[str, torch.Tensor]
 Networks = dict[str, nn.Module]
@@ -30,10 +39,12 @@ LossResult = tuple[torch.Tensor, dict[str, float]]
 
 @dataclass(frozen=True)
 class Phase:
-    """One optimiser and the networks it updates.
+    """One optimiser step over some networks, and the loss that drives it.
 
     Each training step runs the family's phases in order. A phase whose `every` is k runs
-    on steps where ``step % k == 0`` (StarGAN updates G once per 5 critic steps).
+    on steps where ``step % k == 0`` (StarGAN updates G once per 5 critic steps). A phase
+    that `shares` an earlier phase's optimiser steps that optimiser (its networks must be
+    among that phase's) instead of owning one; its own lr, betas and optimizer are unused.
     """
 
     name: str
@@ -44,6 +55,82 @@ class Phase:
     every: int = 1
     # Per-network learning rates that differ from `lr` (StarGAN v2's mapping network).
     lr_overrides: tuple[tuple[str, float], ...] = ()
+    optimizer: Literal["adam", "adamw"] = "adam"
+    shares: str | None = None
+
+
+def check_phases(phases: list[Phase]) -> None:
+    """Phase names are unique, and a shared optimiser belongs to an earlier phase that owns
+    it and trains every network of the sharing phase."""
+    seen: dict[str, Phase] = {}
+    for phase in phases:
+        if phase.name in seen:
+            raise ValueError(f"phase {phase.name!r} is declared twice")
+        if phase.every < 1:
+            raise ValueError(f"phase {phase.name!r}: every must be at least 1; got {phase.every}")
+        if phase.shares is not None:
+            owner = seen.get(phase.shares)
+            if owner is None or owner.shares is not None:
+                raise ValueError(f"phase {phase.name!r} shares {phase.shares!r}, which is not an earlier phase owning an optimiser")
+            missing = set(phase.networks) - set(owner.networks)
+            if missing:
+                raise ValueError(f"phase {phase.name!r} trains {sorted(missing)} outside the optimiser of {phase.shares!r}")
+        seen[phase.name] = phase
+
+
+class StepContext(dict):
+    """Scratch space shared by the phases of one training step (emptied every step), plus
+    what the loop tells the losses: `scaler`, the fp16 grad scaler or None, which gradient
+    penalties need (`svai.models.penalties`)."""
+
+    def __init__(self, scaler: Any = None) -> None:
+        super().__init__()
+        self.scaler = scaler
+
+
+@dataclass
+class Request:
+    """What is asked of a model besides the before image; every field left None is "not asked".
+
+    - procedures: (B, P) procedure strengths in [0, 1], one column per procedure of the
+      run's vocabulary (0 = not operated, 1 = full strength).
+    - intensity: in [0, 1], how far the output moves from the before image (1 = fully).
+    - reference: (B, 3, H, W) in [-1, 1], "after" photos whose style the output takes.
+    - generator: the random generator of latent draws (`--seed` makes output repeatable).
+    - steps, guidance, strength, prompt: sampler settings of families that sample.
+    """
+
+    procedures: torch.Tensor | None = None
+    intensity: float | None = None
+    reference: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    strength: float | None = None
+    prompt: str | None = None
+
+    def given(self) -> list[str]:
+        """Names of the fields that were asked for."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def only(self, fields: Iterable[str]) -> "Request":
+        """A copy keeping just `fields`: what a caller filling the request from data (not from
+        the user) hands a family that may not read all of it."""
+        keep = set(fields)
+        return Request(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in keep})
+
+
+# The option a user sets each request field with; named in the error when a model ignores it.
+REQUEST_OPTIONS: dict[str, str] = {
+    "procedures": "--procedures",
+    "intensity": "--intensity",
+    "reference": "--reference",
+    "generator": "--seed",
+    "steps": "--steps",
+    "guidance": "--guidance",
+    "strength": "--strength",
+    "prompt": "--prompt",
+}
 
 
 class ModelFamily:
@@ -56,7 +143,7 @@ class ModelFamily:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = type(None)
     paired: ClassVar[bool] = True           # learns from aligned before/after pairs
-    condition: ClassVar[str] = "none"       # "none" | "procedures" | "style" | "text"
+    uses: ClassVar[frozenset[str]] = frozenset()   # the `Request` fields `translate` reads
     description: ClassVar[str] = ""
 
     def __init__(self, options: Any, image_size: int) -> None:
@@ -86,22 +173,50 @@ class ModelFamily:
         """Learning-rate multiplier at `step` of `total_steps` (default: constant)."""
         return 1.0
 
-    def loss(self, phase: str, nets: Networks, batch: Batch, ctx: dict[str, Any], step: int) -> LossResult:
+    def loss(self, phase: str, nets: Networks, batch: Batch, ctx: StepContext, step: int) -> LossResult:
         """Loss of one phase: `(scalar loss, {"name": float})`.
 
-        `ctx` is an empty dict at the start of every step and is shared by that step's
-        phases, so a generator output made in one phase can be reused by the next.
+        `ctx` is empty at the start of every step (of every micro-batch, under gradient
+        accumulation) and is shared by that step's phases, so a generator output made in one
+        phase can be reused by the next. `nets` may hold DDP wrappers of the trained networks.
         """
         raise NotImplementedError
 
     def after_step(self, nets: Networks, step: int) -> None:
-        """Called after every optimiser step of a training step (EMA updates go here)."""
+        """Called once after the optimiser steps of a training step (EMA updates go here).
+
+        `nets` are the networks themselves, never their DDP wrappers.
+        """
 
     # -- inference ----------------------------------------------------------------
+    def check_request(self, fields: Iterable[str]) -> None:
+        """Refuse, in one line naming the option, a request field this family does not read.
+
+        fields: the `Request` fields the user asked for (`request.given()`).
+        """
+        unused = [name for name in fields if name not in self.uses]
+        if unused:
+            option = REQUEST_OPTIONS.get(unused[0], unused[0])
+            reads = ", ".join(REQUEST_OPTIONS.get(n, n) for n in sorted(self.uses)) or "no such option"
+            raise SvaiError(f"{option}: {self.name} models do not use it (they take {reads}); leave it out")
+
     @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1] -> predicted after, same shape and range."""
         raise NotImplementedError
+
+
+@contextmanager
+def eval_mode(nets: Networks) -> Iterator[None]:
+    """Put networks in eval mode for inference and restore each one's mode afterwards."""
+    modes = {name: net.training for name, net in nets.items()}
+    for net in nets.values():
+        net.eval()
+    try:
+        yield
+    finally:
+        for name, net in nets.items():
+            net.train(modes[name])
 
 
 def set_requires_grad(nets: Networks, names: tuple[str, ...] | list[str], flag: bool) -> None:

@@ -11,25 +11,25 @@ losses against D_B and D_A, the cycle-consistency loss (eq. 2) and the identity 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, set_requires_grad
+from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
 from svai.models.layers import (
     ImagePool,
     PatchDiscriminator,
     ResnetGenerator,
     check_attention_heads,
-    check_gan_options,
     gan_loss,
     init_weights,
     linear_decay_factor,
     patch_output_size,
 )
+from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.registry import register_family
 
 GENERATORS: tuple[str, ...] = ("G_AB", "G_BA")
@@ -37,48 +37,39 @@ DISCRIMINATORS: tuple[str, ...] = ("D_A", "D_B")
 
 
 @dataclass
-class CycleGANOptions:
+class CycleGANOptions(GanOptions):
     """Options of `cyclegan`; defaults are the reference ``--model cycle_gan`` settings.
 
-    - ngf, ndf: widths of the generators' and discriminators' first layers.
-    - norm: "instance" | "batch" | "none".
-    - n_blocks: residual blocks in each generator; None follows the image size as in the
-      paper (Sec. 7.2): 9 from 256 px up, 6 below.
-    - n_layers_d: PatchGAN depth (3 = 70×70 patches).
-    - dropout: dropout inside the residual blocks (the reference uses none).
-    - gan_mode: "lsgan" (least squares) | "vanilla" (BCE on logits).
-    - lambda_cycle: weight of both cycle losses, A→B→A and B→A→B (eq. 3).
-    - lambda_identity: identity loss weight as a multiple of lambda_cycle (0 disables it).
+    The shared ones are described on `GanOptions`. Here dropout applies inside the residual
+    blocks (the reference uses none), gan_mode is "lsgan" | "vanilla", and the default
+    lr_decay_fraction 0.5 matches the reference's decay over the second 100 of its 200
+    epochs. Own options:
+
+    - n_blocks: residual blocks in each generator, >= 0; None follows the image size as in
+      the paper (Sec. 7.2): 9 from 256 px up, 6 below.
+    - lambda_cycle: weight of both cycle losses, A→B→A and B→A→B (eq. 3), >= 0.
+    - lambda_identity: identity loss weight as a multiple of lambda_cycle, >= 0 (0 disables it).
     - pool_size: generated images each discriminator's history pool keeps (0 disables it).
-    - lr, beta1, beta2: Adam settings of both optimisers.
-    - lr_decay_fraction: last fraction of the steps over which the learning rate decays
-      linearly to 0 (constant before; the reference decays over the second 100 of 200 epochs).
-    - attention: "none" | "generator" | "generator+discriminator" (SAGAN blocks, γ = 0 at init).
-    - attention_heads: heads of each self-attention block.
     - attention_position: index of the residual block the generators' attention precedes
       (0 = before the first, n_blocks = after the last); None = the middle of the trunk
       (n_blocks // 2). The discriminators' attention sits before their last conv.
-    - init_gain: standard deviation of the normal weight initialisation.
     """
 
-    ngf: int = 64
-    ndf: int = 64
-    norm: str = "instance"
-    n_blocks: int | None = None
-    n_layers_d: int = 3
+    norm: Norm = "instance"
     dropout: float = 0.0
-    gan_mode: str = "lsgan"
+    gan_mode: Literal["lsgan", "vanilla"] = "lsgan"
+    n_blocks: int | None = None
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
     pool_size: int = 50
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    lr_decay_fraction: float = 0.5
-    attention: str = "none"
-    attention_heads: int = 1
     attention_position: int | None = None
-    init_gain: float = 0.02
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_blocks is not None:
+            check_at_least("n_blocks", self.n_blocks, 0)
+        for key in ("lambda_cycle", "lambda_identity", "pool_size"):
+            check_at_least(key, getattr(self, key), 0)
 
 
 @register_family
@@ -94,26 +85,17 @@ class CycleGAN(ModelFamily):
     name = "cyclegan"
     Options = CycleGANOptions
     paired = False
-    condition = "none"
     description = "CycleGAN: two ResNet generators + PatchGANs, LSGAN + cycle + identity losses, unpaired"
 
     def __init__(self, options: CycleGANOptions, image_size: int) -> None:
         super().__init__(options, image_size)
         o = options
-        check_gan_options(o, gan_modes=("lsgan", "vanilla"))
         if image_size < 4 or image_size % 4 != 0:
             raise SvaiError(
                 f"cyclegan needs an image size divisible by 4 (two downsamplings); got {image_size} "
                 "(set data.image_size accordingly)"
             )
-        if o.n_blocks is not None and (not isinstance(o.n_blocks, int) or o.n_blocks < 0):
-            raise SvaiError(f"model.n_blocks must be an integer >= 0 or null; got {o.n_blocks!r}")
         self.n_blocks = o.n_blocks if o.n_blocks is not None else (9 if image_size >= 256 else 6)
-        for key in ("lambda_cycle", "lambda_identity"):
-            if getattr(o, key) < 0:
-                raise SvaiError(f"model.{key} must be >= 0; got {getattr(o, key)}")
-        if not isinstance(o.pool_size, int) or o.pool_size < 0:
-            raise SvaiError(f"model.pool_size must be an integer >= 0; got {o.pool_size!r}")
         self.attention_position = o.attention_position if o.attention_position is not None else self.n_blocks // 2
         if o.attention != "none":
             if not 0 <= self.attention_position <= self.n_blocks:
@@ -235,7 +217,7 @@ class CycleGAN(ModelFamily):
 
     # -- inference ----------------------------------------------------------------------
     @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after by G_AB, same shape, in [-1, 1]."""
         if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
             raise SvaiError(

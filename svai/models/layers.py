@@ -11,16 +11,18 @@ weights with ``strict=False`` gives the same function while attention's γ is st
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from svai.errors import SvaiError
+from svai.models.options import GanMode, Norm
 
-NORMS: tuple[str, ...] = ("batch", "instance", "none")
-GAN_MODES: tuple[str, ...] = ("vanilla", "lsgan", "wgangp")
+# The option types are the one list of choices; these tuples only serve error messages.
+NORMS: tuple[str, ...] = get_args(Norm)
+GAN_MODES: tuple[str, ...] = get_args(GanMode)
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -387,8 +389,8 @@ def gan_loss(prediction: torch.Tensor, target_is_real: bool, mode: str) -> torch
     - ``vanilla``: binary cross-entropy on logits (Goodfellow et al. 2014), computed with
       `binary_cross_entropy_with_logits`, which is stable and autocast-safe;
     - ``lsgan``: least squares to 1 / 0 (Mao et al. 2017, eq. 2 with a=0, b=c=1);
-    - ``wgangp``: the Wasserstein critic loss −E[D] for real, E[D] for fake (Gulrajani et
-      al. 2017); add `gradient_penalty` for the discriminator.
+    - ``wgan-gp``: the Wasserstein critic loss −E[D] for real, E[D] for fake (Gulrajani et
+      al. 2017); add `svai.models.penalties.wgan_gradient_penalty` for the critic.
 
     prediction: any shape, unbounded logits -> scalar float32 loss.
     """
@@ -399,29 +401,9 @@ def gan_loss(prediction: torch.Tensor, target_is_real: bool, mode: str) -> torch
     if mode == "lsgan":
         target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
         return F.mse_loss(prediction, target)
-    if mode == "wgangp":
+    if mode == "wgan-gp":
         return -prediction.mean() if target_is_real else prediction.mean()
     raise ValueError(f"unknown gan mode {mode!r}; choose one of {', '.join(GAN_MODES)}")
-
-
-def gradient_penalty(
-    discriminator: Callable[[torch.Tensor], torch.Tensor],
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    target_norm: float = 1.0,
-) -> torch.Tensor:
-    """WGAN-GP penalty E[(‖∇D(x̂)‖₂ − target_norm)²] at x̂ = εx + (1−ε)x̃ (Gulrajani et al.
-    2017, Algorithm 1), with ε ~ U[0, 1] per sample from torch's global RNG.
-
-    real, fake: (B, C, H, W), same shape -> scalar float32 (multiply by λ_gp yourself).
-    The penalty's graph is kept so it can be backpropagated into the discriminator.
-    """
-    epsilon = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
-    mixed = (epsilon * real.detach() + (1 - epsilon) * fake.detach()).requires_grad_(True)
-    output = discriminator(mixed)
-    (gradients,) = torch.autograd.grad(output.float().sum(), mixed, create_graph=True)
-    norms = gradients.float().flatten(1).norm(2, dim=1)
-    return ((norms - target_norm) ** 2).mean()
 
 
 # -- image history --------------------------------------------------------------------------
@@ -507,10 +489,7 @@ class ImagePool(nn.Module):
         return f"size={self.size}"
 
 
-# -- schedule and option checks shared by families --------------------------------------------
-ATTENTION_MODES: tuple[str, ...] = ("none", "generator", "generator+discriminator")
-
-
+# -- schedule and checks shared by families ---------------------------------------------------
 def linear_decay_factor(step: int, total_steps: int, decay_fraction: float) -> float:
     """Learning-rate multiplier: 1 for the first ``(1 − decay_fraction)·total_steps`` steps,
     then linear down to 0 at `total_steps` (the reference ``--lr_policy linear`` over steps
@@ -523,36 +502,6 @@ def linear_decay_factor(step: int, total_steps: int, decay_fraction: float) -> f
     if step <= start:
         return 1.0
     return max(0.0, (total_steps - step) / decay_steps)
-
-
-def check_gan_options(options: object, gan_modes: tuple[str, ...]) -> None:
-    """Validate the options every GAN family here shares; raise SvaiError naming ``model.<key>``.
-
-    `options` needs ngf, ndf, norm, dropout, n_layers_d, gan_mode, lr, beta1, beta2,
-    lr_decay_fraction, attention, attention_heads and init_gain attributes.
-    """
-    o: Any = options
-    for key in ("ngf", "ndf", "n_layers_d", "attention_heads"):
-        value = getattr(o, key)
-        if not isinstance(value, int) or value < 1:
-            raise SvaiError(f"model.{key} must be a positive integer; got {value!r}")
-    if o.norm not in NORMS:
-        raise SvaiError(f"model.norm must be one of {', '.join(NORMS)}; got {o.norm!r}")
-    if not 0.0 <= o.dropout < 1.0:
-        raise SvaiError(f"model.dropout must be in [0, 1); got {o.dropout}")
-    if o.gan_mode not in gan_modes:
-        raise SvaiError(f"model.gan_mode must be one of {', '.join(gan_modes)}; got {o.gan_mode!r}")
-    if not o.lr > 0:
-        raise SvaiError(f"model.lr must be > 0; got {o.lr}")
-    for key in ("beta1", "beta2"):
-        if not 0.0 <= getattr(o, key) < 1.0:
-            raise SvaiError(f"model.{key} must be in [0, 1); got {getattr(o, key)}")
-    if not 0.0 <= o.lr_decay_fraction <= 1.0:
-        raise SvaiError(f"model.lr_decay_fraction must be in [0, 1]; got {o.lr_decay_fraction}")
-    if o.attention not in ATTENTION_MODES:
-        raise SvaiError(f"model.attention must be one of {', '.join(ATTENTION_MODES)}; got {o.attention!r}")
-    if not o.init_gain > 0:
-        raise SvaiError(f"model.init_gain must be > 0; got {o.init_gain}")
 
 
 def check_attention_heads(heads: int, channels: int) -> None:

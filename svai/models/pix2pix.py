@@ -9,67 +9,55 @@ conditional GAN loss plus λ·L1 to the true after image (eq. 4).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, set_requires_grad
+from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
 from svai.models.layers import (
     PatchDiscriminator,
     UnetGenerator,
     check_attention_heads,
-    check_gan_options,
     gan_loss,
     init_weights,
     linear_decay_factor,
     patch_output_size,
 )
+from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.registry import register_family
 
 MIN_UNET_DEPTH = 5
 
 
 @dataclass
-class Pix2PixOptions:
+class Pix2PixOptions(GanOptions):
     """Options of `pix2pix`; defaults are the reference ``--model pix2pix`` settings.
 
-    - ngf, ndf: widths of the generator's and discriminator's first layers.
-    - norm: "batch" | "instance" | "none".
+    The shared ones are described on `GanOptions`. Here dropout applies in the decoder of
+    the innermost 8·ngf levels, and gan_mode is "vanilla" | "lsgan". Own options:
+
     - unet_depth: number of U-Net downsamplings; None follows the image size (the number of
       times it halves evenly: 8 at 256 px = unet_256, 7 at 128, 6 at 64). At least 5.
-    - n_layers_d: PatchGAN depth (3 = 70×70 patches).
-    - dropout: dropout in the decoder of the innermost 8·ngf levels (0 disables).
-    - gan_mode: "vanilla" (BCE on logits) | "lsgan".
-    - lambda_l1: weight of the L1 term (eq. 4).
-    - lr, beta1, beta2: Adam settings of both networks.
-    - lr_decay_fraction: last fraction of the steps over which the learning rate decays
-      linearly to 0 (constant before).
-    - attention: "none" | "generator" | "generator+discriminator" (SAGAN blocks, γ = 0 at init).
-    - attention_heads: heads of each self-attention block.
+    - lambda_l1: weight of the L1 term (eq. 4), >= 0.
     - attention_position: the U-Net level p whose features, at resolution H/2^p after the skip
       concatenation, pass through the generator's attention (1 ≤ p < depth; 3 is 32×32 at
       256 px, SAGAN's best size). The discriminator's attention sits before its last conv.
-    - init_gain: standard deviation of the normal weight initialisation.
     """
 
-    ngf: int = 64
-    ndf: int = 64
-    norm: str = "batch"
-    unet_depth: int | None = None
-    n_layers_d: int = 3
+    norm: Norm = "batch"
     dropout: float = 0.5
-    gan_mode: str = "vanilla"
+    gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
+    unet_depth: int | None = None
     lambda_l1: float = 100.0
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    lr_decay_fraction: float = 0.5
-    attention: str = "none"
-    attention_heads: int = 1
     attention_position: int = 3
-    init_gain: float = 0.02
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unet_depth is not None:
+            check_at_least("unet_depth", self.unet_depth, MIN_UNET_DEPTH)
+        check_at_least("lambda_l1", self.lambda_l1, 0)
 
 
 def _halvings(size: int) -> int:
@@ -88,15 +76,11 @@ class Pix2Pix(ModelFamily):
     name = "pix2pix"
     Options = Pix2PixOptions
     paired = True
-    condition = "none"
     description = "pix2pix: U-Net + PatchGAN on aligned before/after pairs, L1 + conditional GAN loss"
 
     def __init__(self, options: Pix2PixOptions, image_size: int) -> None:
         super().__init__(options, image_size)
         o = options
-        check_gan_options(o, gan_modes=("vanilla", "lsgan"))
-        if o.lambda_l1 < 0:
-            raise SvaiError(f"model.lambda_l1 must be >= 0; got {o.lambda_l1}")
         available = _halvings(image_size)
         if o.unet_depth is None:
             if available < MIN_UNET_DEPTH:
@@ -106,7 +90,8 @@ class Pix2Pix(ModelFamily):
                 )
             self.depth = available
         else:
-            if not MIN_UNET_DEPTH <= o.unet_depth <= available:
+            # The lower bound was checked with the options; the upper one needs the image size.
+            if o.unet_depth > available:
                 raise SvaiError(
                     f"model.unet_depth must be between {MIN_UNET_DEPTH} and {available} at image size "
                     f"{image_size} (the size must be divisible by 2^depth); got {o.unet_depth}"
@@ -202,7 +187,7 @@ class Pix2Pix(ModelFamily):
 
     # -- inference ----------------------------------------------------------------------
     @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1], H and W divisible by 2^depth -> after, same shape, in [-1, 1].
 
         Runs G in whatever mode the caller set (eval uses batch norm's running statistics).

@@ -8,14 +8,19 @@ an option, never a copy of a model.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+import torch
 
+from svai.config import parse_yaml
 from svai.errors import SvaiError
 from svai.models.base import ModelFamily
+
+if TYPE_CHECKING:
+    from svai.config import RunConfig
 
 _FAMILIES: dict[str, type[ModelFamily]] = {}
 
@@ -23,6 +28,8 @@ _FAMILIES: dict[str, type[ModelFamily]] = {}
 FAMILY_MODULES: tuple[str, ...] = (
     "svai.models.pix2pix",
     "svai.models.cyclegan",
+    "svai.models.stargan",
+    "svai.models.stargan_v2",
 )
 
 
@@ -37,7 +44,8 @@ def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
 
 def _load_all() -> None:
     for module in FAMILY_MODULES:
-        importlib.import_module(module)
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def families() -> dict[str, type[ModelFamily]]:
@@ -51,7 +59,7 @@ def presets() -> dict[str, dict[str, Any]]:
     found = {}
     for entry in resources.files("svai.presets").iterdir():
         if entry.name.endswith(".yaml"):
-            found[entry.name[: -len(".yaml")]] = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+            found[entry.name[: -len(".yaml")]] = parse_yaml(entry.read_text(encoding="utf-8")) or {}
     return dict(sorted(found.items()))
 
 
@@ -72,3 +80,16 @@ def resolve_model(name: str) -> tuple[type[ModelFamily], dict[str, Any]]:
     if name in fams:
         return fams[name], {}
     raise SvaiError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
+
+
+def make_family(config: "RunConfig") -> ModelFamily:
+    """The family instance a resolved run configuration describes (no networks built yet)."""
+    return families()[config.family](config.model, config.data.image_size)
+
+
+def parameter_counts(family: ModelFamily) -> dict[str, int]:
+    """Parameters of each network that has any, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        nets = family.build()
+    counts = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
+    return {name: count for name, count in counts.items() if count}

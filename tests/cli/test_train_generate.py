@@ -117,7 +117,12 @@ def test_generate_is_deterministic_and_matches_checkpoint_choice(trained: tuple[
         (["generate", "--run", "{run}", "--input", "{tmp}/empty", "--output", "{tmp}/o"], ["empty", "no images"]),
         (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{data}/test/before/x"], ["--output", "inside"]),
         (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--checkpoint", "99"], ["--checkpoint 99"]),
-        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--procedures", "ears"], ["--procedures", "ears"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--procedures", "ears"], ["--procedures", "ears", "eyes, nose, jaw"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--intensity", "0.5"], ["--intensity", "pix2pix"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--intensity", "2"], ["--intensity", "between 0 and 1"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--seed", "3"], ["--seed", "pix2pix"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--reference", "{tmp}/empty"], ["--reference", "no images"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test", "--output", "{data}"], ["--output", "holds --input"]),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args: list[str], fragments: list[str], trained, tmp_path: Path) -> None:
@@ -147,6 +152,7 @@ def test_models_lists_every_model_with_parameter_counts() -> None:
     assert rows["cyclegan"]["parameters"]["D_A"] == 2_764_737
     assert rows["cyclegan"]["paired"] is False and rows["pix2pix"]["paired"] is True
     assert rows["cyclegan-attn-gd"]["parameters"]["D_A"] > rows["cyclegan-attn"]["parameters"]["D_A"]
+    assert rows["pix2pix"]["controls"] == []
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "generate", "evaluate", "compare", "models", "weights"])

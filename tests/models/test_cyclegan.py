@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from svai.config import build_dataclass
 from svai.errors import SvaiError
 from svai.models.base import count_parameters
 from svai.models.cyclegan import CycleGAN, CycleGANOptions
@@ -267,9 +268,18 @@ def test_lr_factor_endpoints() -> None:
     ],
 )
 def test_bad_options_name_the_key(change: dict, key: str) -> None:
-    options = dataclasses.replace(CycleGANOptions(), **change)
-    with pytest.raises(SvaiError, match=key):
-        CycleGAN(options, 64)
+    # Built as the config layer builds them: choices are checked by type, ranges by the
+    # options themselves, and what needs the image size by the family.
+    with pytest.raises(SvaiError, match=key) as error:
+        CycleGAN(build_dataclass(CycleGANOptions, change, "model"), 64)
+    assert "\n" not in str(error.value)
+
+
+def test_range_checks_hold_for_options_built_in_code() -> None:
+    with pytest.raises(SvaiError, match="model.pool_size"):
+        CycleGANOptions(pool_size=-1)
+    with pytest.raises(SvaiError, match="model.n_blocks"):
+        dataclasses.replace(CycleGANOptions(), n_blocks=-1)
 
 
 def test_image_size_must_be_divisible_by_four() -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from svai.config import build_dataclass
 from svai.errors import SvaiError
 from svai.models.base import Phase, count_parameters
 from svai.models.pix2pix import Pix2Pix, Pix2PixOptions
@@ -214,9 +215,18 @@ def test_lr_factor_endpoints() -> None:
     ],
 )
 def test_bad_options_name_the_key(change: dict, size: int, key: str) -> None:
-    options = dataclasses.replace(Pix2PixOptions(), **change)
-    with pytest.raises(SvaiError, match=key):
-        Pix2Pix(options, size)
+    # Built as the config layer builds them: choices are checked by type, ranges by the
+    # options themselves, and what needs the image size by the family.
+    with pytest.raises(SvaiError, match=key) as error:
+        Pix2Pix(build_dataclass(Pix2PixOptions, change, "model"), size)
+    assert "\n" not in str(error.value)
+
+
+def test_range_checks_hold_for_options_built_in_code() -> None:
+    with pytest.raises(SvaiError, match="model.lambda_l1"):
+        Pix2PixOptions(lambda_l1=-1.0)
+    with pytest.raises(SvaiError, match="model.unet_depth"):
+        dataclasses.replace(Pix2PixOptions(), unet_depth=4)
 
 
 def test_image_size_must_halve_five_times() -> None:

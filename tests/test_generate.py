@@ -1,0 +1,42 @@
+"""Library-level generation: requests per batch, labels from a dataset's manifest, references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from svai.data.layout import PROCEDURES, read_manifest
+from svai.generate import batch_request, dataset_procedures, reference_for
+from svai.models.base import Request
+
+
+def test_dataset_splits_give_each_image_its_manifest_labels(tiny_dataset: Path, tmp_path: Path) -> None:
+    labels = dataset_procedures(tiny_dataset / "test" / "before")
+    records = [r for r in read_manifest(tiny_dataset) if r.split == "test"]
+    assert set(labels) == {r.id for r in records}
+    for record in records:
+        expected = [float(p in record.procedures) for p in PROCEDURES]
+        assert labels[record.id].tolist() == expected
+    assert dataset_procedures(tmp_path) is None
+    assert dataset_procedures(tiny_dataset) is None
+
+
+def test_one_row_of_strengths_applies_to_every_image() -> None:
+    asked = batch_request(Request(procedures=torch.tensor([0.0, 0.5, 1.0]), intensity=0.3), 4, torch.device("cpu"))
+    assert asked.procedures.shape == (4, 3) and asked.procedures[3].tolist() == [0.0, 0.5, 1.0]
+    assert asked.intensity == 0.3
+    per_image = torch.rand(4, 3)
+    assert torch.equal(batch_request(Request(procedures=per_image), 4, torch.device("cpu")).procedures, per_image)
+
+
+def test_references_match_by_name_then_in_turn() -> None:
+    refs = [Path("r/a.png"), Path("r/b.png"), Path("r/c.png")]
+    assert reference_for(refs, 0, Path("in/b.jpg")) == Path("r/b.png")
+    assert [reference_for(refs, i, Path(f"in/x{i}.jpg")) for i in range(4)] == [refs[0], refs[1], refs[2], refs[0]]
+
+
+def test_requests_keep_only_what_a_family_reads() -> None:
+    request = Request(procedures=torch.ones(1, 3), intensity=0.5, prompt="x")
+    assert request.given() == ["procedures", "intensity", "prompt"]
+    assert request.only({"intensity"}).given() == ["intensity"]
