@@ -9,29 +9,40 @@ A checkpoint is a folder `RUN/checkpoints/step-00001000/` holding
 
 It is written under a temporary name and renamed into place; only then does
 `RUN/checkpoints/latest` (a one-line text file) move to it. Nothing here unpickles.
+
+Loading does not trust the disk: a file truncated or emptied after the write (a full disk,
+a copy that stopped, a hand edit) is found by `checkpoint_problem` before anything is loaded,
+and `find_checkpoint` falls back to the newest intact checkpoint, saying which it skipped.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from svai.io import write_atomic
+from svai.io import remove_stale_temporaries, write_atomic
 from svai.errors import SvaiError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+_REQUIRED = ("weights.safetensors", "optimizer.safetensors", "rng-0.safetensors", "state.json")
+# A safetensors header larger than this is not one svai wrote (it would describe millions of tensors).
+_MAX_HEADER = 100 << 20
 
 
 def step_name(step: int) -> str:
@@ -42,6 +53,77 @@ def step_name(step: int) -> str:
 class CheckpointRef:
     path: Path
     step: int
+
+
+def _file_mode() -> int:
+    """The mode an ordinary new file gets here (0o666 less the umask)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    # Reading the umask means setting it; put it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why `file` is not a complete safetensors file, or None when its header and size agree."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return "empty" if not head else "truncated"
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, _MAX_HEADER):
+                return "truncated" if length <= _MAX_HEADER else "not a safetensors file"
+            header = json.loads(handle.read(length))
+    except FileNotFoundError:
+        return "missing"
+    except OSError as error:
+        return f"unreadable ({error.strerror})"
+    except (ValueError, UnicodeDecodeError):
+        return "not a safetensors file"
+    if not isinstance(header, dict):
+        return "not a safetensors file"
+    ends = [entry.get("data_offsets", [0, 0])[1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict)]
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        return "truncated"
+    if size > expected:
+        return "has trailing bytes"
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder `path` cannot be loaded ("weights.safetensors truncated"), or None."""
+    path = Path(path)
+    for name in _REQUIRED:
+        file = path / name
+        if name.endswith(".safetensors"):
+            problem = safetensors_problem(file)
+        else:
+            try:
+                state = json.loads(file.read_text(encoding="utf-8"))
+                problem = None if isinstance(state, dict) and isinstance(state.get("step"), int) else "incomplete"
+            except FileNotFoundError:
+                problem = "missing"
+            except (OSError, ValueError):
+                problem = "empty" if file.is_file() and file.stat().st_size == 0 else "not valid JSON"
+        if problem is not None:
+            return f"{name} {problem}"
+    return None
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run folder holds at least one finished checkpoint folder (intact or not)."""
+    root = Path(run_dir) / CHECKPOINTS
+    return root.is_dir() and any(p.is_dir() and p.name.startswith("step-") for p in root.iterdir())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,8 +168,15 @@ def optimizer_payload(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dic
     return tensors, meta
 
 
+def _load_file(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except SafetensorError as error:
+        raise SvaiError(f"{file} is damaged ({error}): resume from another checkpoint") from None
+
+
 def load_optimizers(path: Path, optimizers: dict[str, torch.optim.Optimizer], meta: dict[str, Any]) -> None:
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    tensors = _load_file(path / "optimizer.safetensors")
     for phase, optimizer in optimizers.items():
         if phase not in meta:
             raise SvaiError(f"{path}: no optimiser state for phase {phase!r}; the run's model has changed")
@@ -124,7 +213,7 @@ def restore_rng(path: Path, rank: int, meta: dict[str, Any]) -> None:
     file = path / f"rng-{rank}.safetensors"
     if not file.is_file():
         file = path / "rng-0.safetensors"
-    tensors = load_file(str(file))
+    tensors = _load_file(file)
     torch.set_rng_state(tensors["torch"])
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
     if cuda and torch.cuda.is_available():
@@ -155,6 +244,7 @@ def save_checkpoint(
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
     final = root / step_name(step)
     tmp = root / f".tmp-{step_name(step)}-{os.getpid()}"
     if tmp.exists():
@@ -169,7 +259,10 @@ def save_checkpoint(
         rng_meta[str(rank)] = meta
     state = {"step": step, "optimizers": optimizer_meta, "rng": rng_meta, **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state) + "\n", encoding="utf-8")
+    mode = _file_mode()
     for file in tmp.iterdir():
+        # safetensors creates its files owner-only; give them the mode of the run's other files.
+        os.chmod(file, mode)
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
     if final.exists():
@@ -199,26 +292,47 @@ def find_checkpoint(run_dir: Path, which: str | int = "latest") -> CheckpointRef
         raise SvaiError(f"{run_dir} has no checkpoints: train it first (svai train ... --out {run_dir})")
     available = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
     if which == "latest":
-        pointer = root / LATEST
-        name = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
-        path = root / name if name else None
-        if path is None or not (path / "state.json").is_file():
-            # `latest` is only moved after a complete write, so this means it was removed by hand.
-            complete = [p for p in available if (p / "state.json").is_file()]
-            if not complete:
-                raise SvaiError(f"{run_dir} has no complete checkpoint: train it first")
-            path = complete[-1]
+        path = _newest_intact(run_dir, root, available)
     else:
         try:
             step = int(which)
         except (TypeError, ValueError):
             raise SvaiError(f"--checkpoint {which!r}: use latest or a step number") from None
         path = root / step_name(step)
-        if not (path / "state.json").is_file():
+        if not path.is_dir():
             steps = ", ".join(str(int(p.name[5:])) for p in available) or "none"
             raise SvaiError(f"--checkpoint {step}: no such checkpoint in {run_dir} (available: {steps})")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise SvaiError(f"--checkpoint {step}: {path / problem.split()[0]} is damaged ({problem.split(' ', 1)[1]}); "
+                            "choose another step")
     state = read_state(path)
     return CheckpointRef(path=path, step=int(state["step"]))
+
+
+def _newest_intact(run_dir: Path, root: Path, available: list[Path]) -> Path:
+    """The checkpoint `latest` names when it is intact, else the newest intact one."""
+    pointer = root / LATEST
+    try:
+        name = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    named = root / name if name and (root / name) in available else None
+    # `latest` is only moved after a complete write; without it, the newest folder comes first.
+    candidates = ([named] if named else []) + [p for p in reversed(available) if p != named]
+    damaged: list[str] = []
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            if damaged:
+                log.warning("%s; using %s instead", "; ".join(damaged), path)
+            return path
+        file, _, why = problem.partition(" ")
+        damaged.append(f"checkpoint {path / file} is damaged ({why})")
+    if damaged:
+        raise SvaiError(f"{run_dir} has no intact checkpoint ({damaged[0]}): train it again without --resume "
+                        "into a new folder")
+    raise SvaiError(f"{run_dir} has no complete checkpoint: train it first")
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -230,11 +344,14 @@ def load_networks(path: Path, nets: dict[str, nn.Module], names: tuple[str, ...]
     file = Path(path) / "weights.safetensors"
     wanted = set(names) if names is not None else set(nets)
     states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in wanted}
-    with safe_open(str(file), framework="pt", device="cpu") as handle:
-        for key in handle.keys():
-            owner, _, rest = key.partition(".")
-            if owner in states:
-                states[owner][rest] = handle.get_tensor(key)
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for key in handle.keys():
+                owner, _, rest = key.partition(".")
+                if owner in states:
+                    states[owner][rest] = handle.get_tensor(key)
+    except SafetensorError as error:
+        raise SvaiError(f"{file} is damaged ({error}): use another checkpoint") from None
     for name in wanted:
         if not states[name]:
             raise SvaiError(f"{file} has no weights for network {name!r}")

@@ -57,6 +57,9 @@ class DataConfig:
 
     root: str = ""
     image_size: int = 256
+    # The procedures a model conditions on, in column order; empty = the dataset's vocabulary,
+    # recorded here when training starts so generation uses the same columns.
+    procedures: list[str] = field(default_factory=list)
     num_workers: int = 0
     cache: bool = True
     augment: AugmentOptions = field(default_factory=AugmentOptions)
@@ -254,17 +257,24 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     return tree
 
 
+def read_yaml_file(path: Path, origin: str = "") -> Any:
+    """Parse a YAML file; text that is not UTF-8 or not YAML is an error naming the file."""
+    try:
+        return parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise SvaiError(f"{origin}{path}: not a UTF-8 text file (is it a YAML config?)") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise SvaiError(f"{origin}{path}:{where} is not valid YAML") from None
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a config YAML: a mapping whose top-level keys are model, data and train."""
     path = Path(path)
     if not path.is_file():
         raise SvaiError(f"--config {path}: file not found")
-    try:
-        tree = parse_yaml(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise SvaiError(f"--config {path}:{where} is not valid YAML") from None
+    tree = read_yaml_file(path, "--config ")
     if not isinstance(tree, dict):
         raise SvaiError(f"--config {path}: expected a mapping with keys {', '.join(SECTIONS)}")
     return tree
@@ -365,7 +375,7 @@ def load_run_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise SvaiError(f"{path} not found: {run_dir} is not a training run folder")
-    tree = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    tree = read_yaml_file(path)
     if not isinstance(tree, dict) or "model" not in tree:
         raise SvaiError(f"{path}: not a svai run configuration")
     return tree

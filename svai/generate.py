@@ -4,6 +4,10 @@ Every image under the input folder becomes a PNG at the same relative path in th
 folder, at the input's own size. Non-square photos are padded to a square by repeating
 their border, resized to the model's size, translated, resized back and cropped, so the
 face is never squashed.
+
+With a composite (`Generation.composite`) each output is blended back into its input, at the
+input's full resolution, inside the feathered region of the chosen procedures
+(`svai.composite`): every pixel outside it is the input's, byte for byte.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from svai.checkpoint import find_checkpoint, load_networks
+from svai.composite import CompositeOptions, RegionLookup, composite
 from svai.config import RunConfig, load_run_config, resolve
 from svai.data.dataset import procedure_vector, resize, to_tensor, to_uint8
 from svai.data.images import list_images, read_rgb
-from svai.data.layout import PROCEDURE_SEPARATOR, SPLITS, read_manifest
-from svai.data.layout import parse_procedures as parse_manifest_procedures
+from svai.data.layout import PROCEDURE_SEPARATOR, PROCEDURES, REGIONS_DIR, SPLITS, parse_strengths, read_manifest
+from svai.data.regions import index_regions
 from svai.errors import SvaiError
 from svai.io import check_output_folder, write_png
 from svai.models.base import ModelFamily, Networks, Request, eval_mode
@@ -44,6 +49,8 @@ class LoadedModel:
 class GenerateReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    # With a composite: how many images each region came from ("regions", "change map").
+    composited: dict[str, int] = field(default_factory=dict)
 
 
 def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | torch.device | None = None) -> LoadedModel:
@@ -63,15 +70,16 @@ def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | to
     return LoadedModel(config, family, nets, ref.step, torch_device)
 
 
-def parse_procedures(text: str | None) -> torch.Tensor | None:
-    """"eyes+nose" (or "eyes,nose") -> multi-hot (P,) tensor; None -> None."""
+def parse_procedures(text: str | None, vocabulary: tuple[str, ...] = PROCEDURES) -> torch.Tensor | None:
+    """"eyes+nose" (or "eyes,nose"; "nose:0.5" for half strength) -> (P,) strengths over
+    `vocabulary`; None -> None. An unknown name is an error listing the vocabulary."""
     if not text:
         return None
     try:
-        names = parse_manifest_procedures(text.replace(",", PROCEDURE_SEPARATOR))
+        strengths = parse_strengths(text.replace(",", PROCEDURE_SEPARATOR), vocabulary)
     except SvaiError as error:
         raise SvaiError(f"--procedures: {error}") from None
-    return procedure_vector(names)
+    return procedure_vector(strengths, vocabulary)
 
 
 def pad_to_square(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -117,18 +125,46 @@ def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Reque
     return outputs
 
 
-def dataset_procedures(input_dir: Path) -> dict[str, torch.Tensor] | None:
+def dataset_procedures(input_dir: Path, vocabulary: tuple[str, ...] = PROCEDURES) -> dict[str, torch.Tensor] | None:
     """Per-image procedure strengths when `input_dir` is a split of a prepared dataset.
 
-    `DATA/test/before` has its manifest two levels up; each image id maps to the multi-hot
-    (P,) row of its labelled procedures. None for any other folder.
+    `DATA/test/before` has its manifest two levels up; each image id maps to the (P,) row of
+    its labelled procedures' strengths over `vocabulary`. None for any other folder.
     """
+    found = dataset_split(input_dir)
+    if found is None:
+        return None
+    root, split = found
+    return {record.id: procedure_vector(record.strength_of(), vocabulary)
+            for record in read_manifest(root) if record.split == split}
+
+
+def dataset_split(input_dir: Path) -> tuple[Path, str] | None:
+    """(dataset root, split) when `input_dir` is `DATA/{split}/before` of a prepared dataset, else None."""
     folder = Path(input_dir).resolve()
     root = folder.parent.parent
     if folder.parent.name not in SPLITS or not (root / "manifest.csv").is_file():
         return None
-    return {record.id: procedure_vector(record.procedures)
-            for record in read_manifest(root) if record.split == folder.parent.name}
+    return root, folder.parent.name
+
+
+def chosen_procedures(strengths: torch.Tensor | None, vocabulary: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The procedures a request asks for: those with strength > 0 in a (P,) or (1, P) row;
+    None when it gives none."""
+    if strengths is None:
+        return None
+    row = strengths.reshape(-1, len(vocabulary))[0]
+    names = tuple(name for name, value in zip(vocabulary, row.tolist()) if value > 0)
+    return names or None
+
+
+def region_lookup(input_dir: Path, regions: Path | None) -> RegionLookup:
+    """Where composite regions come from: the dataset split's own regions, then `regions`."""
+    found = dataset_split(input_dir)
+    own = found[0] / found[1] / REGIONS_DIR if found else None
+    dataset = index_regions(own, "regions folder") if own is not None and own.is_dir() else None
+    folder = index_regions(regions, "--regions") if regions is not None else None
+    return RegionLookup(input_dir, dataset, folder)
 
 
 def output_path(input_dir: Path, output_dir: Path, file: Path) -> Path:
@@ -144,11 +180,17 @@ class Generation:
       strengths given here apply to every image.
     - references: reference "after" photos (reference-guided models). Input `x.jpg` takes
       the reference with the same stem when there is one, else the references in turn.
+    - composite: blend each output into its input inside the feathered region of the chosen
+      procedures (`svai.composite`); None writes the model's output as it is.
+    - regions: a folder of regions `<procedure>/<relative path>.png` for inputs that are not a
+      dataset split (or lack regions there); see `svai.data.regions`.
     """
 
     batch_size: int = 8
     request: Request = field(default_factory=Request)
     references: list[Path] | None = None
+    composite: CompositeOptions | None = None
+    regions: Path | None = None
 
 
 def reference_for(references: list[Path], index: int, file: Path) -> Path:
@@ -186,7 +228,17 @@ def generate_folder(
     request = settings.request
     labels = None
     if "procedures" in model.family.uses and request.procedures is None:
-        labels = dataset_procedures(input_dir)
+        labels = dataset_procedures(input_dir, model.family.procedures)
+    wanted, lookup, labelled = None, None, {}
+    if settings.composite is not None:
+        # The region of the procedures asked for, else of each image's labels in the manifest.
+        wanted = chosen_procedures(request.procedures, model.family.procedures)
+        lookup = region_lookup(input_dir, settings.regions)
+        found = dataset_split(input_dir)
+        if wanted is None and found is not None:
+            labelled = {r.id: r.procedures for r in read_manifest(found[0]) if r.split == found[1]}
+    elif settings.regions is not None:
+        raise SvaiError("--regions steers a composite: add --composite")
     report = GenerateReport()
     seen: dict[Path, Path] = {}
     queue: list[tuple[Path, np.ndarray]] = []
@@ -197,14 +249,19 @@ def generate_folder(
             return
         asked = request
         if labels is not None:
-            unlabelled = procedure_vector(())
+            unlabelled = procedure_vector({}, model.family.procedures)
             asked = replace(asked, procedures=torch.stack([labels.get(file.stem, unlabelled) for file, _ in queue]))
         if settings.references:
             start = len(report.written)
             chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(queue)]
             asked = replace(asked, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
         predictions = translate_batch(model, [image for _, image in queue], asked)
-        for (file, _), prediction in zip(queue, predictions):
+        for (file, image), prediction in zip(queue, predictions):
+            if lookup is not None:
+                region = lookup.find(file, image.shape[:2], wanted or labelled.get(file.stem))
+                source = "change map" if region is None else "regions"
+                report.composited[source] = report.composited.get(source, 0) + 1
+                prediction, _ = composite(image, prediction, region, settings.composite)
             target = output_path(input_dir, output_dir, file)
             write_png(target, prediction)
             report.written.append(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ EVALUATION = "evaluation.json"
 def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | None = None) -> dict[str, Any] | None:
     """Translate the run's test split and evaluate it against the true after photos.
 
-    Writes `RUN/test-predictions/` and `RUN/evaluation.json` (with the do-nothing baseline),
-    so `svai compare RUN` finds the result. Returns the evaluation, or None when the
+    Writes `RUN/test-predictions/` (afresh) and then `RUN/evaluation.json` (with the do-nothing
+    baseline), so `svai compare RUN` finds the result; an evaluation that was stopped leaves
+    no evaluation.json and is redone by `svai train --out RUN --resume`. Returns the evaluation, or None when the
     dataset has no test split. Metrics whose pretrained weights are missing are recorded as
     unavailable, never fatal.
     """
@@ -33,6 +35,9 @@ def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | 
         log.info("no test split in %s: nothing to evaluate", data)
         return None
     predictions = run_dir / PREDICTIONS
+    # The folder is the run's own: predictions of an evaluation cut short (SIGTERM, a crash)
+    # are dropped, so the metrics never mix two checkpoints' images.
+    shutil.rmtree(predictions, ignore_errors=True)
     report = generate_folder(model, before, predictions)
     if report.skipped:
         raise SvaiError(f"{len(report.skipped)} test images could not be read, e.g. {report.skipped[0][0]}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
+import os
+import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -23,17 +24,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from svai.checkpoint import (
-    find_checkpoint, load_networks, load_optimizers, read_state, restore_rng, rng_payload, save_checkpoint,
+    find_checkpoint, has_checkpoint, load_networks, load_optimizers, read_state, restore_rng, rng_payload,
+    save_checkpoint,
 )
 from svai.config import RunConfig, load_run_config, resolve
 from svai.data.augment import augment_batch
 from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_uint8
 from svai.errors import SvaiError
-from svai.io import write_atomic, write_png
+from svai.io import check_output_folder, write_atomic, write_png
 from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
 from svai.models.registry import make_family
+from svai.runlock import LOCK_FILE, RunLock
+from svai.signals import stop_signals
 
 log = logging.getLogger(__name__)
+
+# What a run writes before its first checkpoint; a folder holding only these may start over.
+RESTARTABLE = frozenset({"config.yaml", "log.jsonl", "samples", "checkpoints"})
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -53,8 +60,21 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise SvaiError(f"--out {run_dir} is a file: give a folder for the run")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+    if resume or not run_dir.exists():
+        return
+    entries = {p.name for p in run_dir.iterdir()} - {LOCK_FILE}
+    if not entries:
+        return
+    if has_checkpoint(run_dir) or not entries <= RESTARTABLE:
         raise SvaiError(f"--out {run_dir} already holds a run: add --resume to continue it, or choose a new folder")
+    # A run that stopped before its first checkpoint holds nothing worth keeping: start afresh.
+    log.warning("%s: the earlier run stopped before its first checkpoint; starting it again", run_dir)
+    for name in entries:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
 
 def resolve_for_run(
@@ -70,29 +90,6 @@ def resolve_for_run(
     if resume:
         find_checkpoint(run_dir)  # fails early, naming the folder, when there is nothing to resume
     return resolve(model, base=base, config_file=config_file, sets=sets, flags=flags)
-
-
-@contextmanager
-def stop_signals() -> Iterator[dict[str, Any]]:
-    """Turn the first SIGINT/SIGTERM into a stop request; a second SIGINT interrupts at once."""
-    flag: dict[str, Any] = {"signal": None}
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag["signal"] = signum
-
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:
-        previous.clear()  # not the main thread: signals stay with the caller
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class Trainer:
@@ -134,7 +131,10 @@ class Trainer:
         )
         if not config.data.root:
             raise SvaiError("--data is required: give a folder made by `svai prepare`")
-        self.train_set = PairedImages(Path(config.data.root), "train", config.data.image_size, cache=config.data.cache)
+        self.train_set = PairedImages(Path(config.data.root), "train", config.data.image_size,
+                                      cache=config.data.cache, vocabulary=tuple(config.data.procedures) or None)
+        # The run records its procedure columns, so generation later reads the same ones.
+        config.data.procedures = list(self.train_set.vocabulary)
         self.sample_set = self._sample_set()
 
         set_seed(train.seed)
@@ -172,7 +172,8 @@ class Trainer:
     # -- set-up -------------------------------------------------------------------------
     def _sample_set(self) -> PairedImages:
         try:
-            return PairedImages(Path(self.config.data.root), "test", self.config.data.image_size, cache=False)
+            return PairedImages(Path(self.config.data.root), "test", self.config.data.image_size, cache=False,
+                                vocabulary=self.train_set.vocabulary)
         except SvaiError:
             return self.train_set
 
@@ -280,7 +281,14 @@ class Trainer:
             self._sample(step)
         accelerator.wait_for_everyone()
         self.on_event({"event": "end", "step": step, "total": total, "interrupted": interrupted})
+        self.close()
         return TrainResult(self.run_dir, self.start_step, step, total, interrupted, checkpoint)
+
+    def close(self) -> None:
+        """Let go of the run folder's lock, when `prepare_training` took it for this trainer."""
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
 
     def _step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
         """One training step: each due phase accumulates its gradient over the step's
@@ -419,14 +427,38 @@ def prepare_training(
     resume: bool = False,
     on_event: EventCallback | None = None,
     should_stop: Callable[[int], bool] | None = None,
+    lock: RunLock | None = None,
 ) -> Trainer:
-    """Check everything, build the models and write the run's config; `run()` then trains."""
-    check_run_dir(run_dir, resume)
-    trainer = Trainer(config, run_dir, resume=resume, on_event=on_event, should_stop=should_stop)
-    if trainer.accelerator.is_main_process:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(run_dir) / "config.yaml", config.to_yaml().encode())
-    trainer.accelerator.wait_for_everyone()
+    """Check everything, build the models and write the run's config; `run()` then trains.
+
+    The main process locks the run folder (`svai.runlock`) so that no second run or resume
+    writes into it; `run()` (or `close()`) lets go. A caller that must keep the folder longer
+    (the CLI, through the end-of-training evaluation) passes its own held `lock`.
+    """
+    run_dir = Path(run_dir)
+    inputs = {"--data": Path(config.data.root)} if config.data.root else {}
+    check_output_folder(inputs, run_dir, "--out")
+    created = not run_dir.exists()
+    own = lock is None and os.environ.get("RANK", "0") == "0"
+    if own:
+        lock = RunLock(run_dir).acquire()
+    try:
+        check_run_dir(run_dir, resume)
+        trainer = Trainer(config, run_dir, resume=resume, on_event=on_event, should_stop=should_stop)
+        if trainer.accelerator.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_dir / "config.yaml", config.to_yaml().encode())
+        trainer.accelerator.wait_for_everyone()
+    except BaseException:
+        if own and lock is not None:
+            lock.release()
+            if created:
+                try:
+                    run_dir.rmdir()  # nothing was written: leave no empty folder behind
+                except OSError:
+                    pass
+        raise
+    trainer._lock = lock if own else None
     return trainer
 
 
@@ -438,7 +470,11 @@ def train(
     should_stop: Callable[[int], bool] | None = None,
 ) -> TrainResult:
     """Train `config` into `run_dir` (new, or continued from its latest checkpoint)."""
-    return prepare_training(config, run_dir, resume, on_event, should_stop).run()
+    trainer = prepare_training(config, run_dir, resume, on_event, should_stop)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
 
 
 __all__ = ["train", "prepare_training", "Trainer", "TrainResult", "resolve_for_run", "split_batch"]

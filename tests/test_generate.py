@@ -40,3 +40,18 @@ def test_requests_keep_only_what_a_family_reads() -> None:
     request = Request(procedures=torch.ones(1, 3), intensity=0.5, prompt="x")
     assert request.given() == ["procedures", "intensity", "prompt"]
     assert request.only({"intensity"}).given() == ["intensity"]
+
+
+def test_procedures_parse_with_strengths_over_the_run_vocabulary() -> None:
+    from svai.errors import SvaiError
+    from svai.generate import parse_procedures
+
+    vocabulary = ("eyes", "nose", "jaw", "lips")
+    assert parse_procedures("nose:0.5,lips", vocabulary).tolist() == [0.0, 0.5, 0.0, 1.0]
+    assert parse_procedures(None) is None
+    import pytest
+
+    with pytest.raises(SvaiError, match="--procedures: unknown procedure 'ears': use eyes, nose, jaw, lips"):
+        parse_procedures("ears", vocabulary)
+    with pytest.raises(SvaiError, match=r"strength must be in \[0, 1\]"):
+        parse_procedures("nose:2", vocabulary)

@@ -159,3 +159,33 @@ def test_augmentation_is_part_of_the_config_and_resumes_exactly(tiny_dataset: Pa
     assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("G."))  # augmentation changed training
     with pytest.raises(SvaiError, match="data.augment"):
         config("pix2pix", tiny_dataset, 1, "data.augment.hflip=2")
+
+
+def test_a_second_writer_into_a_training_run_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    from svai.train import prepare_training
+
+    run = tmp_path / "run"
+    first = prepare_training(config("pix2pix", tiny_dataset, 2), run)
+    # A second new run into the same folder, and a resume, both meet the first one's lock.
+    with pytest.raises(SvaiError, match="in use by process"):
+        prepare_training(config("pix2pix", tiny_dataset, 2), run)
+    first.run()  # releases the lock when done
+    assert train(config("pix2pix", tiny_dataset, 3), run, resume=True).step == 3
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tiny_dataset: Path, tmp_path: Path) -> None:
+    from svai.train import prepare_training
+
+    run = tmp_path / "run"
+    # A run killed during its first steps: config.yaml and a log line, no checkpoint yet.
+    prepare_training(config("pix2pix", tiny_dataset, 2), run).close()
+    (run / "log.jsonl").write_text('{"step": 1}\n')
+    assert not (run / "checkpoints").exists()
+    assert train(config("pix2pix", tiny_dataset, 2), run).step == 2
+
+
+def test_out_inside_the_dataset_is_refused(tiny_dataset: Path) -> None:
+    with pytest.raises(SvaiError, match="inside --data"):
+        train(config("pix2pix", tiny_dataset, 1), tiny_dataset / "run")
+    assert not (tiny_dataset / "run").exists()

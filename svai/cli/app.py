@@ -40,7 +40,12 @@ def fail(message: str) -> typer.Exit:
 
 
 def user_errors(function: F) -> F:
-    """Turn `SvaiError` into one line on stderr and exit code 2, never a traceback."""
+    """Turn `SvaiError` into one line on stderr and exit code 2, never a traceback.
+
+    OS errors that describe the machine rather than a bug (no permission, a full disk, a name
+    too long, a file in the way) get the same treatment, naming the path; any other error
+    keeps its traceback.
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,6 +53,13 @@ def user_errors(function: F) -> F:
             return function(*args, **kwargs)
         except SvaiError as error:
             raise fail(str(error)) from None
+        except OSError as error:
+            from svai.io import describe_os_error  # numpy and PIL stay out of `svai --help`
+
+            message = describe_os_error(error)
+            if message is None:
+                raise
+            raise fail(message) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -12,6 +12,22 @@ from svai.cli.app import app, console, err_console, fail, user_errors
 from svai.errors import SvaiError
 
 
+def _check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, before anything is loaded."""
+    if device is None:
+        return
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise SvaiError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise SvaiError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise SvaiError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -22,7 +38,11 @@ from svai.errors import SvaiError
         "Every image under --input (png, jpg, jpeg, webp, bmp, tif; any letter case; recursively) becomes a PNG "
         "with the same relative path under --output, at the input's size. When --input is a split of a "
         "prepared dataset (DATA/test/before), procedure-conditioned models take each image's labels from "
-        "the dataset's manifest unless --procedures is given. `svai models` lists the controls each model takes."
+        "the dataset's manifest unless --procedures is given. `svai models` lists the controls each model takes.\n\n"
+        "--composite blends each output into its input inside the feathered region of the chosen procedures "
+        "(--procedures, else the manifest's labels): pixels outside it stay the input's, byte for byte. The "
+        "region comes from DATA/{split}/regions for a dataset split, else from --regions DIR "
+        "(<procedure>/<relative path>.png, white = region), else from where the model changed the photo."
     ),
 )
 @user_errors
@@ -33,20 +53,26 @@ def generate(
     checkpoint: str = typer.Option("latest", "--checkpoint", help="latest, or a step number."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
     procedures: Optional[str] = typer.Option(
-        None, "--procedures", help="Procedures to simulate on every image, e.g. nose+jaw (or nose,jaw)."),
+        None, "--procedures", help="Procedures to simulate on every image, e.g. nose+jaw (or nose,jaw; nose:0.5 for half strength)."),
     intensity: Optional[float] = typer.Option(
         None, "--intensity", help="0..1: how strong the change is (1 = as trained)."),
     reference: Optional[Path] = typer.Option(
         None, "--reference", help="Reference 'after' photo, or a folder of them (same name first, else in turn)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random style draws: repeatable output."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    composite: bool = typer.Option(
+        False, "--composite", help="Keep every pixel outside the procedures' region identical to the input."),
+    regions: Optional[Path] = typer.Option(
+        None, "--regions", help="With --composite: folder of regions drawn on the inputs, <procedure>/<relative path>.png."),
 ) -> None:
     """Predict the 'after' photo for every image in a folder with a trained model."""
     import torch
 
+    from svai.composite import CompositeOptions
     from svai.data.images import list_images
+    from svai.data.regions import index_regions
     from svai.generate import Generation, generate_folder, load_model, parse_procedures
-    from svai.io import check_output_folder
+    from svai.io import check_output_folder, check_writable
     from svai.models.base import Request
 
     files = list_images(input)
@@ -62,11 +88,18 @@ def generate(
             references = [reference] if reference.is_file() else list_images(reference)
         except SvaiError as error:
             raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
-    request = Request(procedures=parse_procedures(procedures), intensity=intensity,
-                      generator=torch.Generator().manual_seed(seed) if seed is not None else None)
+    if regions is not None:
+        if not composite:
+            raise SvaiError("--regions steers a composite: add --composite")
+        index_regions(regions)  # a malformed folder fails before the model loads
+    _check_device(device)
     model = load_model(run, checkpoint, device)
+    check_writable(output)
+    request = Request(procedures=parse_procedures(procedures, model.family.procedures), intensity=intensity,
+                      generator=torch.Generator().manual_seed(seed) if seed is not None else None)
     model.family.check_request([*request.given(), *(["reference"] if references else [])])
-    settings = Generation(batch_size, request=request, references=references)
+    settings = Generation(batch_size, request=request, references=references,
+                          composite=CompositeOptions() if composite else None, regions=regions)
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console) as progress:
         task = progress.add_task("generate", total=total)
@@ -75,5 +108,8 @@ def generate(
     for file, reason in report.skipped:
         err_console.print(f"skipped {file}: {reason}")
     console.print(f"wrote {len(report.written)} images to {output} ({model.config.name}, step {model.step})")
+    if report.composited:
+        console.print("composited inside " + ", ".join(
+            f"{where} ({count})" for where, count in sorted(report.composited.items())))
     if report.skipped:
         raise fail(f"{len(report.skipped)} of {total} inputs were skipped (listed above); fix or remove them")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -10,11 +11,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from svai.cli.app import app, console, user_errors
+from svai.cli.app import app, console, err_console, user_errors
 from svai.errors import SvaiError
 
 SYNTHETIC_SIZE = 128
 PHOTO_SIZE = 512
+
+
+def _again(source: str, out: Path) -> str:
+    return f"svai prepare {shlex.quote(source)} {shlex.quote(str(out))} with the same options"
 
 
 @contextlib.contextmanager
@@ -32,16 +37,22 @@ def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def _prepare_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float) -> None:
-    from svai.data.synthetic import write_synthetic_dataset
+def _stopped(command: str) -> typer.Exit:
+    err_console.print(f"stopped; what is done is kept. Finish it by running the same command again: {command} "
+                      "(or rebuild it with --force)")
+    return typer.Exit(code=130)
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SvaiError(f"{out} is not empty: choose a new output folder")
+
+def _prepare_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float, force: bool) -> None:
+    from svai.data.prepare import prepare_synthetic
+
     with _progress_bar("drawing pairs") as update:
-        summary = write_synthetic_dataset(
-            out, count=count, size=size, seed=seed, test_fraction=test_fraction,
+        summary = prepare_synthetic(
+            out, count=count, size=size, seed=seed, test_fraction=test_fraction, force=force,
             progress=lambda done: update(done, count),
         )
+    if summary is None:
+        raise _stopped(_again("synthetic", out))
     console.print(
         f"wrote {summary['pairs']['train']} train and {summary['pairs']['test']} test pairs "
         f"({size}x{size}) to {out}"
@@ -101,19 +112,29 @@ def prepare(
     align: bool = typer.Option(False, "--align", help="Register each after photo onto its before photo (similarity)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: the CPU count); results do not depend on it."),
     force: bool = typer.Option(False, "--force", help="Rebuild OUT from scratch (only an OUT made by svai prepare)."),
+    regions: Optional[Path] = typer.Option(
+        None, "--regions", help="Folder of procedure regions drawn on the before photos: <procedure>/<pair id>.png "
+        "(white = region); copied into OUT/{split}/regions, cropped and resized like the photos."
+    ),
 ) -> None:
     """Pair, clean, resize and split photos into OUT/{train,test}/{before,after}/<id>.png."""
     if source == "synthetic":
-        _prepare_synthetic(out, count, size or SYNTHETIC_SIZE, seed, test_fraction)
+        if regions is not None:
+            raise SvaiError("--regions is for photos: synthetic data draws its own procedure regions")
+        _prepare_synthetic(out, count, SYNTHETIC_SIZE if size is None else size, seed, test_fraction, force)
         return
     from svai.data.prepare import SKIPPED_FILE, PrepareOptions, prepare_dataset
 
     options = PrepareOptions(
-        size=size or PHOTO_SIZE, pairing=pairing, pairs_csv=pairs, order=order, labels=labels,
+        size=PHOTO_SIZE if size is None else size, pairing=pairing, pairs_csv=pairs, order=order, labels=labels,
         crop=crop, align=align, workers=workers, seed=seed, test_fraction=test_fraction, force=force,
+        regions=regions,
     )
     with _progress_bar("preparing pairs") as update:
         report = prepare_dataset(Path(source), out, options, progress=update)
+    if report.interrupted:
+        err_console.print(f"prepared {report.processed} of {report.to_process} pairs before the stop")
+        raise _stopped(_again(source, out))
     console.print(_summary_table(report))
     if report.skipped:
         console.print(f"every skipped file and why: {out / SKIPPED_FILE}")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -59,10 +60,13 @@ def train(
     mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="no | fp16 | bf16."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (weights, data order, dropout)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any setting: --set model.lambda_l1=50 (repeatable)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume",
+        help="Continue the run in --out from its latest intact checkpoint (or redo its cut-short evaluation)."),
 ) -> None:
     """Train an image-to-image model; Ctrl-C saves a checkpoint and stops cleanly."""
     from svai.errors import SvaiError
+    from svai.io import check_output_folder
     from svai.train import prepare_training, resolve_for_run
 
     if mixed_precision is not None and mixed_precision not in PRECISIONS:
@@ -75,9 +79,50 @@ def train(
     if data is not None and not data.is_dir():
         raise SvaiError(f"--data {data}: folder not found (make one with `svai prepare`)")
     resolved = resolve_for_run(out, resume, model, config, set_, flags)
-    trainer = prepare_training(resolved, out, resume=resume)
-    main_process = trainer.accelerator.is_main_process
+    if resolved.data.root and Path(resolved.data.root).is_dir():
+        # Stored absolute, so a resumed run or its evaluation finds the data from any folder.
+        resolved.data.root = str(Path(resolved.data.root).resolve())
+    check_output_folder({"--data": Path(resolved.data.root)} if resolved.data.root else {}, out, "--out")
+    with _main_process_lock(out) as lock:
+        if resume and _only_evaluation_left(out, resolved):
+            _evaluate(out)
+            return
+        trainer = prepare_training(resolved, out, resume=resume, lock=lock)
+        _train(trainer, resolved, out)
 
+
+@contextlib.contextmanager
+def _main_process_lock(out: Path) -> Iterator[Any]:
+    """The run folder's lock, held by the main process from set-up through the evaluation."""
+    import os
+
+    from svai.runlock import RunLock
+
+    if os.environ.get("RANK", "0") != "0":
+        yield None
+        return
+    created = not out.exists()
+    with RunLock(out) as lock:
+        try:
+            yield lock
+        except BaseException:
+            if created and not any(p.name != lock.path.name for p in out.iterdir()):
+                lock.release()
+                out.rmdir()  # the command failed before writing anything: leave no empty folder
+            raise
+
+
+def _only_evaluation_left(out: Path, resolved: Any) -> bool:
+    """A resumed run already at its last step, whose evaluation was cut short, only needs that."""
+    from svai.checkpoint import find_checkpoint
+    from svai.pipeline import EVALUATION
+
+    step = find_checkpoint(out).step
+    return step >= resolved.train.steps and resolved.train.evaluate and not (out / EVALUATION).is_file()
+
+
+def _train(trainer: Any, resolved: Any, out: Path) -> None:
+    main_process = trainer.accelerator.is_main_process
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[logs]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
@@ -107,9 +152,26 @@ def train(
         return
     console.print(f"trained {resolved.name} to step {result.step}; run folder: {out}")
     if resolved.train.evaluate:
-        from svai.pipeline import evaluate_run
+        _evaluate(out)
 
+
+def _evaluate(out: Path) -> None:
+    """The end-of-training evaluation; Ctrl-C or SIGTERM leaves it to be redone with --resume."""
+    import signal
+
+    from svai.pipeline import evaluate_run
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
         with err_console.status("evaluating the test split"):
             evaluation = evaluate_run(out)
-        if evaluation is not None:
-            console.print(f"test split: {_summary(evaluation)} -> {out / 'evaluation.json'}")
+    except KeyboardInterrupt:
+        err_console.print(f"evaluation stopped; redo it with: svai train --out {out} --resume")
+        raise typer.Exit(code=130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if evaluation is not None:
+        console.print(f"test split: {_summary(evaluation)} -> {out / 'evaluation.json'}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from svai.data.layout import PROCEDURES, PairRecord, read_manifest
+from svai.data.layout import vocabulary as dataset_vocabulary
 from svai.errors import SvaiError
 
 
@@ -31,9 +32,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def procedure_vector(names: tuple[str, ...]) -> torch.Tensor:
-    """Procedure names -> (P,) float multi-hot over `PROCEDURES`."""
-    return torch.tensor([float(p in names) for p in PROCEDURES])
+def procedure_vector(strengths: Mapping[str, float], vocabulary: tuple[str, ...] = PROCEDURES) -> torch.Tensor:
+    """{procedure: strength in [0, 1]} -> (P,) float over `vocabulary` (0 where not operated)."""
+    return torch.tensor([float(strengths.get(p, 0.0)) for p in vocabulary])
 
 
 def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
@@ -49,14 +50,22 @@ class PairedImages(Dataset):
 
     Items are keyed by `(i, j)`: pair `i` gives `before`, `after`, `mask`, `procedures`;
     `j >= 0` adds `after_unpaired`, the "after" image of pair `j` (for unpaired families).
-    Tensors: before/after (3, S, S) in [-1, 1], mask (1, S, S) in [0, 1], procedures (P,).
+    Tensors: before/after (3, S, S) in [-1, 1], mask (1, S, S) in [0, 1], procedures (P,)
+    the strength in [0, 1] of each procedure of `vocabulary` (the dataset's own by default).
     """
 
-    def __init__(self, root: Path, split: str, image_size: int, cache: bool = True) -> None:
+    def __init__(self, root: Path, split: str, image_size: int, cache: bool = True,
+                 vocabulary: tuple[str, ...] | None = None) -> None:
         self.root = Path(root)
         self.split = split
         self.image_size = image_size
-        records = [r for r in read_manifest(self.root) if r.split == split]
+        manifest = read_manifest(self.root)
+        self.vocabulary = vocabulary or dataset_vocabulary(manifest)
+        outside = sorted({p for r in manifest for p in r.procedures} - set(self.vocabulary))
+        if outside:
+            raise SvaiError(f"{self.root}: procedure {outside[0]!r} is not among the run's procedures "
+                            f"({', '.join(self.vocabulary)}); train a new run on this dataset")
+        records = [r for r in manifest if r.split == split]
         if not records:
             raise SvaiError(f"{self.root}: the {split} split has no pairs (see manifest.csv)")
         self.records: list[PairRecord] = records
@@ -95,7 +104,7 @@ class PairedImages(Dataset):
             "id": record.id,
             "before": _signed(self._load("before", record)),
             "after": _signed(self._load("after", record)),
-            "procedures": procedure_vector(record.procedures),
+            "procedures": procedure_vector(record.strength_of(), self.vocabulary),
         }
         mask = self._load("masks", record)
         item["mask"] = mask.float().div(255.0) if mask is not None else torch.zeros(1, size, size)

@@ -3,9 +3,18 @@
 ```
 OUT/{train,test}/{before,after}/<id>.png     one pair per <id>
 OUT/{train,test}/masks/<id>.png              optional: where the procedures changed the face
+OUT/{train,test}/regions/<procedure>/<id>.png optional: where that procedure can change the face
 OUT/manifest.csv                             one row per pair (MANIFEST_COLUMNS)
 OUT/prepare.json                             settings, counts, svai version
 ```
+
+Masks and regions are 8-bit grey PNGs of the pair's size, 255 inside and 0 outside. A mask
+is derived from the before and the after image, so it knows the answer: evaluation measures
+inside and outside of it (training may weight losses by it), and generation never reads it.
+A region is drawn from the before photo alone (the anatomy a procedure works on: eyes, nose,
+lower face), so it is known before surgery and may steer a composite (`svai generate
+--composite`). A pair may have a region for any procedure, whether or not it had that one;
+synthetic data writes one for every procedure of PROCEDURES.
 """
 
 from __future__ import annotations
@@ -14,8 +23,10 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -23,6 +34,8 @@ from svai import __version__
 from svai.errors import SvaiError
 from svai.io import png_bytes, write_atomic
 
+# The default procedure vocabulary. A dataset whose labels name more procedures (through
+# `--labels`, e.g. lips or facelift) extends it: see `vocabulary`.
 PROCEDURES: tuple[str, ...] = ("eyes", "nose", "jaw")
 SPLITS: tuple[str, ...] = ("train", "test")
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -30,21 +43,68 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "source_before", "source_after",
     "sha256_before", "sha256_after", "sha256_mask",
 )
+REGIONS_DIR = "regions"
 PROCEDURE_SEPARATOR = "+"
+STRENGTH_SEPARATOR = ":"
+_PROCEDURE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
-def format_procedures(procedures: tuple[str, ...] | list[str]) -> str:
-    """("eyes", "jaw") -> "eyes+jaw"; the empty tuple -> ""."""
-    return PROCEDURE_SEPARATOR.join(p for p in PROCEDURES if p in procedures)
+def check_procedure_name(name: str) -> str:
+    """A procedure name: lower-case letters, digits, '-' and '_', starting with a letter."""
+    if not _PROCEDURE_NAME.match(name):
+        raise SvaiError(f"procedure name {name!r}: use lower-case letters, digits, '-' or '_' (e.g. eyes, lips)")
+    return name
 
 
-def parse_procedures(text: str) -> tuple[str, ...]:
-    """"eyes+jaw" -> ("eyes", "jaw"); unknown names are an error naming them."""
-    names = tuple(p.strip() for p in text.split(PROCEDURE_SEPARATOR) if p.strip())
-    unknown = [n for n in names if n not in PROCEDURES]
-    if unknown:
-        raise SvaiError(f"unknown procedure {unknown[0]!r}: use {', '.join(PROCEDURES)}")
-    return names
+def order_procedures(names: Iterable[str]) -> tuple[str, ...]:
+    """Distinct names in the vocabulary's order: the defaults first, then the others sorted."""
+    unique = set(names)
+    return tuple(p for p in PROCEDURES if p in unique) + tuple(sorted(unique - set(PROCEDURES)))
+
+
+def vocabulary(records: Iterable["PairRecord"]) -> tuple[str, ...]:
+    """The procedures a dataset can condition on: the defaults plus every labelled one."""
+    return order_procedures([*PROCEDURES, *(p for r in records for p in r.procedures)])
+
+
+def _strength_text(value: float) -> str:
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def format_procedures(procedures: Iterable[str], strengths: Iterable[float] = ()) -> str:
+    """("eyes", "jaw") -> "eyes+jaw"; with strengths (0.5, 1) -> "eyes:0.5+jaw:1"; () -> ""."""
+    names = tuple(procedures)
+    values = dict(zip(names, strengths))
+    ordered = order_procedures(names)
+    if not values:
+        return PROCEDURE_SEPARATOR.join(ordered)
+    return PROCEDURE_SEPARATOR.join(f"{p}{STRENGTH_SEPARATOR}{_strength_text(values[p])}" for p in ordered)
+
+
+def parse_strengths(text: str, known: tuple[str, ...] | None = None) -> dict[str, float]:
+    """"nose:0.62+jaw" -> {"nose": 0.62, "jaw": 1.0}: each procedure with its strength in
+    [0, 1], 1 when none is written. With `known`, another name is an error listing them."""
+    strengths: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(PROCEDURE_SEPARATOR)):
+        if not part:
+            continue
+        name, sep, raw = (x.strip() for x in part.partition(STRENGTH_SEPARATOR))
+        if known is not None and name not in known:
+            raise SvaiError(f"unknown procedure {name!r}: use {', '.join(known)}")
+        check_procedure_name(name)
+        try:
+            value = float(raw) if sep else 1.0
+        except ValueError:
+            raise SvaiError(f"procedure {name!r}: strength {raw!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise SvaiError(f"procedure {name!r}: strength must be in [0, 1]; got {raw}")
+        strengths[name] = value
+    return strengths
+
+
+def region_path(root: Path, split: str, procedure: str, pair_id: str) -> Path:
+    """Where a pair's region of one procedure lives: `root/split/regions/procedure/id.png`."""
+    return Path(root) / split / REGIONS_DIR / procedure / f"{pair_id}.png"
 
 
 @dataclass
@@ -60,11 +120,18 @@ class PairRecord:
     sha256_before: str = ""
     sha256_after: str = ""
     sha256_mask: str = ""
+    # One strength in [0, 1] per procedure, same order; empty = each at full strength (real
+    # photos). Written into the procedures column as "nose:0.62+jaw:0.3".
+    strengths: tuple[float, ...] = ()
 
     def row(self) -> dict[str, str]:
         values = {name: getattr(self, name) for name in MANIFEST_COLUMNS}
-        values["procedures"] = format_procedures(self.procedures)
+        values["procedures"] = format_procedures(self.procedures, self.strengths)
         return values
+
+    def strength_of(self) -> dict[str, float]:
+        """Procedure -> strength (1 for each when the manifest gives none)."""
+        return dict(zip(self.procedures, self.strengths or (1.0,) * len(self.procedures)))
 
 
 @dataclass
@@ -83,11 +150,20 @@ class DatasetWriter:
         before: np.ndarray,
         after: np.ndarray,
         mask: np.ndarray | None = None,
+        regions: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Write one pair. before/after: (H, W, 3) uint8; mask: (H, W) uint8 (255 = changed)."""
+        """Write one pair. before/after: (H, W, 3) uint8; mask: (H, W) uint8 (255 = changed);
+        regions: procedure -> (H, W) uint8 (255 = where that procedure can change the face),
+        written to `regions/<procedure>/<id>.png`."""
         if record.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {record.split!r}")
         folder = self.root / record.split
+        for procedure, region in (regions or {}).items():
+            check_procedure_name(procedure)
+            if region.shape != before.shape[:2] or region.dtype != np.uint8:
+                raise ValueError(f"region {procedure!r} of {record.id}: expected {before.shape[:2]} uint8; "
+                                 f"got {region.shape} {region.dtype}")
+            write_atomic(region_path(self.root, record.split, procedure, record.id), png_bytes(region))
         for kind, image in (("before", before), ("after", after), ("masks", mask)):
             if image is None:
                 continue
@@ -114,7 +190,7 @@ class DatasetWriter:
             "settings": settings,
             "pairs": counts,
             "subjects": subjects,
-            "procedures": {p: sum(p in r.procedures for r in records) for p in PROCEDURES},
+            "procedures": {p: sum(p in r.procedures for r in records) for p in vocabulary(records)},
             **(extra or {}),
         }
         write_atomic(self.root / "prepare.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -135,10 +211,15 @@ def read_manifest(root: Path) -> list[PairRecord]:
         if missing:
             raise SvaiError(f"{path}: missing column {missing[0]!r}")
         records = []
-        for row in reader:
+        for line, row in enumerate(reader, start=2):
             values = {name: row.get(name, "") or "" for name in MANIFEST_COLUMNS}
-            values["procedures"] = parse_procedures(values["procedures"])
-            records.append(PairRecord(**values))
+            try:
+                strengths = parse_strengths(values["procedures"])
+            except SvaiError as error:
+                raise SvaiError(f"{path} line {line}: {error}") from None
+            values["procedures"] = tuple(strengths)
+            explicit = STRENGTH_SEPARATOR in row.get("procedures", "")
+            records.append(PairRecord(**values, strengths=tuple(strengths.values()) if explicit else ()))
     return records
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from svai.data.images import IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, ImageProblem, probe
-from svai.data.layout import PROCEDURES
+from svai.data.layout import PROCEDURES, check_procedure_name, order_procedures
 from svai.errors import SvaiError
 
 PAIRING_MODES: tuple[str, ...] = ("auto", "dirs", "names", "side-by-side", "csv")
@@ -179,21 +179,22 @@ def load_label_aliases(path: Path | None) -> dict[str, tuple[str, ...]]:
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise SvaiError(f"--labels {path}: {name!r} must map to a procedure or a list of them")
-        unknown = [v for v in values if v not in PROCEDURES]
-        if unknown:
-            raise SvaiError(
-                f"--labels {path}: {name!r} maps to unknown procedure {unknown[0]!r}; use {', '.join(PROCEDURES)}"
-            )
-        aliases[key] = tuple(p for p in PROCEDURES if p in values)
+        for value in values:
+            try:
+                check_procedure_name(value)
+            except SvaiError as error:
+                raise SvaiError(f"--labels {path}: {name!r} maps to an invalid {error}") from None
+        # A name outside the defaults (lips, facelift …) adds a procedure to the vocabulary.
+        aliases[key] = order_procedures(values)
     return aliases
 
 
 def labels_from_folders(folders: Iterable[str], aliases: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
-    """Procedures named by any folder in a pair's relative path, in `PROCEDURES` order."""
+    """Procedures named by any folder in a pair's relative path, in vocabulary order."""
     found: set[str] = set()
     for folder in folders:
         found.update(aliases.get(normalize_label(folder), ()))
-    return tuple(p for p in PROCEDURES if p in found)
+    return order_procedures(found)
 
 
 # ------------------------------------------------------------------------------------- scanning
@@ -365,16 +366,18 @@ def _dedupe(pairs: list[Pair], skipped: list[Skip], root: Path) -> PairingResult
 
 def _parse_csv_procedures(text: str, aliases: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
     found: set[str] = set()
+    # Procedures a --labels file introduced are as valid as the defaults.
+    known = order_procedures([*PROCEDURES, *(p for names in aliases.values() for p in names)])
     for name in re.split(r"[+,;|\s]+", text.strip()):
         if not name:
             continue
-        if name in PROCEDURES:
+        if name in known:
             found.add(name)
         elif normalize_label(name) in aliases:
             found.update(aliases[normalize_label(name)])
         else:
-            raise ValueError(f"unknown procedure {name!r} (use {', '.join(PROCEDURES)} or a --labels alias)")
-    return tuple(p for p in PROCEDURES if p in found)
+            raise ValueError(f"unknown procedure {name!r} (use {', '.join(known)} or a --labels alias)")
+    return order_procedures(found)
 
 
 def _id_parts(path: Path, root: Path) -> tuple[tuple[str, ...], str]:

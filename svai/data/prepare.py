@@ -5,8 +5,13 @@ pair whether its outputs from an earlier run still hold (same source files by si
 mtime, same image settings), process the rest in worker processes, then write
 manifest.csv, prepare.json, skipped.csv and the state file `prepare-state.json`.
 
-Nothing under SOURCE is ever opened for writing. OUT holds only what this module writes;
-the state file is written last, so a run that stops half-way is simply redone next time.
+Nothing under SOURCE is ever opened for writing. OUT holds only what this module writes.
+The state file is written first (marked unfinished, so the next run knows OUT is its own),
+every few seconds while pairs are processed, and last (marked complete). A run that stops
+for any reason — Ctrl-C, SIGTERM, SIGKILL, a full disk — is finished by running the same
+command again, which reuses every pair the state records; `--force` rebuilds instead.
+Ctrl-C and SIGTERM stop within a second or two: workers are ended, what is done is
+recorded, and the report says the run was interrupted.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +36,13 @@ from PIL import Image
 
 from svai.data.align import CROPS, Box, carry_box, face_box, register_pair, render, square_box
 from svai.data.images import MAX_PIXELS, ImageProblem, draft_size, load_rgb_image, probe
-from svai.data.layout import SPLITS, DatasetWriter, PairRecord, split_subjects
+from svai.data.layout import REGIONS_DIR, SPLITS, DatasetWriter, PairRecord, split_subjects
+from svai.data.regions import fit_region, index_regions, read_region, region_key
 from svai.io import write_atomic
 from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases
 from svai.errors import SvaiError
+from svai.runlock import LOCK_FILE, RunLock
+from svai.signals import ignore_interrupts, stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,8 @@ SKIPPED_FILE = "skipped.csv"
 STATE_VERSION = 1
 _OWN_FILES = ("manifest.csv", "prepare.json", SKIPPED_FILE, STATE_FILE)
 _KINDS = ("before", "after", "masks")
+# How often the state is saved while pairs are processed: what a SIGKILL can cost at most.
+SAVE_EVERY_S = 5.0
 
 Progress = Callable[[int, int], None]
 
@@ -62,6 +73,8 @@ class PrepareOptions:
     test_fraction: float = 0.1
     force: bool = False
     max_pixels: int = MAX_PIXELS
+    # A folder of procedure regions, `<procedure>/<pair id>.<ext>` (see svai.data.regions).
+    regions: Path | None = None
 
     def image_settings(self) -> dict:
         """The settings that change output pixels: a change reprocesses every pair.
@@ -82,6 +95,9 @@ class PrepareReport:
     pairs: dict[str, int]
     skipped: list[Skip]
     summary: dict = field(default_factory=dict)
+    interrupted: bool = False
+    processed: int = 0
+    to_process: int = 0
 
     @property
     def total(self) -> int:
@@ -101,6 +117,8 @@ class _Job:
     crop: str
     align: bool
     max_pixels: int
+    # (procedure, file) of each region given for this pair, drawn on the before photo.
+    regions: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass
@@ -110,6 +128,7 @@ class _Outcome:
     skips: list[Skip] = field(default_factory=list)
     face_found: bool | None = None
     alignment: dict | None = None
+    regions: list[str] = field(default_factory=list)
 
 
 def default_workers() -> int:
@@ -149,8 +168,9 @@ def _load_side(path: Path, halves: int, job: _Job) -> Image.Image:
     return load_rgb_image(path, (want[0] * halves, want[1]), job.max_pixels)
 
 
-def _frame_pair(job: _Job) -> tuple[np.ndarray, np.ndarray, bool | None]:
-    """Decode both photos and cut the same square out of each: (before, after, face_found)."""
+def _frame_pair(job: _Job) -> tuple[np.ndarray, np.ndarray, bool | None, dict[str, np.ndarray]]:
+    """Decode both photos and cut the same square out of each: (before, after, face_found,
+    regions), the regions framed like the before photo."""
     pair = job.pair
     if pair.composite:
         image = _load_side(pair.before, 2, job)
@@ -172,7 +192,39 @@ def _frame_pair(job: _Job) -> tuple[np.ndarray, np.ndarray, bool | None]:
     if box is None:
         box = square_box(before_region, "none" if job.crop == "none" else "center")
     after_box = carry_box(box, before_region, after_region)
-    return render(before_image, box, job.size), render(after_image, after_box, job.size), found
+    regions = {name: _frame_region(path, before_image.size, before_region, box, job.size)
+               for name, path in job.regions}
+    return render(before_image, box, job.size), render(after_image, after_box, job.size), found, regions
+
+
+def _frame_region(path: Path, decoded: tuple[int, int], photo: Box, box: Box, size: int) -> np.ndarray:
+    """A region drawn on the before photo, cut and resized like it: (size, size) uint8 0/255.
+
+    `decoded` is the decoded image's (width, height) and `photo` the before photo's box in it
+    (one half of a composite).
+    """
+    try:
+        region = read_region(path)
+    except SvaiError as error:
+        raise ImageProblem(path, "unreadable", str(error).removeprefix(f"{path}: ")) from None
+    x0, y0, x1, y1 = photo
+    width, height = round(x1 - x0), round(y1 - y0)
+    # Drawn black on white so render()'s white padding (--crop none) falls outside the region.
+    canvas = Image.new("L", decoded, 255)
+    canvas.paste(Image.fromarray(np.where(fit_region(region, height, width), 0, 255).astype(np.uint8)),
+                 (round(x0), round(y0)))
+    framed = render(canvas.convert("RGB"), box, size)[..., 0]
+    return np.where(framed < 128, 255, 0).astype(np.uint8)
+
+
+def _partner_skips(job: _Job, bad: Path, reason: str) -> list[Skip]:
+    """The other file of a pair skipped because of `bad`, so skipped.csv accounts for every file."""
+    pair = job.pair
+    if pair.composite:
+        return []
+    partners = [p for p in (pair.before, pair.after) if p != bad]
+    return [Skip(_display(p, job.root), "partner skipped", f"its pair {_display(bad, job.root)}: {reason}")
+            for p in partners]
 
 
 def process_pair(job: _Job) -> _Outcome:
@@ -180,22 +232,29 @@ def process_pair(job: _Job) -> _Outcome:
     pair = job.pair
     outcome = _Outcome(pair.id)
     try:
-        before, after, outcome.face_found = _frame_pair(job)
+        before, after, outcome.face_found, regions = _frame_pair(job)
     except ImageProblem as problem:
         outcome.skips.append(Skip(_display(problem.path, job.root), problem.reason, problem.detail))
+        outcome.skips.extend(_partner_skips(job, problem.path, problem.reason))
         return outcome
     if job.align:
         after, alignment = register_pair(before, after)
         outcome.alignment = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(alignment).items()}
         if not alignment.ok:
             outcome.skips.append(Skip(_display(pair.after, job.root), "alignment failed", alignment.why))
+            outcome.skips.extend(_partner_skips(job, pair.after, "alignment failed"))
             return outcome
     record = PairRecord(
         id=pair.id, split=job.split, subject=pair.subject, procedures=pair.procedures,
         source_before=_display(pair.before, job.root), source_after=_display(pair.after, job.root),
     )
-    DatasetWriter(job.out).add(record, before, after)
+    # A region gone from --regions since the last run must not outlive it.
+    for stale in (job.out / job.split / REGIONS_DIR).glob(f"*/{pair.id}.png"):
+        if stale.parent.name not in regions:
+            stale.unlink()
+    DatasetWriter(job.out).add(record, before, after, regions=regions)
     outcome.record = record
+    outcome.regions = sorted(regions)
     return outcome
 
 
@@ -209,16 +268,20 @@ def _is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _fingerprint(pair: Pair, settings: dict) -> str:
-    """What the outputs of a pair depend on: its files (path, size, mtime) and the image settings."""
+def _fingerprint(pair: Pair, settings: dict, regions: tuple[tuple[str, Path], ...] = ()) -> str:
+    """What the outputs of a pair depend on: its files (path, size, mtime), its region files
+    and the image settings."""
     files = []
-    for path in pair.files:
+    for path in [*pair.files, *(path for _, path in regions)]:
         try:
             stat = path.stat()
             files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
         except OSError:
             files.append([str(path), -1, -1])
-    text = json.dumps([settings, pair.composite, pair.swap, files], sort_keys=True)
+    parts = [settings, pair.composite, pair.swap, files]
+    if regions:  # without regions the text stays what earlier versions hashed
+        parts.append([name for name, _ in regions])
+    text = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -228,17 +291,18 @@ def _read_state(out: Path, source_key: str, force: bool) -> dict | None:
         return None
     if not out.is_dir():
         raise SvaiError(f"{out} is a file: give a folder for OUT")
-    if not any(out.iterdir()):
+    if not any(p.name != LOCK_FILE for p in out.iterdir()):
         return None
     state_path, prepare_json = out / STATE_FILE, out / "prepare.json"
-    if not prepare_json.is_file():
-        raise SvaiError(f"{out} is not empty and was not made by `svai prepare`: choose an empty or new folder")
     state = None
     if state_path.is_file():
         try:
             state = json.loads(state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             state = None
+    # The state file is written before any image, so an unfinished run is recognised too.
+    if not prepare_json.is_file() and not (isinstance(state, dict) and state.get("version") == STATE_VERSION):
+        raise SvaiError(f"{out} is not empty and was not made by `svai prepare`: choose an empty or new folder")
     same_source = isinstance(state, dict) and state.get("version") == STATE_VERSION and state.get("source") == source_key
     if force:
         return None
@@ -251,19 +315,32 @@ def _read_state(out: Path, source_key: str, force: bool) -> dict | None:
     return state
 
 
+def _write_state(out: Path, source_key: str, settings: dict, pairs: dict[str, dict],
+                 failures: dict[str, list], complete: bool) -> None:
+    state = {"version": STATE_VERSION, "source": source_key, "image_settings": settings, "complete": complete,
+             "pairs": dict(sorted(pairs.items())), "failures": dict(sorted(failures.items()))}
+    write_atomic(out / STATE_FILE, (json.dumps(state, indent=1) + "\n").encode())
+
+
 def _move_outputs(out: Path, pair_id: str, old: str, new: str) -> None:
     for kind in _KINDS:
         src = out / old / kind / f"{pair_id}.png"
         if src.is_file():
             (out / new / kind).mkdir(parents=True, exist_ok=True)
             os.replace(src, out / new / kind / f"{pair_id}.png")
+    for src in (out / old / REGIONS_DIR).glob(f"*/{pair_id}.png"):
+        target = out / new / REGIONS_DIR / src.parent.name / src.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, target)
 
 
 def _sweep(out: Path, expected: set[tuple[str, str]]) -> None:
     """Delete outputs of pairs no longer in the dataset (and temp files of an interrupted run)."""
     for split in SPLITS:
-        for kind in _KINDS:
-            folder = out / split / kind
+        regions = out / split / REGIONS_DIR
+        folders = [out / split / kind for kind in _KINDS]
+        folders += sorted(p for p in regions.iterdir() if p.is_dir()) if regions.is_dir() else []
+        for folder in folders:
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
@@ -281,33 +358,65 @@ def _write_skipped(out: Path, skipped: list[Skip]) -> None:
     write_atomic(out / SKIPPED_FILE, buffer.getvalue().encode("utf-8"))
 
 
-def _run_jobs(jobs: list[_Job], workers: int, progress: Progress | None) -> list[_Outcome]:
-    """Process jobs inline (one worker) or in a process pool; results sorted by pair id."""
-    outcomes: list[_Outcome] = []
+def _run_jobs(
+    jobs: list[_Job],
+    workers: int,
+    progress: Progress | None,
+    accept: Callable[[_Outcome], None],
+    stop: Callable[[], bool],
+) -> bool:
+    """Process jobs inline (one worker) or in a process pool, handing each outcome to `accept`.
+
+    Returns True when `stop()` asked to stop before every job was done: pending jobs are
+    cancelled and the workers ended, so nothing keeps running after the return.
+    """
     total = len(jobs)
     if progress:
         progress(0, total)
     if workers <= 1 or total <= 1:
         for done, job in enumerate(jobs, start=1):
-            outcomes.append(process_pair(job))
+            if stop():
+                return True
+            accept(process_pair(job))
             if progress:
                 progress(done, total)
-    else:
-        # A fresh interpreter per worker (not fork): the parent may hold torch's thread pools.
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        try:
-            with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context) as pool:
-                futures = [pool.submit(process_pair, job) for job in jobs]
-                for done, future in enumerate(as_completed(futures), start=1):
-                    outcomes.append(future.result())
-                    if progress:
-                        progress(done, total)
-        except BrokenProcessPool:
-            raise SvaiError(
-                "a worker process died (most likely out of memory): run again with fewer --workers"
-            ) from None
-    return sorted(outcomes, key=lambda o: o.id)
+        return False
+    # A fresh interpreter per worker (not fork): the parent may hold torch's thread pools.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    pool = ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context, initializer=ignore_interrupts)
+    try:
+        pending: set[Future] = {pool.submit(process_pair, job) for job in jobs}
+        done = 0
+        while pending:
+            # A short wait, so a stop request is seen within a fraction of a second.
+            finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in finished:
+                accept(future.result())
+                done += 1
+                if progress:
+                    progress(done, total)
+            if pending and stop():
+                return True
+        return False
+    except BrokenProcessPool:
+        raise SvaiError("a worker process died (most likely out of memory): run again with fewer --workers") from None
+    finally:
+        _end_pool(pool)
+
+
+def _end_pool(pool: ProcessPoolExecutor) -> None:
+    """Shut the pool down without waiting for queued jobs, ending workers still busy."""
+    # The executor has no public way to end running workers; its process table is the only handle.
+    handles = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in handles:
+        if process.is_alive():
+            process.terminate()
+    for process in handles:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
 
 
 def _check_options(options: PrepareOptions) -> None:
@@ -341,11 +450,30 @@ def prepare_dataset(
     source, out = Path(source), Path(out)
     if not source.exists():
         raise SvaiError(f"{source} does not exist: give a folder of photos or a CSV of pairs")
-    root = source if source.is_dir() else source.parent
     if source.is_dir() and _is_inside(out, source):
         raise SvaiError(f"OUT {out} is inside SOURCE {source}: choose an output folder outside the photos")
     if source.is_dir() and _is_inside(source, out):
         raise SvaiError(f"SOURCE {source} is inside OUT {out}: choose an output folder that does not hold the photos")
+    if out.exists() and not out.is_dir():
+        raise SvaiError(f"{out} is a file: give a folder for OUT")
+    if options.regions is not None and _is_inside(options.regions, out):
+        raise SvaiError(f"--regions {options.regions} is inside OUT {out}: copy the regions elsewhere first")
+    created = not out.exists()
+    lock = RunLock(out, "prepared dataset").acquire()
+    try:
+        return _prepare_locked(source, out, options, progress)
+    except BaseException:
+        lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing was written: leave no empty folder behind
+        raise
+    finally:
+        lock.release()
+
+
+def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: Progress | None) -> PrepareReport:
+    """`prepare_dataset` once OUT is locked for this run."""
+    root = source if source.is_dir() else source.parent
     source_key = str(source.resolve())
     state = _read_state(out, source_key, options.force) or {}
 
@@ -369,8 +497,11 @@ def prepare_dataset(
     face_found: Counter[str] = Counter()
     alignments: dict[str, dict] = {}
     fingerprints: dict[str, str] = {}
+    region_index = index_regions(options.regions) if options.regions is not None else {}
     for pair in found.pairs:
-        fingerprint = _fingerprint(pair, settings)
+        key = region_key(pair.id)
+        regions = tuple((name, files[key]) for name, files in region_index.items() if key in files)
+        fingerprint = _fingerprint(pair, settings, regions)
         fingerprints[pair.id] = fingerprint
         old = old_pairs.get(pair.id)
         if old and old.get("fingerprint") == fingerprint and all(
@@ -389,24 +520,54 @@ def prepare_dataset(
             continue
         # Written where it most likely belongs; moved once the split of the good pairs is known.
         split = old["split"] if old else "train"
-        jobs.append(_Job(pair, split, out, root, options.size, options.crop, options.align, options.max_pixels))
+        jobs.append(_Job(pair, split, out, root, options.size, options.crop, options.align, options.max_pixels,
+                         regions))
 
     out.mkdir(parents=True, exist_ok=True)
+    # Written before any image: it marks OUT as ours, so an interrupted run is resumed, not refused.
+    _write_state(out, source_key, settings, new_state, failures, complete=False)
     workers = options.workers or default_workers()
     log.info("%d pairs found, %d to process with %d workers", len(found.pairs), len(jobs), workers)
-    for outcome in _run_jobs(jobs, workers, progress):
+    processed = written_now = 0
+    last_save = time.monotonic()
+
+    def accept(outcome: _Outcome) -> None:
+        nonlocal processed, written_now, last_save
+        processed += 1
+        written_now += outcome.record is not None
         fingerprint = fingerprints[outcome.id]
         if outcome.record is None:
             skipped.extend(outcome.skips)
             failures[fingerprint] = [[s.file, s.reason, s.detail] for s in outcome.skips]
-            continue
-        record = outcome.record
-        records.append(record)
-        new_state[record.id] = {
-            "fingerprint": fingerprint, "split": record.split,
-            "sha256_before": record.sha256_before, "sha256_after": record.sha256_after,
-            "face_found": outcome.face_found, "alignment": outcome.alignment,
-        }
+        else:
+            record = outcome.record
+            records.append(record)
+            new_state[record.id] = {
+                "fingerprint": fingerprint, "split": record.split,
+                "sha256_before": record.sha256_before, "sha256_after": record.sha256_after,
+                "face_found": outcome.face_found, "alignment": outcome.alignment,
+                "regions": outcome.regions,
+            }
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            _write_state(out, source_key, settings, new_state, failures, complete=False)
+            last_save = time.monotonic()
+
+    try:
+        with stop_signals() as signals:
+            stopped = _run_jobs(jobs, workers, progress, accept, stop=lambda: signals["signal"] is not None)
+    except BaseException:
+        # Whatever stopped the run (a full disk, a crash in a worker), keep what is done.
+        try:
+            _write_state(out, source_key, settings, new_state, failures, complete=False)
+        except OSError:
+            pass
+        raise
+    if stopped:
+        _write_state(out, source_key, settings, new_state, failures, complete=False)
+        counts = {split: sum(r.split == split for r in records) for split in SPLITS}
+        return PrepareReport(out, written=written_now, kept=len(records) - written_now, removed=0, pairs=counts,
+                             skipped=skipped, interrupted=True, processed=processed, to_process=len(jobs))
+    records.sort(key=lambda r: r.id)
     # Split the subjects of the pairs actually written, so --test-fraction holds for them.
     test_subjects = split_subjects({r.subject for r in records}, options.test_fraction, options.seed)
     for record in records:
@@ -431,9 +592,12 @@ def prepare_dataset(
         "kind": "photos", "source": source_key, **settings, "order": options.order, "pairing": options.pairing,
         "pairs_csv": str(options.pairs_csv) if options.pairs_csv else None,
         "labels": str(options.labels) if options.labels else None,
+        "regions": str(options.regions.resolve()) if options.regions else None,
         "seed": options.seed, "test_fraction": options.test_fraction,
     }
     extra: dict = {"skipped": dict(sorted(Counter(s.reason for s in skipped).items()))}
+    if options.regions is not None:
+        extra["regions"] = dict(sorted(Counter(n for e in new_state.values() for n in e.get("regions", [])).items()))
     if options.crop == "face":
         extra["face_crop"] = dict(face_found)
     if options.align:
@@ -445,11 +609,104 @@ def prepare_dataset(
         }
     summary = writer.close(run_settings, extra)
     _write_skipped(out, skipped)
-    state_out = {"version": STATE_VERSION, "source": source_key, "image_settings": settings,
-                 "pairs": dict(sorted(new_state.items())), "failures": failures}
-    write_atomic(out / STATE_FILE, (json.dumps(state_out, indent=1) + "\n").encode())
-    processed = {job.pair.id for job in jobs}
-    written = sum(r.id in processed for r in records)
+    _write_state(out, source_key, settings, new_state, failures, complete=True)
+    processed_ids = {job.pair.id for job in jobs}
+    written = sum(r.id in processed_ids for r in records)
     counts = {split: sum(r.split == split for r in records) for split in SPLITS}
     return PrepareReport(out, written=written, kept=len(records) - written, removed=removed,
-                         pairs=counts, skipped=skipped, summary=summary)
+                         pairs=counts, skipped=skipped, summary=summary,
+                         processed=len(jobs), to_process=len(jobs))
+
+
+class PrepareStopped(Exception):
+    """Raised inside a drawing loop when Ctrl-C or SIGTERM asked it to stop."""
+
+
+def _is_synthetic(out: Path) -> bool:
+    """Whether OUT holds synthetic data svai drew, finished (prepare.json) or not (state file)."""
+    try:
+        state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
+        if isinstance(state, dict) and state.get("source") == "synthetic":
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        summary = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
+        return isinstance(summary, dict) and (summary.get("settings") or {}).get("source") == "synthetic"
+    except (OSError, ValueError):
+        return False
+
+
+def _clear_own_outputs(out: Path) -> None:
+    """Remove what svai prepare writes in OUT (never anything else)."""
+    import shutil
+
+    for split in SPLITS:
+        for kind in (*_KINDS, REGIONS_DIR):
+            shutil.rmtree(out / split / kind, ignore_errors=True)
+        try:
+            (out / split).rmdir()
+        except OSError:
+            pass
+    for name in _OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def prepare_synthetic(
+    out: Path,
+    count: int,
+    size: int,
+    seed: int,
+    test_fraction: float = 0.1,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict | None:
+    """Draw the synthetic dataset into `out` under its lock; return the summary, or None when
+    Ctrl-C or SIGTERM stopped it (running the same command again then starts it over).
+
+    OUT must be empty, absent, or an unfinished synthetic draw; `force` also rebuilds a
+    finished one. Drawing is deterministic, so starting over gives the same dataset.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SvaiError(f"{out} is a file: give a folder for OUT")
+    created = not out.exists()
+    try:
+        with RunLock(out, "prepared dataset"):
+            return _draw_synthetic(out, count, size, seed, test_fraction, force, progress)
+    except SvaiError:
+        if created:
+            try:
+                out.rmdir()  # nothing was written: leave no empty folder behind
+            except OSError:
+                pass
+        raise
+
+
+def _draw_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float, force: bool,
+                    progress: Callable[[int], None] | None) -> dict | None:
+    from svai.data.synthetic import write_synthetic_dataset
+
+    if any(p.name != LOCK_FILE for p in out.iterdir()):
+        unfinished = not (out / "prepare.json").is_file()
+        if not _is_synthetic(out) or not (unfinished or force):
+            hint = " or add --force to draw it again" if _is_synthetic(out) else ""
+            raise SvaiError(f"{out} is not empty: choose a new output folder{hint}")
+        _clear_own_outputs(out)
+    # Marks OUT as an unfinished draw until prepare.json exists.
+    marker = {"version": STATE_VERSION, "source": "synthetic", "complete": False}
+    write_atomic(out / STATE_FILE, (json.dumps(marker) + "\n").encode())
+    with stop_signals() as signals:
+        def step(done: int) -> None:
+            if signals["signal"] is not None:
+                raise PrepareStopped
+            if progress is not None:
+                progress(done)
+
+        try:
+            summary = write_synthetic_dataset(out, count=count, size=size, seed=seed,
+                                              test_fraction=test_fraction, progress=step)
+        except PrepareStopped:
+            return None
+    (out / STATE_FILE).unlink()
+    return summary

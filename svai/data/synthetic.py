@@ -7,6 +7,10 @@ its procedures change (eyes: larger opening and a defined crease; nose: narrower
 jaw: slimmer lower face). Pixels outside the changed region are therefore byte-identical, and the
 mask is derived from the two finished images, so it covers every changed pixel.
 
+Each pair also carries its procedure regions (`procedure_regions`): for every procedure, where
+it can change this face in this photo, drawn from the face before any procedure and sized for
+the strongest change, so they are what a clinic could draw on the before photo.
+
 Coordinates: the image spans [-1, 1] on both axes (y down). Faces are drawn in "face units": the
 same scale before the photo's pose (roll, shift, zoom) is applied, with the head centre at the
 origin, eyes near v = 0, chin near v = 0.55. Every size from 32 to 512 px draws the same picture.
@@ -18,7 +22,7 @@ Pair i depends only on (seed, i): identity comes from the subject's own random s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -89,6 +93,8 @@ class SyntheticPair:
 
     before, after: (S, S, 3) uint8 in [0, 255]; mask: (S, S) uint8, 255 where the procedures
     changed the face and 0 elsewhere. `intensities` holds one value in [0.4, 1] per procedure.
+    regions: every procedure of PROCEDURES (done or not) -> (S, S) uint8, 255 where that
+    procedure can change this face (`procedure_regions`), computed without the after image.
     """
 
     id: str
@@ -98,6 +104,7 @@ class SyntheticPair:
     after: np.ndarray
     mask: np.ndarray
     intensities: tuple[float, ...] = ()
+    regions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -829,16 +836,149 @@ def change_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     The small dilation turns scattered edge pixels into a region a loss can weight, while
     staying close to the change itself.
     """
-    grown = np.any(before != after, axis=2)
-    for _ in range(max(1, round(before.shape[0] / 64))):
-        # One step of dilation by the 4-neighbourhood.
+    grown = _dilate(np.any(before != after, axis=2), _mask_growth(before.shape[0]))
+    return grown.astype(np.uint8) * np.uint8(255)
+
+
+def _mask_growth(size: int) -> int:
+    """Pixels by which `change_mask` grows the changed pixels at image size `size`."""
+    return max(1, round(size / 64))
+
+
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    """(H, W) bool grown by `steps` steps of the 4-neighbourhood (a diamond of that radius)."""
+    grown = mask
+    for _ in range(steps):
         step = grown.copy()
         step[1:] |= grown[:-1]
         step[:-1] |= grown[1:]
         step[:, 1:] |= grown[:, :-1]
         step[:, :-1] |= grown[:, 1:]
         grown = step
-    return grown.astype(np.uint8) * np.uint8(255)
+    return grown
+
+
+# --------------------------------------------------------------------------------------------
+# procedure regions: where each procedure may change the face, known before any procedure
+
+# Margin around every region, in face units (the head half-width is about 0.4), on top of the
+# change mask's own growth in pixels: regions are meant to be generous.
+_REGION_MARGIN = 0.02
+# The largest change `apply_procedures` makes, at intensity 1: the regions are sized for it,
+# so they never depend on which procedures a pair had or how strong they were.
+_EYE_OPEN_MAX = 1.6        # eye_open x (1 + 0.6)
+_CREASE_GAP_MAX = 1.35     # crease_gap x (1 + 0.35)
+_JAW_SLIM_MAX = 0.2        # jaw_slim + 0.08 + 0.12
+
+
+def _shape_in(frame: _Frame, box: tuple[float, float, float, float],
+              shape: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """(S, S) bool: `shape(u, v)` evaluated only on the pixels of the face-unit box (u0, u1,
+    v0, v1) that bounds it, False elsewhere (drawing does the same with `_window`)."""
+    full = np.zeros((frame.size, frame.size), dtype=bool)
+    win = _window(frame, *box)
+    if win is not None:
+        full[win] = shape(frame.u[win], frame.v[win])
+    return full
+
+
+def _eye_region(frame: _Frame, face: Face) -> np.ndarray:
+    """Both eyes, (S, S) bool: the lids, lash lines and creases of the widest opening."""
+    m, yaw = _REGION_MARGIN, frame.photo.yaw
+    # The highest point that changes is the crease of the fully opened lid, the lowest the
+    # lower lid (the sclera's lid shadow depends on the opening).
+    top = face.eye_open * _EYE_OPEN_MAX + face.crease_gap * _CREASE_GAP_MAX * 1.3 + 0.004
+    bottom = face.eye_low + 0.004
+    half_height = (top + bottom) / 2.0 + m
+    centre_q = (bottom - top) / 2.0
+    half_width = face.eye_width * 1.08 + m
+    # Beyond the corners the opening's anti-aliased edge still tints the eye axis faintly,
+    # out to the end of the eye's drawing window (1.7 eye widths, plus the two pixels
+    # `_window` adds).
+    axis_width, axis_height = face.eye_width * 1.7 + m + 2.0 * frame.px, m + frame.px
+    reach_u = max(half_width, axis_width)
+    reach_v = top + bottom + m + frame.px + abs(face.eye_tilt) * reach_u
+    region = np.zeros((frame.size, frame.size), dtype=bool)
+    for side in (-1.0, 1.0):
+        cu = side * face.eye_dx + yaw * 0.5
+
+        def eye(u: np.ndarray, v: np.ndarray, side: float = side, cu: float = cu) -> np.ndarray:
+            du, dv = u - cu, v - face.eye_y
+            q = dv + side * face.eye_tilt * du  # the lids follow the canthal tilt
+            # A superellipse (power 4): boxy enough to hold the corners of a tilted lid.
+            lids = (du / half_width) ** 4 + ((q - centre_q) / half_height) ** 4 <= 1.0
+            return lids | ((np.abs(du) <= axis_width) & (np.abs(q) <= axis_height))
+
+        region |= _shape_in(frame, (cu - reach_u, cu + reach_u, face.eye_y - reach_v, face.eye_y + reach_v), eye)
+    return region
+
+
+def _nose_region(frame: _Frame, face: Face) -> np.ndarray:
+    """The nose, (S, S) bool: the bridge between its straight and its bent line, and the tip."""
+    m, yaw = _REGION_MARGIN, frame.photo.yaw
+    root, length = face.nose_root, face.nose_length
+    tip_v = root + length
+    root_u, tip_u = yaw * 0.6, yaw * 1.0
+    tip_half_width, tip_half_height = face.alar_width + 0.006 + m, 0.045 + m
+
+    def nose(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        t = _unit((v - root) * (1.0 / length))
+        straight = root_u + (tip_u - root_u) * t
+        # The bridge shading reaches twice the bridge width from its centre line, which the
+        # procedure moves from the bent line towards the straight one.
+        reach = 2.0 * face.bridge_width * (0.75 + 0.35 * t) * (1.0 + 0.45 * face.hump)
+        bend = abs(face.deviation) * np.sin(t * math.pi)
+        bridge = (np.abs(u - straight) <= reach + bend + m) & (v >= root - m) & (v <= tip_v + m)
+        # The tip, wings, nostrils and the shadow below them.
+        du, dv = u - tip_u, v - (tip_v + 0.004)
+        return bridge | ((du / tip_half_width) ** 4 + (dv / tip_half_height) ** 4 <= 1.0)
+
+    half = max(2.0 * face.bridge_width * 1.1 * (1.0 + 0.45 * face.hump) + abs(face.deviation) + m, tip_half_width)
+    box = (min(root_u, tip_u) - half, max(root_u, tip_u) + half, root - m, tip_v + 0.004 + tip_half_height)
+    return _shape_in(frame, box, nose)
+
+
+def _jaw_region(frame: _Frame, face: Face) -> np.ndarray:
+    """The lower face's rim, (S, S) bool: where slimming the jaw can move the outline or its shading."""
+    m = _REGION_MARGIN
+    # Slimming scales u by at most `stretch` in the outline's norm, so only pixels whose ratio
+    # can reach the rim shading's start (0.78 in _draw_head) can change.
+    stretch = (1.0 + face.jaw_slim + _JAW_SLIM_MAX) / (1.0 + face.jaw_slim)
+
+    def jaw(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        distance, ratio = _head_outline(u, v, face)
+        return (ratio >= 0.78 / stretch - 0.05) & (distance <= m) & (v >= _JAW_TOP - m)
+
+    half = face.head_width * 1.12 + 0.02 + m  # as wide as _draw_head looks
+    return _shape_in(frame, (-half, half, _JAW_TOP - m, face.head_bottom + 0.02 + m), jaw)
+
+
+_REGION_SHAPES: dict[str, Callable[[_Frame, Face], np.ndarray]] = {
+    "eyes": _eye_region,
+    "nose": _nose_region,
+    "jaw": _jaw_region,
+}
+
+
+def procedure_regions(photo: Photo, face: Face, size: int) -> dict[str, np.ndarray]:
+    """Where each procedure of PROCEDURES can change this face in this photo, before surgery.
+
+    Computed from the face and the photo's pose alone, never from an operated face or image:
+    each region holds every pixel its procedure can change at any intensity in [0, 1], with a
+    margin of `_REGION_MARGIN` face units plus the change mask's own growth in pixels.
+    Returns procedure -> (size, size) uint8, 255 inside the region, 0 elsewhere.
+    """
+    return _regions_on(_make_frame(photo, size), face)
+
+
+def _regions_on(frame: _Frame, face: Face) -> dict[str, np.ndarray]:
+    """`procedure_regions` on a frame already made for the photo."""
+    grow = _mask_growth(frame.size) + 1
+    regions = {}
+    for name in PROCEDURES:
+        inside = _dilate(_REGION_SHAPES[name](frame, face), grow)
+        regions[name] = inside.astype(np.uint8) * np.uint8(255)
+    return regions
 
 
 # --------------------------------------------------------------------------------------------
@@ -895,7 +1035,8 @@ def _pairs(count: int, size: int, seed: int) -> Iterator[SyntheticPair]:
         rng = np.random.default_rng([seed, _STREAM_PHOTO, index])
         photo = sample_photo(rng)
         procedures, intensities = sample_procedures(rng)
-        before, after = render_pair(_make_frame(photo, size), face, procedures, intensities)
+        frame = _make_frame(photo, size)
+        before, after = render_pair(frame, face, procedures, intensities)
         yield SyntheticPair(
             id=pair_id(index),
             subject=subject_id(subject),
@@ -904,6 +1045,8 @@ def _pairs(count: int, size: int, seed: int) -> Iterator[SyntheticPair]:
             after=after,
             mask=change_mask(before, after),
             intensities=intensities,
+            # From the face as drawn before the procedures: knowable before surgery.
+            regions=_regions_on(frame, face),
         )
 
 
@@ -931,10 +1074,11 @@ def write_synthetic_dataset(
             split="test" if pair.subject in test_subjects else "train",
             subject=pair.subject,
             procedures=pair.procedures,
+            strengths=pair.intensities,
             source_before=f"{source}:before",
             source_after=f"{source}:after",
         )
-        writer.add(record, pair.before, pair.after, pair.mask)
+        writer.add(record, pair.before, pair.after, pair.mask, regions=pair.regions)
         if progress is not None:
             progress(done)
     settings = {"source": "synthetic", "count": count, "size": size, "seed": seed, "test_fraction": test_fraction}

@@ -11,7 +11,8 @@ Batches handed to a family are dicts of tensors already on the right device:
 - ``after_unpaired``: (B, 3, H, W) in [-1, 1], an independently drawn "after" image,
   for families that learn from unpaired domains (``paired = False``)
 - ``mask``: (B, 1, H, W) in [0, 1], where the procedures changed the face (zeros if unknown)
-- ``procedures``: (B, P) float multi-hot over `svai.data.layout.PROCEDURES`
+- ``procedures``: (B, P) strengths in [0, 1] over the run's procedure vocabulary
+  (`ModelFamily.procedures`; 0 = not operated)
 
 At inference every family answers a `Request`: the before images plus whatever else the
 user asked for (procedure strengths, intensity, reference photos, a random generator,
@@ -30,6 +31,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Literal
 import torch
 from torch import nn
 
+from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 
 Batch = dict[str, torch.Tensor]
@@ -146,11 +148,14 @@ class ModelFamily:
     uses: ClassVar[frozenset[str]] = frozenset()   # the `Request` fields `translate` reads
     description: ClassVar[str] = ""
 
-    def __init__(self, options: Any, image_size: int) -> None:
+    def __init__(self, options: Any, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
+        """`procedures` is the run's vocabulary: the columns of `batch["procedures"]` and of
+        `Request.procedures`, in order (the dataset's, recorded as `data.procedures`)."""
         if not dataclasses.is_dataclass(options) or not isinstance(options, self.Options):
             raise TypeError(f"{self.name} expects {self.Options.__name__}; got {type(options).__name__}")
         self.options = options
         self.image_size = image_size
+        self.procedures = tuple(procedures)
 
     # -- building -----------------------------------------------------------------
     def build(self) -> Networks:

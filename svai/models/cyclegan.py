@@ -6,6 +6,12 @@ Domain A is "before" photos, domain B independently drawn "after" photos
 cannot exploit pairs. Two generators G_AB: A → B and G_BA: B → A are trained with LSGAN
 losses against D_B and D_A, the cycle-consistency loss (eq. 2) and the identity loss
 (Sec. 5.2). Optional SAGAN self-attention (Zhang et al. 2019) in G and/or D.
+
+`model.output` chooses how G_AB's last layer becomes the after image (`svai.models.heads`;
+"direct" is the paper's). G_BA always draws directly, as in the paper: it never makes a
+prediction (only G_AB does), it is the cycle's way back, and were it to start as the identity
+too, the cycle and identity losses would start at exactly zero for a generator pair that
+changes nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
+from svai.models.heads import Aux, OutputHead, check_intensity
 from svai.models.layers import (
     ImagePool,
     PatchDiscriminator,
@@ -79,17 +87,20 @@ class CycleGAN(ModelFamily):
     ``pool_B`` (histories of generated A / B images for D_A / D_B).
 
     Phases per step, in the reference order: ``G`` (both generators, discriminators frozen),
-    then ``D`` (both discriminators, on pooled generated images).
+    then ``D`` (both discriminators, on pooled generated images). With an output mode other
+    than "direct", ``G_AB`` returns the head's raw channels and `self.head` makes the image.
     """
 
     name = "cyclegan"
     Options = CycleGANOptions
     paired = False
+    uses = frozenset({"intensity"})
     description = "CycleGAN: two ResNet generators + PatchGANs, LSGAN + cycle + identity losses, unpaired"
 
-    def __init__(self, options: CycleGANOptions, image_size: int) -> None:
-        super().__init__(options, image_size)
+    def __init__(self, options: CycleGANOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
+        super().__init__(options, image_size, procedures)
         o = options
+        self.head = OutputHead(o)
         if image_size < 4 or image_size % 4 != 0:
             raise SvaiError(
                 f"cyclegan needs an image size divisible by 4 (two downsamplings); got {image_size} "
@@ -112,17 +123,19 @@ class CycleGAN(ModelFamily):
             )
 
     # -- building -----------------------------------------------------------------------
-    def _generator(self) -> ResnetGenerator:
+    def _generator(self, head: OutputHead | None = None) -> ResnetGenerator:
+        """A generator ending in `head`'s raw channels, or in the reference tanh image without one."""
         o = self.options
         return ResnetGenerator(
             in_channels=3,
-            out_channels=3,
+            out_channels=head.channels if head is not None else 3,
             ngf=o.ngf,
             n_blocks=self.n_blocks,
             norm=o.norm,
             dropout=o.dropout,
             attention_position=self.attention_position if o.attention != "none" else None,
             attention_heads=o.attention_heads,
+            final_tanh=head.final_tanh if head is not None else True,
         )
 
     def _discriminator(self) -> PatchDiscriminator:
@@ -139,12 +152,13 @@ class CycleGAN(ModelFamily):
     def build(self) -> Networks:
         nets: Networks = {}
         # Built in a fixed order from the global RNG, so one seed gives one set of weights.
-        for name in GENERATORS:
-            nets[name] = self._generator()
+        nets["G_AB"] = self._generator(self.head)
+        nets["G_BA"] = self._generator()
         for name in DISCRIMINATORS:
             nets[name] = self._discriminator()
         for name in (*GENERATORS, *DISCRIMINATORS):
             init_weights(nets[name], self.options.init_gain)
+        self.head.initialise(nets["G_AB"].output_layer)
         nets["pool_A"] = ImagePool(self.options.pool_size)
         nets["pool_B"] = ImagePool(self.options.pool_size)
         return nets
@@ -161,12 +175,17 @@ class CycleGAN(ModelFamily):
     def lr_factor(self, step: int, total_steps: int) -> float:
         return linear_decay_factor(step, total_steps, self.options.lr_decay_fraction)
 
+    def _a_to_b(self, nets: Networks, images: torch.Tensor) -> tuple[torch.Tensor, Aux]:
+        """G_AB through the output head: images (B, 3, H, W) in [-1, 1] -> (after, aux maps)."""
+        return self.head(nets["G_AB"](images), images)
+
     def loss(self, phase: str, nets: Networks, batch: Batch, ctx: dict[str, Any], step: int) -> LossResult:
         """Losses of eq. 3 plus identity. before (A), after_unpaired (B): (B, 3, H, W) in [-1, 1].
 
         - ``G``: GAN(D_B(G_AB(a)) → real) + GAN(D_A(G_BA(b)) → real)
           + λ_cyc·(‖G_BA(G_AB(a)) − a‖₁ + ‖G_AB(G_BA(b)) − b‖₁)
-          + λ_idt·λ_cyc·(‖G_AB(b) − b‖₁ + ‖G_BA(a) − a‖₁), both D frozen;
+          + λ_idt·λ_cyc·(‖G_AB(b) − b‖₁ + ‖G_BA(a) − a‖₁), both D frozen, plus the output
+          head's regularisers on G_AB(a) (`OutputHead.regularizer`, logged unweighted);
           logs ``G_gan_AB``, ``G_gan_BA``, ``cycle_A``, ``cycle_B``, ``idt_A``, ``idt_B``, ``G``.
         - ``D``: for each D, ½·(GAN(D(real) → real) + GAN(D(pooled fake) → fake));
           logs ``D_A``, ``D_B``, ``D``.
@@ -176,21 +195,22 @@ class CycleGAN(ModelFamily):
         if phase == "G":
             set_requires_grad(nets, DISCRIMINATORS, False)
             set_requires_grad(nets, GENERATORS, True)
-            fake_b = nets["G_AB"](real_a)
+            fake_b, aux = self._a_to_b(nets, real_a)
             fake_a = nets["G_BA"](real_b)
             ctx["fake_a"], ctx["fake_b"] = fake_a.detach(), fake_b.detach()
             gan_ab = gan_loss(nets["D_B"](fake_b), True, o.gan_mode)
             gan_ba = gan_loss(nets["D_A"](fake_a), True, o.gan_mode)
             cycle_a = F.l1_loss(nets["G_BA"](fake_b).float(), real_a.float())
-            cycle_b = F.l1_loss(nets["G_AB"](fake_a).float(), real_b.float())
-            total = gan_ab + gan_ba + o.lambda_cycle * (cycle_a + cycle_b)
+            cycle_b = F.l1_loss(self._a_to_b(nets, fake_a)[0].float(), real_b.float())
+            head_loss, head_logs = self.head.regularizer(aux)
+            total = gan_ab + gan_ba + o.lambda_cycle * (cycle_a + cycle_b) + head_loss
             logs = {"G_gan_AB": gan_ab.item(), "G_gan_BA": gan_ba.item(),
-                    "cycle_A": cycle_a.item(), "cycle_B": cycle_b.item()}
+                    "cycle_A": cycle_a.item(), "cycle_B": cycle_b.item(), **head_logs}
             if o.lambda_identity > 0:
                 # Identity mapping (Sec. 5.2, after Taigman et al. 2017): a generator fed an image
                 # of its target domain should leave it unchanged, which preserves colour.
                 idt_a = F.l1_loss(nets["G_BA"](real_a).float(), real_a.float())
-                idt_b = F.l1_loss(nets["G_AB"](real_b).float(), real_b.float())
+                idt_b = F.l1_loss(self._a_to_b(nets, real_b)[0].float(), real_b.float())
                 total = total + o.lambda_identity * o.lambda_cycle * (idt_a + idt_b)
                 logs.update(idt_A=idt_a.item(), idt_B=idt_b.item())
             logs["G"] = total.item()
@@ -200,7 +220,7 @@ class CycleGAN(ModelFamily):
             if "fake_a" not in ctx:
                 # Only reached if the G phase did not run this step.
                 with torch.no_grad():
-                    ctx["fake_b"] = nets["G_AB"](real_a)
+                    ctx["fake_b"] = self._a_to_b(nets, real_a)[0]
                     ctx["fake_a"] = nets["G_BA"](real_b)
             pooled_a = nets["pool_A"].query(ctx["fake_a"])
             pooled_b = nets["pool_B"].query(ctx["fake_b"])
@@ -218,9 +238,14 @@ class CycleGAN(ModelFamily):
     # -- inference ----------------------------------------------------------------------
     @torch.no_grad()
     def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
-        """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after by G_AB, same shape, in [-1, 1]."""
+        """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after by G_AB, same shape, in [-1, 1].
+
+        ``request.intensity`` α in [0, 1] (default 1) scales the change (`OutputHead`): 0
+        returns the before image.
+        """
         if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
             raise SvaiError(
                 f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}"
             )
-        return nets["G_AB"](before)
+        alpha = check_intensity(request.intensity if request is not None else None)
+        return self.head(nets["G_AB"](before), before, alpha)[0]

@@ -146,10 +146,12 @@ class ResnetGenerator(nn.Module):
     `n_blocks` residual blocks at H/4, two transposed-conv upsamplings, 7×7 head and tanh.
 
     With ``attention_position = k`` a self-attention block follows the k-th residual block
-    (0 = before the first, n_blocks = after the last); None means no attention.
+    (0 = before the first, n_blocks = after the last); None means no attention. Without
+    `final_tanh` the head's convolution is the last layer and its output is unbounded (an
+    output head of `svai.models.heads` bounds it).
 
     x: (B, in_channels, H, W) in [-1, 1] with H, W divisible by 4
-    -> (B, out_channels, H, W) in [-1, 1].
+    -> (B, out_channels, H, W) in [-1, 1] (unbounded without `final_tanh`).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class ResnetGenerator(nn.Module):
         attention_position: int | None = None,
         attention_heads: int = 1,
         padding: str = "reflect",
+        final_tanh: bool = True,
     ) -> None:
         super().__init__()
         make_norm, bias = norm_layer(norm), conv_bias(norm)
@@ -191,7 +194,14 @@ class ResnetGenerator(nn.Module):
                 nn.ReLU(True),
             )
         ])
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
+        self.head = nn.Sequential(
+            nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), *([nn.Tanh()] if final_tanh else []),
+        )
+
+    @property
+    def output_layer(self) -> nn.Conv2d:
+        """The last convolution (an output head initialises it)."""
+        return self.head[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.down(self.stem(x))
@@ -209,7 +219,8 @@ class UnetSkipBlock(nn.Module):
 
     Downsamples x by a 4×4 stride-2 convolution, runs the inner levels (`submodule`),
     upsamples back and concatenates x as the skip connection. The innermost level has no
-    norm on its 1×1 bottleneck and the outermost ends in tanh, as in the reference; the
+    norm on its 1×1 bottleneck and the outermost ends in tanh (unless `final_tanh` is off), as
+    in the reference; the
     inner decoder levels may use dropout. An optional self-attention block is applied to
     the concatenated output.
 
@@ -228,6 +239,7 @@ class UnetSkipBlock(nn.Module):
         norm: str = "batch",
         dropout: float = 0.0,
         attention_heads: int | None = None,
+        final_tanh: bool = True,
     ) -> None:
         super().__init__()
         self.outermost = outermost
@@ -239,7 +251,7 @@ class UnetSkipBlock(nn.Module):
             up: list[nn.Module] = [
                 nn.ReLU(True),
                 nn.ConvTranspose2d(inner_channels * 2, outer_channels, 4, stride=2, padding=1),
-                nn.Tanh(),
+                *([nn.Tanh()] if final_tanh else []),
             ]
         elif innermost:
             down = [nn.LeakyReLU(0.2, True), down_conv]
@@ -282,10 +294,12 @@ class UnetGenerator(nn.Module):
     first one at that width and the innermost carry dropout in their decoder half (three of
     them in unet_256), and the innermost 1×1 bottleneck has no norm. With
     ``attention_position = p`` the features at resolution H/2^p (after the skip
-    concatenation) pass through self-attention.
+    concatenation) pass through self-attention. Without `final_tanh` the outermost transposed
+    convolution is the last layer and its output is unbounded (an output head of
+    `svai.models.heads` bounds it).
 
     x: (B, in_channels, H, W) in [-1, 1] with H, W divisible by 2^depth
-    -> (B, out_channels, H, W) in [-1, 1].
+    -> (B, out_channels, H, W) in [-1, 1] (unbounded without `final_tanh`).
     """
 
     def __init__(
@@ -298,6 +312,7 @@ class UnetGenerator(nn.Module):
         dropout: float = 0.5,
         attention_position: int | None = None,
         attention_heads: int = 1,
+        final_tanh: bool = True,
     ) -> None:
         super().__init__()
         if depth < 5:
@@ -321,7 +336,13 @@ class UnetGenerator(nn.Module):
             )
         self.model = UnetSkipBlock(
             out_channels, widths[0], in_channels=in_channels, submodule=block, outermost=True, norm=norm,
+            final_tanh=final_tanh,
         )
+
+    @property
+    def output_layer(self) -> nn.ConvTranspose2d:
+        """The outermost transposed convolution, the last layer (an output head initialises it)."""
+        return self.model.up[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

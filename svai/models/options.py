@@ -25,9 +25,46 @@ GanMode = Literal["vanilla", "lsgan", "wgan-gp"]
 Attention = Literal["none", "generator", "generator+discriminator"]
 """Where SAGAN self-attention blocks go."""
 
+OutputMode = Literal["direct", "residual", "masked", "warp"]
+"""How a generator's last layer becomes the after image (`svai.models.heads`)."""
+
 
 @dataclass
-class GanOptions:
+class OutputOptions:
+    """How every image generator turns its last layer into the after image (`svai.models.heads`).
+
+    - output: "direct" (the generator draws the after image, as the papers do) | "residual"
+      (it predicts a change added to the before image) | "masked" (it also predicts a soft
+      mask blending its drawing with the before image; Pumarola et al. 2018) | "warp" (it
+      predicts a displacement field that resamples the before image, plus an optional
+      colour change). Every mode but "direct" returns the before image exactly while
+      untrained.
+    - mask_l1, mask_tv, mask_guard: "masked" only; weights of the mask's mean (keeps the
+      drawn region small), of its total variation (keeps it smooth) and of the guard that
+      keeps its pre-activation within [0, 1] (keeps it from saturating); each >= 0.
+    - max_displacement: "warp" only; the largest displacement, as a fraction of half the
+      image side (grid_sample's normalised units: 0.15 is 4.8 px at 64 px), > 0.
+    - warp_colour: "warp" only; the largest colour change added after warping, in image
+      units (the image spans [-1, 1]), >= 0; 0 leaves out the colour channels.
+    - flow_smoothness: "warp" only; weight of the field's squared gradient, >= 0.
+    """
+
+    output: OutputMode = "direct"
+    mask_l1: float = 0.1
+    mask_tv: float = 1.0
+    mask_guard: float = 1.0
+    max_displacement: float = 0.15
+    warp_colour: float = 0.1
+    flow_smoothness: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("mask_l1", "mask_tv", "mask_guard", "warp_colour", "flow_smoothness"):
+            check_at_least(key, getattr(self, key), 0)
+        check_positive("max_displacement", self.max_displacement)
+
+
+@dataclass
+class GanOptions(OutputOptions):
     """Options shared by the GAN families; each is a key under ``model:`` in a config.
 
     - ngf, ndf: widths of the generator's and discriminator's first layers.
@@ -45,6 +82,7 @@ class GanOptions:
     - attention_heads: heads of each self-attention block; must divide the block's C/8 query
       channels, which the family checks once it knows the widths.
     - init_gain: standard deviation of the normal weight initialisation.
+    - output and its settings: see `OutputOptions`; "direct" (the default) is the papers'.
 
     Defaults are those the pix2pix and CycleGAN references agree on. norm, dropout and
     gan_mode have no common reference value, so every family redeclares them.
@@ -65,6 +103,7 @@ class GanOptions:
     init_gain: float = 0.02
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key in ("ngf", "ndf", "n_layers_d", "attention_heads"):
             check_at_least(key, getattr(self, key), 1)
         check_in_unit_interval("dropout", self.dropout, closed=False)

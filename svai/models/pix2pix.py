@@ -3,7 +3,8 @@ with Conditional Adversarial Networks").
 
 A U-Net generator maps the before photo to the after photo; a PatchGAN judges the pair
 (before, after) — real or generated — concatenated on channels. The generator minimises the
-conditional GAN loss plus λ·L1 to the true after image (eq. 4).
+conditional GAN loss plus λ·L1 to the true after image (eq. 4). `model.output` chooses how
+the U-Net's last layer becomes the after image (`svai.models.heads`); "direct" is the paper's.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
+from svai.models.heads import Aux, OutputHead, check_intensity
 from svai.models.layers import (
     PatchDiscriminator,
     UnetGenerator,
@@ -70,17 +73,20 @@ class Pix2Pix(ModelFamily):
     """Networks: ``G`` (U-Net, before -> after) and ``D`` (PatchGAN on 6-channel pairs).
 
     Phases per step, in the reference order: ``D`` (generated after detached), then ``G``.
-    The generated image is made once per step and shared through `ctx`.
+    The generated image is made once per step and shared through `ctx`. With an output mode
+    other than "direct", ``G`` returns the head's raw channels and `self.head` makes the image.
     """
 
     name = "pix2pix"
     Options = Pix2PixOptions
     paired = True
+    uses = frozenset({"intensity"})
     description = "pix2pix: U-Net + PatchGAN on aligned before/after pairs, L1 + conditional GAN loss"
 
-    def __init__(self, options: Pix2PixOptions, image_size: int) -> None:
-        super().__init__(options, image_size)
+    def __init__(self, options: Pix2PixOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
+        super().__init__(options, image_size, procedures)
         o = options
+        self.head = OutputHead(o)
         available = _halvings(image_size)
         if o.unet_depth is None:
             if available < MIN_UNET_DEPTH:
@@ -117,13 +123,14 @@ class Pix2Pix(ModelFamily):
         o = self.options
         generator = UnetGenerator(
             in_channels=3,
-            out_channels=3,
+            out_channels=self.head.channels,
             depth=self.depth,
             ngf=o.ngf,
             norm=o.norm,
             dropout=o.dropout,
             attention_position=o.attention_position if o.attention != "none" else None,
             attention_heads=o.attention_heads,
+            final_tanh=self.head.final_tanh,
         )
         # The conditional discriminator sees (before, after) stacked: 6 channels (Sec. 3.1).
         discriminator = PatchDiscriminator(
@@ -136,6 +143,7 @@ class Pix2Pix(ModelFamily):
         )
         init_weights(generator, o.init_gain)
         init_weights(discriminator, o.init_gain)
+        self.head.initialise(generator.output_layer)
         return {"G": generator, "D": discriminator}
 
     def inference_networks(self) -> tuple[str, ...]:
@@ -154,7 +162,7 @@ class Pix2Pix(ModelFamily):
         if "fake" not in ctx:
             # G's graph is needed by the G phase later in this step, whatever the loop froze.
             set_requires_grad(nets, ("G",), True)
-            ctx["fake"] = nets["G"](batch["before"])
+            ctx["fake"], ctx["aux"] = self.head(nets["G"](batch["before"]), batch["before"])
         return ctx["fake"]
 
     def loss(self, phase: str, nets: Networks, batch: Batch, ctx: dict[str, Any], step: int) -> LossResult:
@@ -162,7 +170,8 @@ class Pix2Pix(ModelFamily):
 
         - ``D``: ½·(GAN(D(before, G(before)) → fake) + GAN(D(before, after) → real)),
           the generated image detached; logs ``D_fake``, ``D_real``, ``D``.
-        - ``G``: GAN(D(before, G(before)) → real) + λ_L1·‖after − G(before)‖₁ with D frozen;
+        - ``G``: GAN(D(before, G(before)) → real) + λ_L1·‖after − G(before)‖₁ with D frozen,
+          plus the output head's regularisers (`OutputHead.regularizer`, logged unweighted);
           logs ``G_gan``, ``G_l1``, ``G``.
         """
         o = self.options
@@ -181,8 +190,10 @@ class Pix2Pix(ModelFamily):
             set_requires_grad(nets, ("G",), True)
             loss_gan = gan_loss(nets["D"](torch.cat([before, fake], dim=1)), True, o.gan_mode)
             loss_l1 = F.l1_loss(fake.float(), after.float())
-            total = loss_gan + o.lambda_l1 * loss_l1
-            return total, {"G_gan": loss_gan.item(), "G_l1": loss_l1.item(), "G": total.item()}
+            aux: Aux = ctx.get("aux", {})
+            head_loss, head_logs = self.head.regularizer(aux)
+            total = loss_gan + o.lambda_l1 * loss_l1 + head_loss
+            return total, {"G_gan": loss_gan.item(), "G_l1": loss_l1.item(), **head_logs, "G": total.item()}
         raise ValueError(f"pix2pix has phases D and G; got {phase!r}")
 
     # -- inference ----------------------------------------------------------------------
@@ -190,10 +201,13 @@ class Pix2Pix(ModelFamily):
     def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1], H and W divisible by 2^depth -> after, same shape, in [-1, 1].
 
-        Runs G in whatever mode the caller set (eval uses batch norm's running statistics).
+        ``request.intensity`` α in [0, 1] (default 1) scales the change (`OutputHead`): 0
+        returns the before image. Runs G in whatever mode the caller set (eval uses batch
+        norm's running statistics).
         """
         _check_input(before, 2 ** self.depth)
-        return nets["G"](before)
+        alpha = check_intensity(request.intensity if request is not None else None)
+        return self.head(nets["G"](before), before, alpha)[0]
 
 
 def _check_input(before: torch.Tensor, multiple: int) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from svai.config import parse_yaml
+from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import ModelFamily
 
@@ -84,7 +85,8 @@ def resolve_model(name: str) -> tuple[type[ModelFamily], dict[str, Any]]:
 
 def make_family(config: "RunConfig") -> ModelFamily:
     """The family instance a resolved run configuration describes (no networks built yet)."""
-    return families()[config.family](config.model, config.data.image_size)
+    procedures = tuple(config.data.procedures) or PROCEDURES
+    return families()[config.family](config.model, config.data.image_size, procedures)
 
 
 def parameter_counts(family: ModelFamily) -> dict[str, int]:

@@ -2,9 +2,10 @@
 Adversarial Networks for Multi-Domain Image-to-Image Translation"; reference code
 yunjey/stargan).
 
-Domains are the procedures of `svai.data.layout.PROCEDURES` (eyes, nose, jaw), as a
-multi-label vector: a patient may have several procedures, so the labels are multi-hot and
-classified with binary cross-entropy, as the reference does for CelebA's attributes.
+Domains are the procedures of the run's vocabulary (`ModelFamily.procedures`; by default
+eyes, nose, jaw), as a multi-label vector: a patient may have several procedures, so the
+labels are multi-hot (or strengths in [0, 1]) and classified with binary cross-entropy, as
+the reference does for CelebA's attributes.
 A before photo is "no procedure" (all-zero label); its after photo carries the pair's
 procedures. Every step trains on both photos of each pair: the real images are
 before ∪ after, each is translated to its partner's label (before → its procedures,
@@ -24,6 +25,8 @@ Losses (eqs. 1–7 with the Wasserstein objective of Sec. 4.1): D minimises
 −D_src(G(x, c)) + λ_cls·BCE(D_cls(G(x, c)), c) + λ_rec·‖x − G(G(x, c), c′)‖₁, updated once
 every `n_critic` steps. Optional: λ·‖G(before, procedures) − after‖₁ on the aligned pairs
 (`paired_l1`, off in the paper), and SAGAN self-attention (Zhang et al. 2019) in G and D.
+`model.output` chooses how G's last layer becomes the after image (`svai.models.heads`;
+"direct" is the paper's).
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ from torch import nn
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
+from svai.models.heads import Aux, OutputHead, check_intensity
 from svai.models.layers import SelfAttention, check_attention_heads, init_weights, linear_decay_factor
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.penalties import wgan_gradient_penalty
 from svai.models.registry import register_family
 
+# Label count of the default vocabulary (the networks' default; the family passes its own).
 NUM_LABELS = len(PROCEDURES)
 # The reference's discriminator ends on a 2×2 map at 128 px (6 layers); the stack never
 # halves past that, so smaller images get fewer layers.
@@ -176,7 +181,8 @@ class StarGenerator(nn.Module):
     followed by instance norm.
 
     x: (B, 3, H, W) in [-1, 1] with H, W divisible by 4; labels: (B, P) target labels, 0/1
-    in training (strengths in [0, 1] at inference) -> (B, 3, H, W) in [-1, 1].
+    in training (strengths in [0, 1] at inference) -> (B, out_channels, H, W) in [-1, 1]
+    (unbounded without `final_tanh`: an output head of `svai.models.heads` bounds it).
     """
 
     def __init__(
@@ -188,6 +194,8 @@ class StarGenerator(nn.Module):
         dropout: float = 0.0,
         attention_position: int | None = None,
         attention_heads: int = 1,
+        out_channels: int = 3,
+        final_tanh: bool = True,
     ) -> None:
         super().__init__()
         make_norm, bias = generator_norm(norm), norm == "none"
@@ -217,7 +225,14 @@ class StarGenerator(nn.Module):
             )
         ])
         # The reference's last convolution has no bias either.
-        self.head = nn.Sequential(nn.Conv2d(ngf, 3, 7, padding=3, bias=False), nn.Tanh())
+        self.head = nn.Sequential(
+            nn.Conv2d(ngf, out_channels, 7, padding=3, bias=False), *([nn.Tanh()] if final_tanh else []),
+        )
+
+    @property
+    def output_layer(self) -> nn.Conv2d:
+        """The last convolution (an output head initialises it)."""
+        return self.head[0]
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         h = self.down(self.stem(tile_labels(x, labels)))
@@ -337,7 +352,9 @@ class StarGAN(ModelFamily):
 
     Phases per step, in the reference order: ``D`` every step, then ``G`` every
     `n_critic`-th step (steps 0, n_critic, 2·n_critic …). On those steps the translated
-    images made in the D phase are kept, with their graph, for the G phase.
+    images made in the D phase are kept, with their graph, for the G phase. With an output
+    mode other than "direct", ``G`` returns the head's raw channels and `self.head` makes the
+    image.
     """
 
     name = "stargan"
@@ -346,9 +363,12 @@ class StarGAN(ModelFamily):
     uses = frozenset({"procedures", "intensity"})
     description = "StarGAN: one generator conditioned on procedure labels, WGAN-GP + label classifier + reconstruction"
 
-    def __init__(self, options: StarGANOptions, image_size: int) -> None:
-        super().__init__(options, image_size)
+    def __init__(self, options: StarGANOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
+        super().__init__(options, image_size, procedures)
         o = options
+        self.head = OutputHead(o)
+        if not self.procedures:
+            raise SvaiError("stargan needs at least one procedure to condition on (data.procedures is empty)")
         if image_size < 4 or image_size % 4 != 0:
             raise SvaiError(
                 f"stargan needs an image size divisible by 4 (two downsamplings); got {image_size} "
@@ -369,17 +389,19 @@ class StarGAN(ModelFamily):
     def build(self) -> Networks:
         o = self.options
         generator = StarGenerator(
-            n_labels=NUM_LABELS,
+            n_labels=len(self.procedures),
             ngf=o.ngf,
             n_blocks=o.n_res_blocks,
             norm=o.norm,
             dropout=o.dropout,
             attention_position=self.attention_position if o.attention != "none" else None,
             attention_heads=o.attention_heads,
+            out_channels=self.head.channels,
+            final_tanh=self.head.final_tanh,
         )
         discriminator = StarDiscriminator(
             self.image_size,
-            n_labels=NUM_LABELS,
+            n_labels=len(self.procedures),
             ndf=o.ndf,
             n_layers=o.n_layers_d,
             attention=o.attention == "generator+discriminator",
@@ -387,6 +409,7 @@ class StarGAN(ModelFamily):
         )
         init_weights(generator, o.init_gain)
         init_weights(discriminator, o.init_gain)
+        self.head.initialise(generator.output_layer)
         return {"G": generator, "D": discriminator}
 
     def inference_networks(self) -> tuple[str, ...]:
@@ -405,7 +428,7 @@ class StarGAN(ModelFamily):
     def domains(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Real images and their labels, before ∪ after, and each one's target label.
 
-        before, after: (B, 3, H, W) in [-1, 1]; procedures: (B, P) multi-hot ->
+        before, after: (B, 3, H, W) in [-1, 1]; procedures: (B, P) in [0, 1] ->
         (images (2B, 3, H, W), original labels (2B, P), target labels (2B, P)): the before
         photos are "no procedure" and go to their pair's procedures; the after photos carry
         the procedures and go back to "no procedure".
@@ -415,6 +438,10 @@ class StarGAN(ModelFamily):
         real = torch.cat([batch["before"], batch["after"]], dim=0)
         return real, torch.cat([none, procedures], dim=0), torch.cat([procedures, none], dim=0)
 
+    def _translate(self, nets: Networks, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Aux]:
+        """G through the output head: images (N, 3, H, W) in [-1, 1], labels (N, P) -> (images, aux maps)."""
+        return self.head(nets["G"](images, labels), images)
+
     def loss(self, phase: str, nets: Networks, batch: Batch, ctx: StepContext, step: int) -> LossResult:
         """Losses of Sec. 3 with WGAN-GP. Batch as in `svai.models.base` (before, after,
         procedures).
@@ -423,8 +450,9 @@ class StarGAN(ModelFamily):
           real images x (before ∪ after) with original labels c′ and targets c, G(x, c)
           detached; logs ``D_real``, ``D_fake``, ``D_cls``, ``D_gp``, ``D``.
         - ``G``: −mean D_src(G(x, c)) + λ_cls·BCE(D_cls(G(x, c)), c) + λ_rec·‖x − G(G(x, c), c′)‖₁
-          (+ paired_l1·‖G(before, procedures) − after‖₁), D frozen; logs ``G_fake``, ``G_cls``,
-          ``G_rec`` (``G_l1``) and ``G``.
+          (+ paired_l1·‖G(before, procedures) − after‖₁) + the output head's regularisers on
+          G(x, c) (`OutputHead.regularizer`, logged unweighted), D frozen; logs ``G_fake``,
+          ``G_cls``, ``G_rec`` (``G_l1``) and ``G``.
         """
         o = self.options
         real, original, target = self.domains(batch)
@@ -433,10 +461,11 @@ class StarGAN(ModelFamily):
             if step % o.n_critic == 0:
                 # The G phase follows in this step: keep the graph and reuse the images there.
                 set_requires_grad(nets, ("G",), True)
-                fake = ctx["fake"] = nets["G"](real, target)
+                fake, ctx["aux"] = self._translate(nets, real, target)
+                ctx["fake"] = fake
             else:
                 with torch.no_grad():
-                    fake = nets["G"](real, target)
+                    fake = self._translate(nets, real, target)[0]
             # D holds no batch statistics, so real and translated images share one pass.
             scores, logits = nets["D"](torch.cat([real, fake.detach()], dim=0))
             scores = scores.float()
@@ -451,16 +480,17 @@ class StarGAN(ModelFamily):
         if phase == "G":
             set_requires_grad(nets, ("D",), False)
             set_requires_grad(nets, ("G",), True)
-            fake = ctx.pop("fake", None)
+            fake, aux = ctx.pop("fake", None), ctx.pop("aux", {})
             if fake is None:
-                fake = nets["G"](real, target)
+                fake, aux = self._translate(nets, real, target)
             scores, logits = nets["D"](fake)
             loss_fake = -scores.float().mean()
             loss_cls = classification_loss(logits, target)
             # Reconstruction back to the original label (eq. 4).
-            loss_rec = F.l1_loss(nets["G"](fake, original).float(), real.float())
-            total = loss_fake + o.lambda_cls * loss_cls + o.lambda_rec * loss_rec
-            logs = {"G_fake": loss_fake.item(), "G_cls": loss_cls.item(), "G_rec": loss_rec.item()}
+            loss_rec = F.l1_loss(self._translate(nets, fake, original)[0].float(), real.float())
+            head_loss, head_logs = self.head.regularizer(aux)
+            total = loss_fake + o.lambda_cls * loss_cls + o.lambda_rec * loss_rec + head_loss
+            logs = {"G_fake": loss_fake.item(), "G_cls": loss_cls.item(), "G_rec": loss_rec.item(), **head_logs}
             if o.paired_l1 > 0:
                 # The first half of `fake` is G(before, procedures), the pair's after photo's twin.
                 half = batch["before"].shape[0]
@@ -477,8 +507,9 @@ class StarGAN(ModelFamily):
         """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after, same shape, in [-1, 1].
 
         The target label is ``request.procedures`` ((B, P) or (1, P) strengths in [0, 1], one
-        column per procedure of `PROCEDURES`) times ``request.intensity`` α in [0, 1]
-        (default 1): α = 0 asks for "no procedure", which reconstructs the before photo.
+        column per procedure of the run's vocabulary `self.procedures`) times
+        ``request.intensity`` α in [0, 1] (default 1): α = 0 asks for "no procedure", which
+        reconstructs the before photo.
         """
         if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
             raise SvaiError(
@@ -486,18 +517,23 @@ class StarGAN(ModelFamily):
             )
         if request is None or request.procedures is None:
             raise SvaiError(
-                f"stargan models need --procedures: the procedures to simulate ({', '.join(PROCEDURES)}), e.g. nose+jaw"
+                f"stargan models need --procedures: the procedures to simulate ({', '.join(self.procedures)}), "
+                f"e.g. {'+'.join(self.procedures[:2])}"
             )
         labels = request.procedures
-        if labels.dim() != 2 or labels.shape[1] != NUM_LABELS or labels.shape[0] not in (1, before.shape[0]):
+        count = len(self.procedures)
+        if labels.dim() != 2 or labels.shape[1] != count or labels.shape[0] not in (1, before.shape[0]):
             raise SvaiError(
-                f"--procedures: expected ({before.shape[0]}, {NUM_LABELS}) strengths over {', '.join(PROCEDURES)}; "
+                f"--procedures: expected ({before.shape[0]}, {count}) strengths over {', '.join(self.procedures)}; "
                 f"got shape {tuple(labels.shape)}"
             )
         if not bool(((labels >= 0) & (labels <= 1)).all()):
             raise SvaiError(f"--procedures: strengths must be between 0 and 1; got {labels.tolist()}")
-        alpha = 1.0 if request.intensity is None else float(request.intensity)
-        if not 0.0 <= alpha <= 1.0:
-            raise SvaiError(f"--intensity must be between 0 and 1; got {request.intensity}")
-        labels = (labels.to(device=before.device, dtype=torch.float32) * alpha).expand(before.shape[0], -1)
-        return nets["G"](before, labels)
+        given = check_intensity(request.intensity)
+        alpha = 1.0 if given is None else given
+        labels = labels.to(device=before.device, dtype=torch.float32).expand(before.shape[0], -1)
+        if self.head.mode == "direct":
+            # The paper's generator: α scales the labels, α = 0 asks for "no procedure".
+            return self._translate(nets, before, labels * alpha)[0]
+        # The other modes scale the change itself, so α = 0 returns the before photo exactly.
+        return self.head(nets["G"](before, labels), before, alpha)[0]

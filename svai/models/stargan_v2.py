@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
 from svai.models.options import check_at_least, check_in_unit_interval, check_positive
@@ -357,8 +358,8 @@ class StarGANv2(ModelFamily):
     uses = frozenset({"intensity", "reference", "generator"})
     description = "StarGAN v2: style-code generator + mapping net + style encoder + multi-task D, before/after as two domains"
 
-    def __init__(self, options: StarGANv2Options, image_size: int) -> None:
-        super().__init__(options, image_size)
+    def __init__(self, options: StarGANv2Options, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
+        super().__init__(options, image_size, procedures)
         if image_size < 16 or image_size & (image_size - 1):
             raise SvaiError(
                 f"stargan-v2 needs a power-of-two image size of at least 16 (its discriminator and style "

@@ -112,13 +112,14 @@ def test_generate_is_deterministic_and_matches_checkpoint_choice(trained: tuple[
         (["train", "--model", "pix2pix", "--data", "{data}", "--out", "{tmp}/r", "--set", "model.bogus=1"], ["model.bogus"]),
         (["train", "--model", "pix2pix", "--data", "{data}", "--out", "{tmp}/r", "--set", "train.steps=x"], ["train.steps"]),
         (["train", "--out", "{tmp}/never-trained", "--resume"], ["never-trained"]),
-        (["train", "--model", "pix2pix", "--data", "{tmp}", "--out", "{tmp}/r"], ["manifest.csv"]),
+        (["train", "--model", "pix2pix", "--data", "{tmp}/empty", "--out", "{tmp}/r"], ["manifest.csv"]),
+        (["train", "--model", "pix2pix", "--data", "{data}", "--out", "{data}/run"], ["--out", "inside --data"]),
         (["generate", "--run", "{tmp}/none", "--input", "{data}", "--output", "{tmp}/o"], ["none"]),
         (["generate", "--run", "{run}", "--input", "{tmp}/empty", "--output", "{tmp}/o"], ["empty", "no images"]),
         (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{data}/test/before/x"], ["--output", "inside"]),
         (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--checkpoint", "99"], ["--checkpoint 99"]),
         (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--procedures", "ears"], ["--procedures", "ears", "eyes, nose, jaw"]),
-        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--intensity", "0.5"], ["--intensity", "pix2pix"]),
+        (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--reference", "{data}/test/after"], ["--reference", "pix2pix"]),
         (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--intensity", "2"], ["--intensity", "between 0 and 1"]),
         (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--seed", "3"], ["--seed", "pix2pix"]),
         (["generate", "--run", "{run}", "--input", "{data}/test/before", "--output", "{tmp}/o", "--reference", "{tmp}/empty"], ["--reference", "no images"]),
@@ -152,7 +153,7 @@ def test_models_lists_every_model_with_parameter_counts() -> None:
     assert rows["cyclegan"]["parameters"]["D_A"] == 2_764_737
     assert rows["cyclegan"]["paired"] is False and rows["pix2pix"]["paired"] is True
     assert rows["cyclegan-attn-gd"]["parameters"]["D_A"] > rows["cyclegan-attn"]["parameters"]["D_A"]
-    assert rows["pix2pix"]["controls"] == []
+    assert rows["pix2pix"]["controls"] == ["--intensity"]
 
 
 @pytest.mark.parametrize("command", ["prepare", "train", "generate", "evaluate", "compare", "models", "weights"])

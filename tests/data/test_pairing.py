@@ -170,9 +170,22 @@ def test_labels_yaml_extends_and_overrides(tmp_path: Path) -> None:
     assert labels == {"Ptosis-1": ("eyes",), "chin-1": (), "combo-1": ("eyes", "jaw")}
 
 
+def test_labels_yaml_can_add_procedures_to_the_vocabulary(tmp_path: Path) -> None:
+    mapping = tmp_path / "labels.yaml"
+    mapping.write_text("lipfiller: lips\nfacelift: [facelift, jaw]\n")
+    aliases = load_label_aliases(mapping)
+    source = tmp_path / "src"
+    for folder in ("lipfiller", "facelift"):
+        photo(source / folder / "1_before.jpg")
+        photo(source / folder / "1_after.jpg")
+    labels = {p.id: p.procedures for p in find_pairs(source, aliases=aliases).pairs}
+    # the defaults keep their place; new procedures follow, sorted
+    assert labels == {"lipfiller-1": ("lips",), "facelift-1": ("jaw", "facelift")}
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("ptosis: lips\n", "unknown procedure 'lips'"), ("- eyes\n", "expected a mapping"), ("a: [\n", "not valid YAML")],
+    [("ptosis: Lips!\n", "invalid procedure name 'Lips!'"), ("- eyes\n", "expected a mapping"), ("a: [\n", "not valid YAML")],
 )
 def test_labels_yaml_errors_name_the_file(tmp_path: Path, text: str, message: str) -> None:
     mapping = tmp_path / "labels.yaml"

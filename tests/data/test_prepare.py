@@ -141,6 +141,11 @@ def test_collection_is_prepared_and_everything_explained(collection: Path, tmp_p
         "broken/tiny_before.png": "too small",
         "broken/lonely_before.jpg": "missing after",
         "README.txt": "not an image",
+        # The partner of every skipped pair is listed too, so each source file is accounted for.
+        "broken/zero_after.jpg": "partner skipped",
+        "broken/cut_after.jpg": "partner skipped",
+        "broken/text_after.jpg": "partner skipped",
+        "broken/tiny_after.png": "partner skipped",
     }
     assert report.skipped_by_reason()["not an image"] == 2
 
@@ -304,7 +309,7 @@ def test_decompression_bomb_is_skipped(tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = prepare_dataset(src, out, options())
     assert report.total == 1
-    assert skipped(out) == {"bomb_after.png": "too large"}
+    assert skipped(out) == {"bomb_after.png": "too large", "bomb_before.png": "partner skipped"}
 
 
 def test_nothing_usable_reports_zero_pairs(tmp_path: Path) -> None:
@@ -313,7 +318,7 @@ def test_nothing_usable_reports_zero_pairs(tmp_path: Path) -> None:
     (src / "a_before.jpg").write_bytes(b"")
     (src / "a_after.jpg").write_bytes(b"")
     report = prepare_dataset(src, tmp_path / "out", options())
-    assert report.total == 0 and set(skipped(tmp_path / "out").values()) == {"empty file"}
+    assert report.total == 0 and set(skipped(tmp_path / "out").values()) == {"empty file", "partner skipped"}
     with pytest.raises(SvaiError, match="holds no image files"):
         empty = tmp_path / "empty"
         empty.mkdir()

@@ -95,6 +95,12 @@ BAD_RANGES = [
     ("lr_decay_fraction", 1.5),
     ("lr_decay_fraction", -0.1),
     ("init_gain", 0.0),
+    ("mask_l1", -0.1),
+    ("mask_tv", -1.0),
+    ("mask_guard", -1.0),
+    ("max_displacement", 0.0),
+    ("warp_colour", -0.1),
+    ("flow_smoothness", -1.0),
 ]
 
 

@@ -20,6 +20,7 @@ from svai.models.layers import SelfAttention
 from svai.models.penalties import wgan_gradient_penalty
 from svai.models.registry import families, make_family, resolve_model
 from svai.models.stargan import (
+    SmallMapConv2d,
     StarDiscriminator,
     StarGAN,
     StarGANOptions,
@@ -96,9 +97,9 @@ def test_presets_carry_the_reference_settings() -> None:
     }
     for name, (attention, heads, rec) in expected.items():
         assert resolve_model(name)[0] is StarGAN
-        variant = resolve(name)
-        assert (variant.model.attention, variant.model.attention_heads, variant.model.lambda_rec) == (attention, heads, rec)
-        assert (variant.model.lr, variant.model.n_layers_d, variant.data.image_size) == (1e-4, 6, 128)
+        variant, size = resolve(name).model, resolve(name).data.image_size
+        assert (variant.attention, variant.attention_heads, variant.lambda_rec) == (attention, heads, rec)
+        assert (variant.lr, variant.n_layers_d, size) == (1e-4, 6, 128)
     phases = StarGAN(o, 128).phases()
     assert [(p.name, p.networks, p.every, p.lr, p.betas) for p in phases] == [
         ("D", ("D",), 1, 1e-4, (0.5, 0.999)), ("G", ("G",), 5, 1e-4, (0.5, 0.999))]
@@ -129,6 +130,28 @@ def test_discriminator_depth_and_heads(size: int, depth: int, side: int) -> None
     assert d.classes.kernel_size == (side, side)
     # An explicit shallower stack is kept as asked.
     assert discriminator_layout(size, 2) == (2, size // 4)
+
+
+@pytest.mark.parametrize("side", [2, 4, 8, 16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_map_convolution_equals_conv2d_with_its_gradients(side: int, bias: bool) -> None:
+    torch.manual_seed(0)
+    fast = SmallMapConv2d(6, 10, 4, stride=2, padding=1, bias=bias)
+    plain = torch.nn.Conv2d(6, 10, 4, stride=2, padding=1, bias=bias)
+    plain.load_state_dict(fast.state_dict())
+    results = []
+    for conv in (fast, plain):
+        x = torch.randn(3, 6, side, side, dtype=torch.float64, requires_grad=True)
+        conv.double()
+        with torch.no_grad():
+            x.copy_(torch.randn(3, 6, side, side, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+        y = conv(x)
+        # First and second order, as the gradient penalty differentiates through the input gradient.
+        (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        dx.square().sum().backward()
+        results.append((y.detach(), dx.detach(), conv.weight.grad.clone()))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
 
 
 def test_attention_sits_mid_trunk_and_before_the_discriminator_heads() -> None:
@@ -324,3 +347,15 @@ def test_out_of_range_options_name_the_key() -> None:
         tiny_family("model.attention=generator", "model.attention_heads=3")
     with pytest.raises(SvaiError, match="attention_position"):
         tiny_family("model.attention=generator", "model.attention_position=7")
+
+
+def test_the_labels_follow_the_runs_procedure_vocabulary() -> None:
+    family = tiny_family("data.procedures=[eyes, nose, jaw, lips]")
+    assert family.procedures == ("eyes", "nose", "jaw", "lips")
+    nets = family.build()
+    assert nets["G"].stem[0].in_channels == 3 + 4 and nets["D"].classes.out_channels == 4
+    before = torch.zeros(2, 3, SIZE, SIZE)
+    out = family.translate(nets, before, Request(procedures=torch.tensor([[0.0, 0.0, 0.0, 1.0]] * 2)))
+    assert out.shape == before.shape
+    with pytest.raises(SvaiError, match=r"expected \(2, 4\) strengths over eyes, nose, jaw, lips"):
+        family.translate(nets, before, Request(procedures=torch.ones(2, 3)))

@@ -1,0 +1,48 @@
+"""Ctrl-C and SIGTERM as a polite stop request, shared by the long-running stages.
+
+Training and prepare both stop at the next safe point (after a step, after a pair), write
+what is done and say how to continue; a second Ctrl-C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_signals() -> Iterator[dict[str, Any]]:
+    """Turn the first SIGINT/SIGTERM into a stop request; a second SIGINT interrupts at once.
+
+    Yields a dict whose "signal" entry holds the number of the first signal received, or None.
+    """
+    flag: dict[str, Any] = {"signal": None}
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signum
+
+    try:
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:
+        previous.clear()  # not the main thread: signals stay with the caller
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def ignore_interrupts() -> None:
+    """Worker-process initialiser: Ctrl-C reaches the whole process group, but only the parent
+    decides how to stop (it ends its workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+__all__ = ["stop_signals", "ignore_interrupts", "STOP_SIGNALS"]
