@@ -60,6 +60,8 @@ class DataConfig:
     # The procedures a model conditions on, in column order; empty = the dataset's vocabulary,
     # recorded here when training starts so generation uses the same columns.
     procedures: list[str] = field(default_factory=list)
+    # A pair whose image cannot be read: "skip" it with a warning, or stop with an "error".
+    on_bad_file: Literal["skip", "error"] = "skip"
     num_workers: int = 0
     cache: bool = True
     augment: AugmentOptions = field(default_factory=AugmentOptions)

@@ -6,7 +6,10 @@ what is done and say how to continue; a second Ctrl-C interrupts at once.
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -39,10 +42,23 @@ def stop_signals() -> Iterator[dict[str, Any]]:
             signal.signal(sig, old)
 
 
-def ignore_interrupts() -> None:
-    """Worker-process initialiser: Ctrl-C reaches the whole process group, but only the parent
-    decides how to stop (it ends its workers itself)."""
+def worker_setup(parent: int) -> None:
+    """Worker-process initialiser: leave stopping to `parent`, and die with it.
+
+    Ctrl-C reaches the whole process group, but only the parent decides how to stop (it
+    ends its workers itself), so workers ignore SIGINT. A parent killed outright (SIGKILL,
+    out of memory) cannot end them, so each worker watches it and exits when it is gone.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), name="svai-parent-watch", daemon=True).start()
 
 
-__all__ = ["stop_signals", "ignore_interrupts", "STOP_SIGNALS"]
+def _exit_with(parent: int) -> None:
+    from svai.io import process_alive
+
+    while process_alive(parent):
+        time.sleep(0.5)
+    os._exit(1)
+
+
+__all__ = ["stop_signals", "worker_setup", "STOP_SIGNALS"]

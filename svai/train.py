@@ -132,10 +132,16 @@ class Trainer:
         if not config.data.root:
             raise SvaiError("--data is required: give a folder made by `svai prepare`")
         self.train_set = PairedImages(Path(config.data.root), "train", config.data.image_size,
-                                      cache=config.data.cache, vocabulary=tuple(config.data.procedures) or None)
+                                      cache=config.data.cache, vocabulary=tuple(config.data.procedures) or None,
+                                      on_bad_file=config.data.on_bad_file)
         # The run records its procedure columns, so generation later reads the same ones.
         config.data.procedures = list(self.train_set.vocabulary)
         self.sample_set = self._sample_set()
+        per_step = train.batch_size * train.grad_accumulation
+        if per_step > len(self.train_set):
+            # Allowed (the data order wraps around), but every step then repeats pairs.
+            log.warning("train.batch_size × grad_accumulation = %d is larger than the %d training pairs in %s: "
+                        "each step repeats pairs", per_step, len(self.train_set), config.data.root)
 
         set_seed(train.seed)
         self.family = make_family(config)
@@ -247,36 +253,45 @@ class Trainer:
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
         self.on_event({"event": "start", "step": step, "total": total})
-        with stop_signals() as signals:
-            for raw in self._loader():
-                batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
-                         for k, v in raw.items()}
-                batch = self._augment(batch, step)
-                factor = self._set_lr(step)
-                logs = self._step(batch, step)
-                step += 1
-                window_images += images_per_step
-                for key, value in logs.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                    counts[key] = counts.get(key, 0) + 1
-                if step % config.train.log_every == 0 or step == total:
-                    elapsed = time.perf_counter() - window_start
-                    record = {"step": step, "lr_factor": factor,
-                              **{k: totals[k] / counts[k] for k in totals},
-                              "images_per_s": window_images / max(elapsed, 1e-9)}
-                    self._log(record)
-                    self.on_event({"event": "log", "step": step, "total": total, "logs": record})
-                    window_start, window_images, totals, counts = time.perf_counter(), 0, {}, {}
-                else:
-                    self.on_event({"event": "step", "step": step, "total": total, "logs": logs})
-                if config.train.sample_every and step % config.train.sample_every == 0:
-                    self._sample(step)
-                stopping = signals["signal"] is not None or self.should_stop(step)
-                if stopping or step == total or (config.train.checkpoint_every and step % config.train.checkpoint_every == 0):
-                    checkpoint = self._save(step)
-                if stopping and step < total:
-                    interrupted = True
-                    break
+        saved = self.start_step
+        try:
+            with stop_signals() as signals:
+                for raw in self._loader():
+                    batch = {k: v.to(accelerator.device, non_blocking=True) if torch.is_tensor(v) else v
+                             for k, v in raw.items()}
+                    batch = self._augment(batch, step)
+                    factor = self._set_lr(step)
+                    logs = self._step(batch, step)
+                    step += 1
+                    window_images += images_per_step
+                    for key, value in logs.items():
+                        totals[key] = totals.get(key, 0.0) + value
+                        counts[key] = counts.get(key, 0) + 1
+                    if step % config.train.log_every == 0 or step == total:
+                        elapsed = time.perf_counter() - window_start
+                        record = {"step": step, "lr_factor": factor,
+                                  **{k: totals[k] / counts[k] for k in totals},
+                                  "images_per_s": window_images / max(elapsed, 1e-9)}
+                        self._log(record)
+                        self.on_event({"event": "log", "step": step, "total": total, "logs": record})
+                        window_start, window_images, totals, counts = time.perf_counter(), 0, {}, {}
+                    else:
+                        self.on_event({"event": "step", "step": step, "total": total, "logs": logs})
+                    if config.train.sample_every and step % config.train.sample_every == 0:
+                        self._sample(step)
+                    stopping = signals["signal"] is not None or self.should_stop(step)
+                    if stopping or step == total or (config.train.checkpoint_every and step % config.train.checkpoint_every == 0):
+                        checkpoint = self._save(step)
+                        saved = step
+                    if stopping and step < total:
+                        interrupted = True
+                        break
+        except SvaiError:
+            # A dataset file that stops training (data.on_bad_file=error) loses no finished step.
+            if step > saved and step < total:
+                self._save(step)
+            self.close()
+            raise
         if config.train.sample_every and step == total and step % config.train.sample_every:
             self._sample(step)
         accelerator.wait_for_everyone()

@@ -189,3 +189,33 @@ def test_out_inside_the_dataset_is_refused(tiny_dataset: Path) -> None:
     with pytest.raises(SvaiError, match="inside --data"):
         train(config("pix2pix", tiny_dataset, 1), tiny_dataset / "run")
     assert not (tiny_dataset / "run").exists()
+
+
+def corrupted_copy(tiny_dataset: Path, root: Path, pair: str) -> Path:
+    import shutil
+
+    data = root / "data"
+    shutil.copytree(tiny_dataset, data)
+    (data / "train" / "after" / f"{pair}.png").write_bytes(b"not a png")
+    return data
+
+
+def test_a_bad_dataset_file_is_skipped_with_a_warning(tiny_dataset: Path, tmp_path: Path, caplog) -> None:
+    data = corrupted_copy(tiny_dataset, tmp_path, "p003")
+    with caplog.at_level("WARNING"):
+        result = train(config("pix2pix", data, 6, "train.batch_size=2"), tmp_path / "run")
+    assert result.step == 6
+    warnings = [r.getMessage() for r in caplog.records if "p003" in r.getMessage()]
+    assert len(warnings) == 1 and "after/p003.png" in warnings[0]
+
+
+def test_on_bad_file_error_names_the_file_and_keeps_the_finished_steps(tiny_dataset: Path, tmp_path: Path) -> None:
+    from svai.data.dataset import StepBatches
+
+    data = corrupted_copy(tiny_dataset, tmp_path, "p003")
+    order = StepBatches(8, 2, 0, 6, 0)
+    first = next(step for step in range(6) if any(i == 3 for i, _ in order.batch(step)))
+    with pytest.raises(SvaiError, match="after/p003.png cannot be read"):
+        train(config("pix2pix", data, 6, "train.batch_size=2", "data.on_bad_file=error"), tmp_path / "run")
+    if first > 0:
+        assert find_checkpoint(tmp_path / "run").step == first

@@ -7,6 +7,7 @@ import logging
 from typing import Any, Callable, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -26,6 +27,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+def _value_name(option: Any, ctx: Any) -> str | None:
+    """What `--help` shows after an option: nothing for a flag, the metavar a command gave,
+    else a word for the kind of value (N, NUMBER, PATH, TEXT) — never a Python type name."""
+    if getattr(option, "is_flag", False) or getattr(option, "count", False):
+        return None
+    if option.metavar is not None:
+        return option.metavar
+    label = str(option.display_type(ctx) or "").strip("<>")
+    label = label.removeprefix("list[").removesuffix("]")
+    if "|" in label:
+        return label  # choices read as they are typed
+    names = {"int": "N", "float": "NUMBER", "bool": "true|false", "str": "TEXT"}
+    return names.get(label, "PATH" if "path" in label.lower() or "file" in label.lower() or "dir" in label.lower() else "TEXT")
+
+
+# typer's own rendering prints `<bool>` for flags and `<list[str]>` for repeated options.
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    typer.core.TyperOption.display_type_rich = _value_name  # type: ignore[method-assign]
+    # An argument's name (SOURCE, OUT) already says what it takes.
+    typer.core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)

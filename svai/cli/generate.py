@@ -101,7 +101,7 @@ def generate(
     settings = Generation(batch_size, request=request, references=references,
                           composite=CompositeOptions() if composite else None, regions=regions)
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console) as progress:
+                  console=err_console, transient=True) as progress:
         task = progress.add_task("generate", total=total)
         report = generate_folder(model, input, output, settings,
                                  progress=lambda n: progress.advance(task, n), files=files)

@@ -50,16 +50,16 @@ def _summary(evaluation: dict[str, Any]) -> str:
 )
 @user_errors
 def train(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model or preset name (see `svai models`)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="NAME", help="Model or preset name (see `svai models`)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Prepared dataset folder (from `svai prepare`)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, samples, log."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with model/data/train settings."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Total optimisation steps of the run (resume continues up to it)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step and process."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Training image size in pixels."),
-    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="no | fp16 | bf16."),
+    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", metavar="no|fp16|bf16", help="Autocast precision (fp16 needs a CUDA GPU)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (weights, data order, dropout)."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any setting: --set model.lambda_l1=50 (repeatable)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override any setting: --set model.lambda_l1=50 (repeatable)."),
     resume: bool = typer.Option(
         False, "--resume",
         help="Continue the run in --out from its latest intact checkpoint (or redo its cut-short evaluation)."),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -14,6 +15,13 @@ from torch.utils.data import Dataset
 from svai.data.layout import PROCEDURES, PairRecord, read_manifest
 from svai.data.layout import vocabulary as dataset_vocabulary
 from svai.errors import SvaiError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class BadFile(SvaiError):
+    """A dataset file that is missing or cannot be decoded; the message names it."""
 
 
 def _signed(image: torch.Tensor) -> torch.Tensor:
@@ -55,8 +63,12 @@ class PairedImages(Dataset):
     """
 
     def __init__(self, root: Path, split: str, image_size: int, cache: bool = True,
-                 vocabulary: tuple[str, ...] | None = None) -> None:
+                 vocabulary: tuple[str, ...] | None = None, on_bad_file: str = "skip") -> None:
         self.root = Path(root)
+        # "skip": a pair whose file cannot be read is replaced by the next readable pair, with
+        # one warning naming the file; "error": the first such file stops training.
+        self.on_bad_file = on_bad_file
+        self._bad: set[int] = set()
         self.split = split
         self.image_size = image_size
         manifest = read_manifest(self.root)
@@ -83,10 +95,13 @@ class PairedImages(Dataset):
             if kind == "masks":
                 tensor = None
             else:
-                raise SvaiError(f"{path} is missing: the dataset at {self.root} is incomplete; prepare it again")
+                raise BadFile(f"{path} is missing: the dataset at {self.root} is incomplete; prepare it again")
         else:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("L" if kind == "masks" else "RGB"))
+            try:
+                with Image.open(path) as image:
+                    array = np.asarray(image.convert("L" if kind == "masks" else "RGB"))
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                raise BadFile(f"{path} cannot be read ({error}): replace it or prepare the dataset again") from None
             tensor = torch.from_numpy(array.copy())
             tensor = tensor[None] if kind == "masks" else tensor.permute(2, 0, 1)
             if tuple(tensor.shape[-2:]) != (self.image_size, self.image_size):
@@ -98,6 +113,26 @@ class PairedImages(Dataset):
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor | str]:
         i, j = key if isinstance(key, tuple) else (key, -1)
+        # A pair that cannot be read is replaced by the next readable one, so batches keep
+        # their size and the data order stays a function of the step (exact resume).
+        return self._readable(i, lambda index: self._item(index, j))
+
+    def _readable(self, i: int, read: Callable[[int], T]) -> T:
+        """`read(index)` for pair `i`, or for the next pair that can be read (skip mode)."""
+        for offset in range(len(self.records)):
+            index = (i + offset) % len(self.records)
+            if index in self._bad:
+                continue
+            try:
+                return read(index)
+            except BadFile as error:
+                if self.on_bad_file == "error":
+                    raise
+                self._bad.add(index)
+                log.warning("skipping pair %s: %s", self.records[index].id, error)
+        raise SvaiError(f"{self.root}: no pair of the {self.split} split can be read; prepare the dataset again")
+
+    def _item(self, i: int, j: int) -> dict[str, torch.Tensor | str]:
         record = self.records[i]
         size = self.image_size
         item: dict[str, torch.Tensor | str] = {
@@ -109,7 +144,7 @@ class PairedImages(Dataset):
         mask = self._load("masks", record)
         item["mask"] = mask.float().div(255.0) if mask is not None else torch.zeros(1, size, size)
         if j >= 0:
-            item["after_unpaired"] = _signed(self._load("after", self.records[j]))
+            item["after_unpaired"] = self._readable(j, lambda index: _signed(self._load("after", self.records[index])))
         return item
 
 

@@ -42,7 +42,7 @@ from svai.io import write_atomic
 from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases
 from svai.errors import SvaiError
 from svai.runlock import LOCK_FILE, RunLock
-from svai.signals import ignore_interrupts, stop_signals
+from svai.signals import stop_signals, worker_setup
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,8 @@ def _run_jobs(
     # A fresh interpreter per worker (not fork): the parent may hold torch's thread pools.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    pool = ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context, initializer=ignore_interrupts)
+    pool = ProcessPoolExecutor(max_workers=min(workers, total), mp_context=context,
+                               initializer=worker_setup, initargs=(os.getpid(),))
     try:
         pending: set[Future] = {pool.submit(process_pair, job) for job in jobs}
         done = 0
@@ -676,8 +677,10 @@ def prepare_synthetic(
             return _draw_synthetic(out, count, size, seed, test_fraction, force, progress)
     except SvaiError:
         if created:
+            # A folder this run made for a draw that was refused (bad --size …) goes again.
+            _clear_own_outputs(out)
             try:
-                out.rmdir()  # nothing was written: leave no empty folder behind
+                out.rmdir()
             except OSError:
                 pass
         raise

@@ -161,3 +161,13 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0
     assert "svai " + command in result.stdout.replace("\n", " ") or "Example" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "generate", "evaluate", "compare", "models", "weights"])
+def test_help_shows_no_internal_type_names(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    for name in ("<bool>", "<str>", "<int>", "<path>", "<float>", "list[", "<list"):
+        assert name not in result.stdout, (command, name)
+    if command == "train":
+        assert "KEY=VALUE" in result.stdout and "no|fp16|bf16" in result.stdout

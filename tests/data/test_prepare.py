@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import hashlib
 import os
 import struct
@@ -379,3 +380,76 @@ def test_align_registers_after_onto_before(tmp_path: Path) -> None:
     assert gap(aligned) < 0.5 * gap(plain)
     summary = (aligned / "prepare.json").read_text()
     assert '"error_after"' in summary
+
+
+def test_an_interrupted_run_is_finished_by_running_it_again(collection: Path, tmp_path: Path) -> None:
+    import signal
+
+    before_hashes = tree_hashes(collection)
+    clean = tmp_path / "clean"
+    prepare_dataset(collection, clean, options())
+
+    out = tmp_path / "out"
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: honoured after the pair in progress
+
+    stopped = prepare_dataset(collection, out, options(), progress=interrupt)
+    assert stopped.interrupted and stopped.processed == 3 < stopped.to_process
+    assert not (out / "manifest.csv").exists()
+    assert json.loads((out / STATE_FILE).read_text())["complete"] is False
+
+    finished = prepare_dataset(collection, out, options())
+    assert not finished.interrupted and finished.kept == stopped.written
+    assert (out / "manifest.csv").read_bytes() == (clean / "manifest.csv").read_bytes()
+    assert tree_hashes(out / "train").keys() == tree_hashes(clean / "train").keys()
+    assert json.loads((out / STATE_FILE).read_text())["complete"] is True
+    assert tree_hashes(collection) == before_hashes
+
+
+def test_a_crashed_run_is_recognised_and_can_be_forced(collection: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    def crash(done: int, total: int) -> None:
+        if done == 2:
+            raise OSError(28, "No space left on device", str(out / "train" / "before" / "x.png"))
+
+    with pytest.raises(OSError):
+        prepare_dataset(collection, out, options(), progress=crash)
+    # A leftover temporary of the crashed write, and no prepare.json: still recognised as ours.
+    (out / "train" / "before" / ".x.png.tmp999999999").write_bytes(b"half")
+    assert not (out / "prepare.json").exists()
+    resumed = prepare_dataset(collection, out, options())
+    assert resumed.kept >= 1 and resumed.written + resumed.kept == resumed.total == 11
+    assert not list(out.rglob("*.tmp999999999"))
+    assert prepare_dataset(collection, out, options(force=True)).kept == 0
+
+
+def test_a_killed_first_run_with_only_its_state_file_is_redone(collection: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "train" / "before").mkdir(parents=True)
+    (out / "train" / "before" / "half.png").write_bytes(b"\x89PNG")
+    (out / STATE_FILE).write_text(json.dumps({"version": 1, "source": str(collection.resolve()),
+                                              "image_settings": {}, "complete": False, "pairs": {}}))
+    report = prepare_dataset(collection, out, options())
+    assert report.total == 11 and not (out / "train" / "before" / "half.png").exists()
+
+
+def test_a_folder_that_is_not_ours_is_still_refused_even_with_force(collection: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.docx").write_text("precious")
+    for force in (False, True):
+        with pytest.raises(SvaiError, match="not made by `svai prepare`"):
+            prepare_dataset(collection, out, options(force=force))
+    assert (out / "thesis.docx").read_text() == "precious"
+
+
+def test_a_second_prepare_into_the_same_out_is_refused(collection: Path, tmp_path: Path) -> None:
+    from svai.runlock import RunLock
+
+    out = tmp_path / "out"
+    with RunLock(out):
+        with pytest.raises(SvaiError, match="in use by process"):
+            prepare_dataset(collection, out, options())

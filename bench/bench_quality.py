@@ -1,0 +1,213 @@
+"""Which model simulates surgery best: every family and preset, trained on the built-in data
+for one stated budget, scored against doing nothing.
+
+    python bench/bench_quality.py                       # the CPU budget, writes docs/results.md
+    python bench/bench_quality.py --budget gpu          # the larger budget (a GPU machine)
+    python bench/bench_quality.py --rows pix2pix:residual,stargan --steps-scale 0.1 --docs none
+
+Rows: each image-to-image family in each output mode (direct, residual, masked, warp), each
+preset in its own settings (the research's presets keep the papers' direct output), each
+generated as it is and with `--composite`. Each run generates the test split with the
+manifest's procedure labels and is evaluated on the whole image and inside / outside the
+dataset's change masks. The table, one grid per row (before | simulation | after | change
+×4), the settings and the commit go to docs/results.md. Rows that lose to doing nothing are
+shown with their figures, never dropped. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from svai.composite import CompositeOptions
+from svai.config import resolve
+from svai.data.images import read_rgb
+from svai.data.synthetic import write_synthetic_dataset
+from svai.generate import Generation, generate_folder, load_model
+from svai.io import write_atomic, write_png
+from svai.metrics.evaluate import evaluate_folders
+from svai.models.registry import families, presets, resolve_model
+from svai.report import comparison_table, format_table, load_results
+from svai.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = ("direct", "residual", "masked", "warp")
+METRICS = ["ssim", "psnr"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One training budget: data, size, batch and steps per family; widths chosen to fit."""
+
+    pairs: int
+    size: int
+    batch_size: int
+    steps: dict[str, int]
+    widths: dict[str, tuple[str, ...]]
+    precision: str
+
+
+BUDGETS = {
+    # About an hour on a 2-core CPU for every row (bf16 autocast; this CPU has AMX-bf16).
+    "cpu": Budget(pairs=300, size=64, batch_size=4, precision="bf16",
+                  steps={"pix2pix": 600, "cyclegan": 300, "stargan": 600, "stargan-v2": 200},
+                  widths={"pix2pix": ("model.ngf=32", "model.ndf=32"),
+                          "cyclegan": ("model.ngf=16", "model.ndf=32"),
+                          "stargan": ("model.ngf=32", "model.ndf=32"),
+                          "stargan-v2": ("model.ngf=32", "model.ndf=32", "model.max_conv_dim=128")}),
+    # Reference widths at 128 px: meant for one GPU.
+    "gpu": Budget(pairs=2000, size=128, batch_size=16, precision="bf16",
+                  steps={"pix2pix": 20000, "cyclegan": 20000, "stargan": 20000, "stargan-v2": 20000},
+                  widths={}),
+}
+
+
+def all_rows() -> list[str]:
+    """`name:mode` for every family in every mode it has, and every preset as it is."""
+    rows = []
+    for name, cls in families().items():
+        modes = MODES if "output" in getattr(cls.Options, "__dataclass_fields__", {}) else ("direct",)
+        rows += [f"{name}:{mode}" for mode in modes]
+    rows += [f"{name}:preset" for name in presets() if name not in families()]
+    return rows
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def train_row(row: str, budget: Budget, data: Path, runs: Path, scale: float) -> tuple[Path, float, int]:
+    name, mode = row.split(":")
+    family = resolve_model(name)[0].name
+    steps = max(1, round(budget.steps[family] * scale))
+    sets = [f"data.image_size={budget.size}", f"train.steps={steps}", f"train.batch_size={budget.batch_size}",
+            f"train.mixed_precision={budget.precision}", "train.sample_every=0", "train.evaluate=false",
+            "train.checkpoint_every=0", *budget.widths.get(family, ())]
+    if mode not in ("preset", "direct"):
+        sets.append(f"model.output={mode}")
+    config = resolve(name, sets=sets, flags={"data.root": str(data)})
+    run = runs / row.replace(":", "-")
+    start = time.perf_counter()
+    train(config, run)
+    return run, time.perf_counter() - start, steps
+
+
+def evaluate_row(row: str, run: Path, data: Path, out: Path, composite: bool) -> dict:
+    model = load_model(run, device="cpu")
+    label = row.replace(":preset", "") + (" +composite" if composite else "")
+    folder = out / label.replace(":", "-").replace(" +", "-")
+    settings = Generation(batch_size=16, composite=CompositeOptions() if composite else None)
+    generate_folder(model, data / "test" / "before", folder, settings)
+    result = evaluate_folders(folder, data / "test" / "after", metrics=METRICS, masks=data / "test" / "masks",
+                              baseline=data / "test" / "before", before=data / "test" / "before", name=label,
+                              use_cache=False)
+    write_atomic(folder.with_suffix(".json"), json.dumps(result).encode())
+    return result
+
+
+def difference_grid(pred: Path, data: Path, ids: list[str]) -> np.ndarray:
+    """Rows of before | simulation | after | |simulation − before| × 4, as one uint8 image."""
+    rows = []
+    for image_id in ids:
+        before = read_rgb(data / "test" / "before" / f"{image_id}.png")
+        after = read_rgb(data / "test" / "after" / f"{image_id}.png")
+        sim = read_rgb(pred / f"{image_id}.png")
+        change = np.clip(np.abs(sim.astype(int) - before.astype(int)) * 4, 0, 255).astype(np.uint8)
+        rows.append(np.concatenate([before, sim, after, change], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--rows", default="", help="comma-separated name:mode rows (default: all)")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step count (quick trials)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the built-in dataset")
+    parser.add_argument("--work", type=Path, default=None, help="keep runs and predictions here")
+    parser.add_argument("--docs", default=str(ROOT / "docs" / "results.md"), help="results page, or 'none'")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    budget = BUDGETS[args.budget]
+    rows = [r if ":" in r else f"{r}:preset" for r in args.rows.split(",") if r] or all_rows()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    print(f"budget {args.budget}: {budget.pairs} pairs at {budget.size}px, batch {budget.batch_size}, "
+          f"{budget.precision}, seed {args.seed}; {device}; commit {commit()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        data = work / "data"
+        if not (data / "manifest.csv").is_file():
+            write_synthetic_dataset(data, count=budget.pairs, size=budget.size, seed=args.seed)
+        out = work / "predictions"
+        results, timings = [], {}
+        for row in rows:
+            run, seconds, steps = train_row(row, budget, data, work / "runs", args.steps_scale)
+            timings[row] = (steps, seconds)
+            for composite in (False, True):
+                result = evaluate_row(row, run, data, out, composite)
+                results.append(result)
+                m = result["metrics"]
+                print(f"{result['name']:<32} steps {steps:>5} train {seconds:>6.0f}s  "
+                      f"SSIM {m['ssim']['mean']:.4f}  PSNR {m['psnr']['mean']:.2f}  "
+                      f"PSNR inside {m.get('psnr_changed', {}).get('mean', float('nan')):.2f}  "
+                      f"PSNR outside {m.get('psnr_kept', {}).get('mean', float('nan')):.2f}", flush=True)
+        files = sorted(out.glob("*.json"))
+        table = comparison_table(load_results(files))
+        markdown = format_table(table, "markdown")
+        print(markdown)
+        if args.docs != "none":
+            write_page(Path(args.docs), args, budget, rows, timings, markdown, out, data)
+
+
+def write_page(page: Path, args: argparse.Namespace, budget: Budget, rows: list[str],
+               timings: dict[str, tuple[int, float]], markdown: str, out: Path, data: Path) -> None:
+    grids = page.parent / "results"
+    ids = sorted(p.stem for p in (data / "test" / "before").glob("*.png"))[:4]
+    lines = [
+        "# Results on the built-in data",
+        "",
+        "Written by `python bench/bench_quality.py"
+        + (f" --budget {args.budget}" if args.budget != "cpu" else "") + "`; do not edit by hand.",
+        "",
+        f"- data: `svai prepare synthetic` — {budget.pairs} pairs, {budget.size} px, seed {args.seed}; "
+        "test split scored, with the manifest's procedure labels",
+        f"- training: batch {budget.batch_size}, {budget.precision} autocast, widths "
+        + "; ".join(f"{k}: {' '.join(v)}" for k, v in budget.widths.items()) + ", steps "
+        + ", ".join(f"{k} {round(v * args.steps_scale)}" for k, v in budget.steps.items()),
+        f"- commit {commit()}; {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        "- `do nothing` is the before photo used as the prediction; † marks a figure worse than it.",
+        "  `_changed` / `_kept`: inside / outside the dataset's change masks.",
+        "",
+        markdown,
+        "",
+        "## Training time",
+        "",
+        "| row | steps | seconds |",
+        "| --- | --- | --- |",
+        *[f"| {row} | {steps} | {seconds:.0f} |" for row, (steps, seconds) in timings.items()],
+        "",
+        "## Grids",
+        "",
+        "before | simulation | after | change from the before photo × 4, on the first four test pairs.",
+        "",
+    ]
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        write_png(grids / f"{folder.name}.png", difference_grid(folder, data, ids))
+        lines += [f"### {folder.name}", "", f"![{folder.name}](results/{folder.name}.png)", ""]
+    write_atomic(page, ("\n".join(lines) + "\n").encode())
+    print(f"wrote {page} and {len(list(grids.glob('*.png')))} grids in {grids}")
+
+
+if __name__ == "__main__":
+    main()
