@@ -163,7 +163,7 @@ def test_load_inception_refuses_pickled_objects(tmp_path: Path, clean_env: Path)
     torch.load(path, weights_only=False)  # the payload works when trusted...
     assert marker.is_dir()
     marker.rmdir()
-    with pytest.raises(SvaiError, match="not a plain weights file"):
+    with pytest.raises(SvaiError, match="not a readable weights file"):
         load_inception(tmp_path)
     assert not marker.exists()  # ...and never runs through load_inception.
 

@@ -74,9 +74,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        # torch's own message talks about weights_only defaults, which misleads here.
         raise SvaiError(
-            f"{path} is not a plain weights file ({first_line}): delete it and run "
+            f"{path} is not a readable weights file ({type(error).__name__}): delete it and run "
             f"`svai weights fetch`, or copy an intact copy in its place"
         ) from None
     if not isinstance(state, dict):

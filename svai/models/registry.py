@@ -8,7 +8,6 @@ an option, never a copy of a model.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -45,8 +44,7 @@ def register_family(cls: type[ModelFamily]) -> type[ModelFamily]:
 
 def _load_all() -> None:
     for module in FAMILY_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+        importlib.import_module(module)
 
 
 def families() -> dict[str, type[ModelFamily]]:

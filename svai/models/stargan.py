@@ -53,7 +53,7 @@ NUM_LABELS = len(PROCEDURES)
 # halves past that, so smaller images get fewer layers.
 MIN_DISCRIMINATOR_MAP = 2
 # Input maps up to this side run the discriminator's convolutions as matrix products on CPU
-# (`SmallMapConv2d`); measured faster from here down on a 2-core CPU at batch 2 to 32.
+# (`SmallMapConv2d`): measured faster from here down on a 2-core CPU, 2 to 64 images a call.
 SMALL_MAP = 8
 
 
@@ -265,16 +265,17 @@ class SmallMapConv2d(nn.Conv2d):
 
     StarGAN's discriminator ends in layers whose weights are far larger than their inputs
     (at 128 px, 128 MiB of weights on a 4×4 map). On CPU, oneDNN copies such a weight into its
-    blocked layout on every forward and backward call, and those copies and the page faults of
-    their fresh allocations cost several times the arithmetic; a matrix product reads the
-    weight where it is.
+    blocked layout on every forward and backward call; with glibc's default allocator each
+    copy is a fresh mapping, and its page faults cost several times the arithmetic. A matrix
+    product reads the weight where it is (docs/models.md has the measurements).
 
     x: (B, C_in, H, W) -> (B, C_out, H', W') as `nn.Conv2d`.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        if x.device.type != "cpu" or height > SMALL_MAP or width > SMALL_MAP or self.groups != 1:
+        if (x.device.type != "cpu" or height > SMALL_MAP or width > SMALL_MAP or self.groups != 1
+                or self.padding_mode != "zeros" or isinstance(self.padding, str)):
             return super().forward(x)
         batch = x.shape[0]
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation

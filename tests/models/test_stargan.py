@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
-from svai.config import resolve
+from svai.config import RunConfig, resolve
 from svai.errors import SvaiError
 from svai.models.base import Request, StepContext, count_parameters, eval_mode
 from svai.models.layers import SelfAttention
@@ -141,10 +141,9 @@ def test_small_map_convolution_equals_conv2d_with_its_gradients(side: int, bias:
     plain.load_state_dict(fast.state_dict())
     results = []
     for conv in (fast, plain):
-        x = torch.randn(3, 6, side, side, dtype=torch.float64, requires_grad=True)
         conv.double()
-        with torch.no_grad():
-            x.copy_(torch.randn(3, 6, side, side, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(3, 6, side, side, generator=g, dtype=torch.float64).requires_grad_(True)
         y = conv(x)
         # First and second order, as the gradient penalty differentiates through the input gradient.
         (dx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
@@ -294,7 +293,7 @@ def test_interrupted_and_resumed_equals_one_go(tiny_dataset: Path, tmp_path: Pat
     # Stopped at step 3, between G updates (steps 0 and 5): the resumed run must pick up the
     # n_critic schedule, the instance norms' running statistics, both optimisers and the RNG.
     sets = [*TINY, "train.batch_size=2", "train.steps=8"]
-    def config():
+    def config() -> RunConfig:
         return resolve("stargan-attn-gd-rec", sets=sets, flags={"data.root": str(tiny_dataset)})
     one_go = train(config(), tmp_path / "one")
     assert one_go.step == 8 and not one_go.interrupted
