@@ -77,3 +77,14 @@ def test_int_is_accepted_for_float_but_bool_is_not_int() -> None:
     assert build_dataclass(TrainConfig, {"steps": 3}, "train").steps == 3
     with pytest.raises(SvaiError, match="train.steps"):
         build_dataclass(TrainConfig, {"steps": True}, "train")
+
+
+def test_every_example_config_resolves_and_every_stargan_preset_has_one() -> None:
+    from svai.models.registry import presets
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    configs = sorted(examples.glob("*.yaml"))
+    for path in configs:
+        config = resolve(config_file=path, flags={"data.root": "somewhere"})
+        assert config.name == path.stem, path
+    assert {p for p in presets() if p.startswith("stargan")} <= {p.stem for p in configs}

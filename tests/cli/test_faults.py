@@ -231,3 +231,27 @@ def test_generate_on_cuda_without_a_gpu_is_one_line(dataset: Path, tmp_path: Pat
     result = invoke("generate", "--run", tmp_path, "--input", dataset / "test" / "before",
                     "--output", tmp_path / "o", "--device", "cuda")
     assert_user_error(result, "--device cuda", "no CUDA GPU")
+
+
+@pytest.mark.slow
+def test_evaluate_and_compare_killed_at_a_random_moment_complete_on_the_next_run(dataset: Path, tmp_path: Path) -> None:
+    import json
+
+    before = hashes(dataset)
+    out = tmp_path / "out"
+    evaluate = svai("evaluate", "--pred", dataset / "test" / "before", "--target", dataset / "test" / "after",
+                    "--masks", dataset / "test" / "masks", "--metrics", "ssim,psnr", "--no-cache",
+                    "--json", out / "evaluation.json")
+    delay = kill_at_random(evaluate, 0.2, 3.0)
+    run_ok(evaluate, f"evaluate re-run after SIGKILL at {delay:.2f}s")
+    tested = len(list((dataset / "test" / "before").iterdir()))
+    assert json.loads((out / "evaluation.json").read_text())["metrics"]["ssim"]["n"] == tested
+
+    compare = svai("compare", out, "--grid", out / "grid.png", "--report", out / "report.html",
+                   "--before", dataset / "test" / "before")
+    delay = kill_at_random(compare, 0.2, 3.0)
+    run_ok(compare, f"compare re-run after SIGKILL at {delay:.2f}s")
+    assert Image.open(out / "grid.png").size[0] > 0
+    assert (out / "report.html").read_text(encoding="utf-8").rstrip().endswith("</html>")
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "grid.png", "report.html"]
+    assert hashes(dataset) == before
