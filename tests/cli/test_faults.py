@@ -132,9 +132,10 @@ def _running(pid: int) -> bool:
 def test_train_killed_at_a_random_moment_continues_on_the_next_run(dataset: Path, tmp_path: Path) -> None:
     before = hashes(dataset)
     run = tmp_path / "run"
-    command = svai("train", "--model", "pix2pix", "--data", dataset, "--out", run, "--steps", "6",
-                   "--set", "train.checkpoint_every=2", *TINY)
-    delay = kill_at_random(command, 1.0, 8.0)
+    # Long enough (several seconds here) that the kill lands in set-up, training or evaluation.
+    command = svai("train", "--model", "pix2pix", "--data", dataset, "--out", run, "--steps", "300",
+                   "--set", "train.checkpoint_every=25", *TINY)
+    delay = kill_at_random(command, 1.0, 5.0)
     resume = ["--resume"] if list((run / "checkpoints").glob("step-*")) else []
     if resume and (run / "evaluation.json").is_file():
         pytest.skip("the run finished before the kill")

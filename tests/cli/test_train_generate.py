@@ -171,3 +171,27 @@ def test_help_shows_no_internal_type_names(command: str) -> None:
         assert name not in result.stdout, (command, name)
     if command == "train":
         assert "KEY=VALUE" in result.stdout and "no|fp16|bf16" in result.stdout
+
+
+def test_resume_with_nothing_left_to_train_redoes_a_cut_short_evaluation(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    data, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "evaluation.json").unlink()  # what a SIGTERM during the evaluation leaves
+    steps_before = sorted(p.name for p in (copy / "checkpoints").glob("step-*"))
+    result = invoke("train", "--out", copy, "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((copy / "evaluation.json").read_text())["metrics"]["ssim"]["n"] > 0
+    assert sorted(p.name for p in (copy / "checkpoints").glob("step-*")) == steps_before
+
+
+def test_a_batch_larger_than_the_dataset_is_warned_about(trained: tuple[Path, Path], tmp_path: Path, caplog) -> None:
+    data, _ = trained
+    pairs = len(list((data / "train" / "before").iterdir()))
+    with caplog.at_level("WARNING"):
+        result = invoke("train", "--model", "pix2pix", "--data", data, "--out", tmp_path / "r", "--steps", "1",
+                        "--batch-size", str(pairs + 1), "--set", "train.evaluate=false", *TINY)
+    assert result.exit_code == 0, result.output
+    assert any("larger than" in r.getMessage() and str(pairs) in r.getMessage() for r in caplog.records)
