@@ -19,7 +19,8 @@ from svai.config import resolve
 from svai.errors import SvaiError
 from svai.models.base import Phase, check_phases
 from svai.models.penalties import input_gradients, r1_penalty, wgan_gradient_penalty
-from svai.train import Trainer, split_batch, train
+from svai.train import Trainer, split_batch
+from loop_helpers import changed, first_batch, snapshot
 
 SIZE = 32
 
@@ -35,19 +36,6 @@ def trainer(data: Path, run: Path, *sets: str) -> Trainer:
     config = resolve(toy_family.NAME, sets=[f"data.image_size={SIZE}", "train.sample_every=0", *sets],
                      flags={"data.root": str(data)})
     return Trainer(config, run)
-
-
-def first_batch(t: Trainer) -> dict:
-    raw = next(iter(t._loader()))
-    return {k: v.to(t.accelerator.device) if torch.is_tensor(v) else v for k, v in raw.items()}
-
-
-def snapshot(t: Trainer, name: str) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in t.nets[name].parameters()]
-
-
-def changed(before: list[torch.Tensor], t: Trainer, name: str) -> bool:
-    return any(not torch.equal(a, p.detach()) for a, p in zip(before, t.nets[name].parameters()))
 
 
 def test_a_phase_runs_only_every_k_steps(tiny_dataset: Path, tmp_path: Path) -> None:

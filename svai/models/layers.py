@@ -141,6 +141,18 @@ def _padded_conv3x3(channels: int, bias: bool, padding: str) -> list[nn.Module]:
     raise ValueError(f"unknown padding {padding!r}")
 
 
+def run_trunk(h: torch.Tensor, blocks: nn.ModuleList, attention: nn.Module | None, position: int) -> torch.Tensor:
+    """Residual blocks in order, with the self-attention block (if any) before block
+    `position` (`position == len(blocks)`: after the last). h: (B, C, H, W) -> same shape."""
+    for index, block in enumerate(blocks):
+        if attention is not None and index == position:
+            h = attention(h)
+        h = block(h)
+    if attention is not None and position == len(blocks):
+        h = attention(h)
+    return h
+
+
 class ResnetGenerator(nn.Module):
     """CycleGAN generator (Johnson et al. 2016 layout): 7×7 stem, two stride-2 downsamplings,
     `n_blocks` residual blocks at H/4, two transposed-conv upsamplings, 7×7 head and tanh.
@@ -205,12 +217,7 @@ class ResnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.down(self.stem(x))
-        for index, block in enumerate(self.blocks):
-            if self.attention is not None and index == self.attention_position:
-                h = self.attention(h)
-            h = block(h)
-        if self.attention is not None and self.attention_position == len(self.blocks):
-            h = self.attention(h)
+        h = run_trunk(h, self.blocks, self.attention, self.attention_position)
         return self.head(self.up(h))
 
 

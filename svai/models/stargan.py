@@ -42,7 +42,7 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
 from svai.models.heads import Aux, OutputHead, check_intensity
-from svai.models.layers import SelfAttention, check_attention_heads, init_weights, linear_decay_factor
+from svai.models.layers import SelfAttention, check_attention_heads, init_weights, linear_decay_factor, run_trunk
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.penalties import wgan_gradient_penalty
 from svai.models.registry import register_family
@@ -236,12 +236,7 @@ class StarGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         h = self.down(self.stem(tile_labels(x, labels)))
-        for index, block in enumerate(self.blocks):
-            if self.attention is not None and index == self.attention_position:
-                h = self.attention(h)
-            h = block(h)
-        if self.attention is not None and self.attention_position == len(self.blocks):
-            h = self.attention(h)
+        h = run_trunk(h, self.blocks, self.attention, self.attention_position)
         return self.head(self.up(h))
 
 

@@ -30,6 +30,7 @@ from svai.models.stargan import (
     discriminator_layout,
 )
 from svai.train import Trainer, prepare_training, train
+from loop_helpers import changed, first_batch, snapshot
 
 SIZE = 32
 PRESETS = ["stargan", "stargan-attn", "stargan-mha", "stargan-attn-rec", "stargan-mha-rec", "stargan-attn-gd-rec"]
@@ -63,19 +64,6 @@ def make_batch(n: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
 def tiny_trainer(data: Path, run: Path, *sets: str) -> Trainer:
     config = resolve("stargan", sets=[*TINY, "train.batch_size=2", *sets], flags={"data.root": str(data)})
     return Trainer(config, run)
-
-
-def first_batch(t: Trainer) -> dict:
-    raw = next(iter(t._loader()))
-    return {k: v.to(t.accelerator.device) if torch.is_tensor(v) else v for k, v in raw.items()}
-
-
-def snapshot(t: Trainer, name: str) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in t.nets[name].parameters()]
-
-
-def changed(before: list[torch.Tensor], t: Trainer, name: str) -> bool:
-    return any(not torch.equal(a, p.detach()) for a, p in zip(before, t.nets[name].parameters()))
 
 
 # -- settings and architecture ----------------------------------------------------------------

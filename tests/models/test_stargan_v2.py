@@ -18,6 +18,7 @@ from svai.models.base import Request, StepContext, count_parameters
 from svai.models.registry import families, resolve_model
 from svai.models.stargan_v2 import EMA_OF, StarGANv2, StarGANv2Options
 from svai.train import Trainer, train
+from loop_helpers import first_batch
 
 SIZE = 32
 TINY = dict(ngf=8, ndf=8, max_conv_dim=16, latent_dim=4, style_dim=8, hidden_dim=16)
@@ -42,11 +43,6 @@ def trainer(data: Path, run: Path, *sets: str) -> Trainer:
     config = resolve("stargan-v2", sets=[f"data.image_size={SIZE}", "train.batch_size=2", "train.sample_every=0",
                                          *TINY_SETS, *sets], flags={"data.root": str(data)})
     return Trainer(config, run)
-
-
-def first_batch(t: Trainer) -> dict:
-    raw = next(iter(t._loader()))
-    return {k: v.to(t.accelerator.device) if torch.is_tensor(v) else v for k, v in raw.items()}
 
 
 # -- configuration and sizes -------------------------------------------------------------------
