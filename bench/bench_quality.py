@@ -80,6 +80,8 @@ def all_rows() -> list[str]:
     rows += [f"{name}:preset" for name in presets() if name not in families()]
     # Beyond the papers: StarGAN also pulled towards the paired after photo.
     rows += ["stargan:direct:paired_l1=10", "stargan:warp:paired_l1=10"]
+    # pix2pix told which procedures were done, and how strongly (procedure maps).
+    rows += ["pix2pix:warp:procedure_maps=true"]
     return rows
 
 

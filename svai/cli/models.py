@@ -22,13 +22,14 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     for name in list_models():
         family_cls, preset = resolve_model(name)
         config = resolve(name)
-        counts = parameter_counts(make_family(config))
+        family = make_family(config)
+        counts = parameter_counts(family)
         rows.append({
             "name": name,
             "family": family_cls.name,
             "paired": family_cls.paired,
             # The `svai generate` options that steer this model beyond the before photo.
-            "controls": [REQUEST_OPTIONS[field] for field in sorted(family_cls.uses)],
+            "controls": [REQUEST_OPTIONS[field] for field in sorted(family.uses)],
             "image_size": config.data.image_size,
             "parameters": counts,
             "description": preset.get("description") or family_cls.description,

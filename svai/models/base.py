@@ -145,7 +145,7 @@ class ModelFamily:
     name: ClassVar[str] = ""
     Options: ClassVar[type] = type(None)
     paired: ClassVar[bool] = True           # learns from aligned before/after pairs
-    uses: ClassVar[frozenset[str]] = frozenset()   # the `Request` fields `translate` reads
+    uses: frozenset[str] = frozenset()   # the `Request` fields `translate` reads (an instance may add some)
     description: ClassVar[str] = ""
 
     def __init__(self, options: Any, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
@@ -209,6 +209,25 @@ class ModelFamily:
     def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1] -> predicted after, same shape and range."""
         raise NotImplementedError
+
+    def requested_procedures(self, request: Request | None, before: torch.Tensor) -> torch.Tensor:
+        """The request's procedure strengths for a procedure-conditioned family, checked:
+        (B, P) or (1, P) in [0, 1] over `self.procedures` -> (B, P) float32 on before's device.
+        None is a one-line error asking for --procedures."""
+        if request is None or request.procedures is None:
+            raise SvaiError(
+                f"{self.name} models need --procedures: the procedures to simulate ({', '.join(self.procedures)}), "
+                f"e.g. {'+'.join(self.procedures[:2])}"
+            )
+        labels, count = request.procedures, len(self.procedures)
+        if labels.dim() != 2 or labels.shape[1] != count or labels.shape[0] not in (1, before.shape[0]):
+            raise SvaiError(
+                f"--procedures: expected ({before.shape[0]}, {count}) strengths over {', '.join(self.procedures)}; "
+                f"got shape {tuple(labels.shape)}"
+            )
+        if not bool(((labels >= 0) & (labels <= 1)).all()):
+            raise SvaiError(f"--procedures: strengths must be between 0 and 1; got {labels.tolist()}")
+        return labels.to(device=before.device, dtype=torch.float32).expand(before.shape[0], -1)
 
 
 @contextmanager

@@ -141,6 +141,16 @@ def _padded_conv3x3(channels: int, bias: bool, padding: str) -> list[nn.Module]:
     raise ValueError(f"unknown padding {padding!r}")
 
 
+def tile_labels(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Append the labels to the image as constant channels (Sec. 3.1, "depth-wise concatenation").
+
+    x: (B, C, H, W); labels: (B, P) -> (B, C + P, H, W) in x's dtype.
+    """
+    batch, _, height, width = x.shape
+    planes = labels.to(x.dtype).reshape(batch, -1, 1, 1).expand(-1, -1, height, width)
+    return torch.cat([x, planes], dim=1)
+
+
 def run_trunk(h: torch.Tensor, blocks: nn.ModuleList, attention: nn.Module | None, position: int) -> torch.Tensor:
     """Residual blocks in order, with the self-attention block (if any) before block
     `position` (`position == len(blocks)`: after the last). h: (B, C, H, W) -> same shape."""

@@ -27,6 +27,7 @@ from svai.models.layers import (
     init_weights,
     linear_decay_factor,
     patch_output_size,
+    tile_labels,
 )
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.registry import register_family
@@ -47,6 +48,9 @@ class Pix2PixOptions(GanOptions):
     - attention_position: the U-Net level p whose features, at resolution H/2^p after the skip
       concatenation, pass through the generator's attention (1 ≤ p < depth; 3 is 32×32 at
       256 px, SAGAN's best size). The discriminator's attention sits before its last conv.
+    - procedure_maps: give G the per-procedure strengths as extra constant input maps (a
+      conditional pix2pix, svai's addition: the paired baseline then knows what was operated
+      and how strongly); generation then takes --procedures.
     """
 
     norm: Norm = "batch"
@@ -55,6 +59,7 @@ class Pix2PixOptions(GanOptions):
     unet_depth: int | None = None
     lambda_l1: float = 100.0
     attention_position: int = 3
+    procedure_maps: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +91,8 @@ class Pix2Pix(ModelFamily):
     def __init__(self, options: Pix2PixOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         super().__init__(options, image_size, procedures)
         o = options
+        if o.procedure_maps:
+            self.uses = self.uses | {"procedures"}
         self.head = OutputHead(o)
         available = _halvings(image_size)
         if o.unet_depth is None:
@@ -122,7 +129,7 @@ class Pix2Pix(ModelFamily):
     def build(self) -> Networks:
         o = self.options
         generator = UnetGenerator(
-            in_channels=3,
+            in_channels=3 + (len(self.procedures) if o.procedure_maps else 0),
             out_channels=self.head.channels,
             depth=self.depth,
             ngf=o.ngf,
@@ -162,7 +169,8 @@ class Pix2Pix(ModelFamily):
         if "fake" not in ctx:
             # G's graph is needed by the G phase later in this step, whatever the loop froze.
             set_requires_grad(nets, ("G",), True)
-            ctx["fake"], ctx["aux"] = self.head(nets["G"](batch["before"]), batch["before"])
+            ctx["fake"], ctx["aux"] = self.head(nets["G"](self._input(batch["before"], batch["procedures"])),
+                                                batch["before"])
         return ctx["fake"]
 
     def loss(self, phase: str, nets: Networks, batch: Batch, ctx: dict[str, Any], step: int) -> LossResult:
@@ -207,7 +215,13 @@ class Pix2Pix(ModelFamily):
         """
         _check_input(before, 2 ** self.depth)
         alpha = check_intensity(request.intensity if request is not None else None)
-        return self.head(nets["G"](before), before, alpha)[0]
+        labels = self.requested_procedures(request, before) if self.options.procedure_maps else None
+        return self.head(nets["G"](self._input(before, labels)), before, alpha)[0]
+
+    def _input(self, before: torch.Tensor, procedures: torch.Tensor | None) -> torch.Tensor:
+        """G's input: the before image, plus one constant map per procedure strength when
+        `procedure_maps` is on. before: (B, 3, H, W); procedures: (B, P) -> (B, 3 [+ P], H, W)."""
+        return tile_labels(before, procedures) if self.options.procedure_maps else before
 
 
 def _check_input(before: torch.Tensor, multiple: int) -> None:

@@ -42,7 +42,7 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
 from svai.models.heads import Aux, OutputHead, check_intensity
-from svai.models.layers import SelfAttention, check_attention_heads, init_weights, linear_decay_factor, run_trunk
+from svai.models.layers import SelfAttention, check_attention_heads, init_weights, linear_decay_factor, run_trunk, tile_labels
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.penalties import wgan_gradient_penalty
 from svai.models.registry import register_family
@@ -160,16 +160,6 @@ class StarResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
-
-
-def tile_labels(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Append the labels to the image as constant channels (Sec. 3.1, "depth-wise concatenation").
-
-    x: (B, C, H, W); labels: (B, P) -> (B, C + P, H, W) in x's dtype.
-    """
-    batch, _, height, width = x.shape
-    planes = labels.to(x.dtype).reshape(batch, -1, 1, 1).expand(-1, -1, height, width)
-    return torch.cat([x, planes], dim=1)
 
 
 class StarGenerator(nn.Module):
@@ -511,23 +501,9 @@ class StarGAN(ModelFamily):
             raise SvaiError(
                 f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}"
             )
-        if request is None or request.procedures is None:
-            raise SvaiError(
-                f"stargan models need --procedures: the procedures to simulate ({', '.join(self.procedures)}), "
-                f"e.g. {'+'.join(self.procedures[:2])}"
-            )
-        labels = request.procedures
-        count = len(self.procedures)
-        if labels.dim() != 2 or labels.shape[1] != count or labels.shape[0] not in (1, before.shape[0]):
-            raise SvaiError(
-                f"--procedures: expected ({before.shape[0]}, {count}) strengths over {', '.join(self.procedures)}; "
-                f"got shape {tuple(labels.shape)}"
-            )
-        if not bool(((labels >= 0) & (labels <= 1)).all()):
-            raise SvaiError(f"--procedures: strengths must be between 0 and 1; got {labels.tolist()}")
+        labels = self.requested_procedures(request, before)
         given = check_intensity(request.intensity)
         alpha = 1.0 if given is None else given
-        labels = labels.to(device=before.device, dtype=torch.float32).expand(before.shape[0], -1)
         if self.head.mode == "direct":
             # The paper's generator: α scales the labels, α = 0 asks for "no procedure".
             return self._translate(nets, before, labels * alpha)[0]
