@@ -268,7 +268,7 @@ def _is_inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _fingerprint(pair: Pair, settings: dict, regions: tuple[tuple[str, Path], ...] = ()) -> str:
+def _pair_digest(pair: Pair, settings: dict, regions: tuple[tuple[str, Path], ...] = ()) -> str:
     """What the outputs of a pair depend on: its files (path, size, mtime), its region files
     and the image settings."""
     files = []
@@ -502,7 +502,7 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
     for pair in found.pairs:
         key = region_key(pair.id)
         regions = tuple((name, files[key]) for name, files in region_index.items() if key in files)
-        fingerprint = _fingerprint(pair, settings, regions)
+        fingerprint = _pair_digest(pair, settings, regions)
         fingerprints[pair.id] = fingerprint
         old = old_pairs.get(pair.id)
         if old and old.get("fingerprint") == fingerprint and all(
