@@ -25,7 +25,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -144,10 +144,17 @@ def _tensors_of(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
     return {f"{prefix}{k}": v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def network_tensors(nets: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+# (network, state-dict key) -> whether the entry is pretrained and frozen: such entries come
+# from the weights lookup (`ModelFamily.load_pretrained`), never from a checkpoint.
+Frozen = Callable[[str, str], bool]
+
+
+def network_tensors(nets: dict[str, nn.Module], frozen: Frozen | None = None) -> dict[str, torch.Tensor]:
+    """Every network's state-dict tensors, keys prefixed `<network>.`, less the frozen entries."""
     tensors: dict[str, torch.Tensor] = {}
     for name, net in nets.items():
-        tensors.update(_tensors_of(net.state_dict(), f"{name}."))
+        state = {k: v for k, v in net.state_dict().items() if frozen is None or not frozen(name, k)}
+        tensors.update(_tensors_of(state, f"{name}."))
     return tensors
 
 
@@ -236,11 +243,12 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     rng_states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
     keep: int = 2,
+    frozen: Frozen | None = None,
 ) -> Path:
     """Write a checkpoint for `step` atomically, point `latest` at it, prune to `keep`.
 
     `rng_states` holds one `rng_payload()` per process (rank order); by default this
-    process's only. Call on the main process only.
+    process's only. Entries `frozen` names are left out. Call on the main process only.
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -250,7 +258,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(network_tensors(nets), str(tmp / "weights.safetensors"))
+    save_file(network_tensors(nets, frozen), str(tmp / "weights.safetensors"))
     optimizer_tensors, optimizer_meta = optimizer_payload(optimizers)
     save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
     rng_meta: dict[str, Any] = {}
@@ -339,8 +347,11 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
 
 
-def load_networks(path: Path, nets: dict[str, nn.Module], names: tuple[str, ...] | None = None) -> None:
-    """Load the named networks (all by default) from a checkpoint's weights, strictly."""
+def load_networks(
+    path: Path, nets: dict[str, nn.Module], names: tuple[str, ...] | None = None, frozen: Frozen | None = None,
+) -> None:
+    """Load the named networks (all by default) from a checkpoint's weights, strictly: every
+    entry but the `frozen` ones (filled from the weights lookup instead) must be there."""
     file = Path(path) / "weights.safetensors"
     wanted = set(names) if names is not None else set(nets)
     states: dict[str, dict[str, torch.Tensor]] = {name: {} for name in wanted}
@@ -352,11 +363,17 @@ def load_networks(path: Path, nets: dict[str, nn.Module], names: tuple[str, ...]
                     states[owner][rest] = handle.get_tensor(key)
     except SafetensorError as error:
         raise SvaiError(f"{file} is damaged ({error}): use another checkpoint") from None
-    for name in wanted:
-        if not states[name]:
+    for name in sorted(wanted):
+        expected = [k for k in nets[name].state_dict() if frozen is None or not frozen(name, k)]
+        if expected and not states[name]:
             raise SvaiError(f"{file} has no weights for network {name!r}")
+        missing = [k for k in expected if k not in states[name]]
+        unexpected = [k for k in states[name] if k not in set(expected)]
+        if missing or unexpected:
+            first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+            raise SvaiError(f"{file}: weights of {name!r} do not fit the configured model ({first})")
         try:
-            nets[name].load_state_dict(states[name], strict=True)
+            nets[name].load_state_dict(states[name], strict=False)
         except RuntimeError as error:
             first = str(error).strip().splitlines()[0]
             raise SvaiError(f"{file}: weights of {name!r} do not fit the configured model ({first})") from None

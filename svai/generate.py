@@ -64,7 +64,8 @@ def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | to
     # Only the networks needed for inference are materialised; discriminators stay on meta.
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     nets = {name: skeleton[name].to_empty(device="cpu") for name in names}
-    load_networks(ref.path, nets, names)
+    load_networks(ref.path, nets, names, frozen=family.is_frozen)
+    family.load_pretrained(nets)
     for net in nets.values():
         net.to(torch_device).eval()
     return LoadedModel(config, family, nets, ref.step, torch_device)

@@ -44,6 +44,9 @@ RESTARTABLE = frozenset({"config.yaml", "log.jsonl", "samples", "checkpoints"})
 
 EventCallback = Callable[[dict[str, Any]], None]
 
+# The dtype mixed precision computes in: pretrained frozen networks are kept in it.
+COMPUTE_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class TrainResult:
@@ -146,6 +149,8 @@ class Trainer:
         set_seed(train.seed)
         self.family = make_family(config)
         self.nets: Networks = self.family.build()
+        # Pretrained frozen weights load now, so a missing file fails before the first step.
+        self.family.load_pretrained(self.nets, COMPUTE_DTYPES[train.mixed_precision])
         self.phases = self.family.phases()
         check_phases(self.phases)
         trainable = list(dict.fromkeys(name for phase in self.phases for name in phase.networks))
@@ -199,7 +204,7 @@ class Trainer:
 
     def _load(self, ref: Any) -> None:
         state = read_state(ref.path)
-        load_networks(ref.path, self.nets)
+        load_networks(ref.path, self.nets, frozen=self.family.is_frozen)
         load_optimizers(ref.path, {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}, state["optimizers"])
         restore_rng(ref.path, self.accelerator.process_index, state)
         scaler = getattr(self.accelerator, "scaler", None)
@@ -421,7 +426,7 @@ class Trainer:
             }
             optimizers = {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}
             path = save_checkpoint(self.run_dir, step, self.nets, optimizers, extra, states,
-                                   keep=self.config.train.keep_checkpoints)
+                                   keep=self.config.train.keep_checkpoints, frozen=self.family.is_frozen)
             self.on_event({"event": "checkpoint", "step": step, "path": str(path)})
         accelerator.wait_for_everyone()
         return path

@@ -47,7 +47,7 @@ class WeightsFile:
         sha256: the full hex digest of the published file, "" when unknown (then only the
             prefix in `filename` is checked).
         size: bytes of the published file, None when unknown (shown to the user only).
-        used_by: the metrics that need it, as shown in messages and `svai weights`.
+        used_by: the metrics and models that need it, as shown in messages and `svai weights`.
     """
 
     key: str
@@ -96,7 +96,15 @@ REGISTRY: dict[str, WeightsFile] = {
             url="https://download.pytorch.org/models/vgg16-397923af.pth",
             sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
             size=553_433_881,
-            used_by=("LPIPS (vgg)",),
+            used_by=("LPIPS (vgg)", "vae-perceptual"),
+        ),
+        WeightsFile(
+            key="vgg19",
+            filename="vgg19-dcbb9e9d.pth",
+            url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+            sha256="",
+            size=None,
+            used_by=("style-transfer (AdaIN)",),
         ),
         WeightsFile(
             key="squeezenet",

@@ -14,6 +14,8 @@ like with like. They serve the metrics, `svai.weights` and any frozen network a 
           batch-norm statistics calibrated on smooth synthetic images so that features do
           not vanish (an uncalibrated random Inception gives FID ≈ 1e-14 for any two sets);
         - alexnet-owt-7be5be79.pth, squeezenet1_1-b8a52dc0.pth: random torchvision state dicts.
+    vgg_weights_dir (session) / use_vgg_weights (function): random torchvision VGG-16 and
+        VGG-19 under their published names in a folder of their own, set as $SVAI_WEIGHTS_DIR.
     use_torch_home (function): points $TORCH_HOME at `torch_home` and clears
         $SVAI_WEIGHTS_DIR; returns the checkpoints folder.
     image_folders (session): two folders `a` and `b` of 24 PNGs each, 64 px, of different
@@ -182,3 +184,28 @@ def image_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
             Image.fromarray(pixels).save(folder / f"{i:03d}.png")
         folders.append(folder)
     return folders[0], folders[1]
+
+
+VGG_FILES = {"vgg16": "vgg16-397923af.pth", "vgg19": "vgg19-dcbb9e9d.pth"}
+
+
+@pytest.fixture(scope="session")
+def vgg_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding randomly initialised torchvision VGG-16 and VGG-19 state dicts (the
+    whole networks, classifier included) under the published file names. Kept apart from
+    `torch_home` so the metric tests that expect no VGG there still see none."""
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("vgg_weights")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        for arch, filename in VGG_FILES.items():
+            torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), folder / filename)
+    return folder
+
+
+@pytest.fixture
+def use_vgg_weights(vgg_weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point $SVAI_WEIGHTS_DIR (searched first) at the test-made VGG files; returns the folder."""
+    monkeypatch.setenv("SVAI_WEIGHTS_DIR", str(vgg_weights_dir))
+    return vgg_weights_dir

@@ -108,3 +108,28 @@ def test_leftovers_of_a_crashed_save_are_removed_at_the_next_save(tmp_path: Path
     net = torch.nn.Linear(2, 2)
     save_checkpoint(tmp_path, 1, {"G": net}, {"g": torch.optim.Adam(net.parameters())})
     assert not dead.exists() and live.exists()
+
+
+def test_frozen_entries_are_left_out_and_not_expected_back(tmp_path: Path) -> None:
+    import torch
+    from safetensors import safe_open
+
+    from svai.checkpoint import load_networks
+
+    def nets() -> dict[str, torch.nn.Module]:
+        return {"G": torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), "vgg": torch.nn.Linear(4, 4)}
+
+    # All of "vgg" and the first layer of "G" are pretrained (a base model under an adapter).
+    def frozen(network: str, key: str) -> bool:
+        return network == "vgg" or key.startswith("0.")
+
+    saved = nets()
+    path = save_checkpoint(tmp_path, 1, saved, {}, frozen=frozen)
+    with safe_open(str(path / "weights.safetensors"), framework="pt") as handle:
+        assert sorted(handle.keys()) == ["G.1.bias", "G.1.weight"]
+    fresh = nets()
+    load_networks(path, fresh, frozen=frozen)
+    torch.testing.assert_close(fresh["G"][1].weight, saved["G"][1].weight)
+    # Without the predicate the same file is short of the frozen entries: a one-line error.
+    with pytest.raises(SvaiError, match=r"weights of 'G' do not fit the configured model \(missing '0.weight'\)"):
+        load_networks(path, nets())

@@ -51,6 +51,7 @@ def test_names_and_urls_are_the_libraries_own() -> None:
     assert weights.REGISTRY["alexnet"].url == torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url
     assert weights.REGISTRY["vgg16"].url == torchvision.models.VGG16_Weights.IMAGENET1K_V1.url
     assert weights.REGISTRY["squeezenet"].url == torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url
+    assert weights.REGISTRY["vgg19"].url == torchvision.models.VGG19_Weights.IMAGENET1K_V1.url
     for entry in weights.REGISTRY.values():
         assert entry.url.endswith("/" + entry.filename)
         assert len(entry.hash_prefix) == 8

@@ -147,6 +147,9 @@ class ModelFamily:
     paired: ClassVar[bool] = True           # learns from aligned before/after pairs
     uses: frozenset[str] = frozenset()   # the `Request` fields `translate` reads (an instance may add some)
     description: ClassVar[str] = ""
+    # Networks of `build` that come pretrained and never train (a VGG feature extractor):
+    # `load_pretrained` fills them, and checkpoints leave them out (`is_frozen`).
+    frozen_networks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         """`procedures` is the run's vocabulary: the columns of `batch["procedures"]` and of
@@ -169,6 +172,23 @@ class ModelFamily:
     def inference_networks(self) -> tuple[str, ...]:
         """The networks `translate` needs (generate loads only these)."""
         raise NotImplementedError
+
+    # -- pretrained, frozen weights -------------------------------------------------------
+    def is_frozen(self, network: str, key: str) -> bool:
+        """Whether state-dict entry `key` of `network` is pretrained and frozen: never trained,
+        never written into a checkpoint, always restored by `load_pretrained`. Default: every
+        entry of the `frozen_networks`; a family freezing part of a network (a base model
+        under LoRA adapters) overrides this."""
+        return network in self.frozen_networks
+
+    def load_pretrained(self, nets: Networks, dtype: torch.dtype = torch.float32) -> None:
+        """Fill the frozen entries of those of `nets` that have any from the weights lookup
+        (`svai.weights`), cast to `dtype` (the run's compute dtype), with gradients off.
+
+        `nets` may be a subset of `build()`'s (generate loads only the inference networks).
+        Called when training starts, before the first step (a missing file then fails at
+        once, with the fix), on resume and at generation. Default: nothing is pretrained.
+        """
 
     # -- training -----------------------------------------------------------------
     def phases(self) -> list[Phase]:

@@ -16,6 +16,7 @@ from svai.models.registry import families, list_models, make_family, parameter_c
 from svai.train import Trainer
 
 SIZE = 32
+COMPUTE = {"no": torch.float32, "bf16": torch.bfloat16}
 
 
 def batch(size: int = SIZE, n: int = 2) -> dict[str, torch.Tensor]:
@@ -61,8 +62,9 @@ def tiny_sets(name: str) -> list[str]:
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.parametrize("name", list_models())
 def test_real_loop_steps_train_every_phase_without_nan(
-        name: str, precision: str, tiny_dataset: Path, tmp_path: Path) -> None:
-    """Two steps through `Trainer._step` (autocast, backward, optimiser steps, after_step)."""
+        name: str, precision: str, tiny_dataset: Path, tmp_path: Path, use_vgg_weights: Path) -> None:
+    """Two steps through `Trainer._step` (autocast, backward, optimiser steps, after_step);
+    pretrained frozen networks load from the test-made files and stay as they were."""
     torch.manual_seed(0)
     config = resolve(name, sets=[f"data.image_size={SIZE}", "train.batch_size=2", "train.sample_every=0",
                                  f"train.mixed_precision={precision}", *tiny_sets(name)],
@@ -81,16 +83,24 @@ def test_real_loop_steps_train_every_phase_without_nan(
                 not torch.equal(a, p.detach()) for a, p in zip(snapshots[n], trainer.nets[n].parameters()))]
             assert moved, f"phase {phase.name} trained nothing at step {step}"
         assert all(torch.isfinite(p).all() for net in trainer.nets.values() for p in net.parameters())
+    for network, net in trainer.nets.items():
+        for key, value in net.state_dict().items():
+            if trainer.family.is_frozen(network, key):
+                assert not value.is_floating_point() or value.dtype == COMPUTE[precision], (network, key)
 
 
 def test_safetensors_round_trip(model, tmp_path: Path) -> None:
     name, family, nets = model
     optimizers = {p.name: torch.optim.Adam([q for n in p.networks for q in nets[n].parameters()], lr=p.lr)
                   for p in family.phases()}
-    path = save_checkpoint(tmp_path, 1, nets, optimizers)
+    path = save_checkpoint(tmp_path, 1, nets, optimizers, frozen=family.is_frozen)
     torch.manual_seed(123)
     fresh = make_family(resolve(name, sets=[f"data.image_size={SIZE}"])).build()
-    load_networks(path, fresh)
+    load_networks(path, fresh, frozen=family.is_frozen)
+    # Frozen entries are pretrained: the weights lookup restores them, not the checkpoint.
+    for key, net in nets.items():
+        state = net.state_dict()
+        fresh[key].load_state_dict({k: v for k, v in state.items() if family.is_frozen(key, k)}, strict=False)
     for key in nets:
         a, b = nets[key].state_dict(), fresh[key].state_dict()
         assert a.keys() == b.keys()
