@@ -35,9 +35,10 @@ from svai.data.synthetic import write_synthetic_dataset
 from svai.generate import Generation, generate_folder, load_model
 from svai.io import write_atomic, write_png
 from svai.metrics.evaluate import evaluate_folders
-from svai.models.registry import families, presets, resolve_model
+from svai.models.registry import families, presets, resolve_model, recommended_model
 from svai.report import comparison_table, format_table, load_results
 from svai.train import train
+from svai.weights import MissingWeights
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("direct", "residual", "masked", "warp")
@@ -59,14 +60,20 @@ class Budget:
 BUDGETS = {
     # About an hour on a 2-core CPU for every row (bf16 autocast; this CPU has AMX-bf16).
     "cpu": Budget(pairs=300, size=64, batch_size=4, precision="bf16",
-                  steps={"pix2pix": 600, "cyclegan": 300, "stargan": 600, "stargan-v2": 200},
+                  steps={"pix2pix": 600, "cyclegan": 300, "stargan": 600, "stargan-v2": 200,
+                         "ae": 800, "vae": 800, "vae-perceptual": 300, "gan": 1000, "style-transfer": 200,
+                         "sd-lora": 200, "sd-lora-concat": 200},
                   widths={"pix2pix": ("model.ngf=32", "model.ndf=32"),
+                          "ae": ("model.ngf=32",), "vae": ("model.ngf=32",), "vae-perceptual": ("model.ngf=32",),
+                          "gan": ("model.ngf=32", "model.ndf=32"), "style-transfer": ("model.ngf=32",),
                           "cyclegan": ("model.ngf=16", "model.ndf=32"),
                           "stargan": ("model.ngf=32", "model.ndf=32"),
                           "stargan-v2": ("model.ngf=32", "model.ndf=32", "model.max_conv_dim=128")}),
     # Reference widths at 128 px: meant for one GPU.
     "gpu": Budget(pairs=2000, size=128, batch_size=16, precision="bf16",
-                  steps={"pix2pix": 20000, "cyclegan": 20000, "stargan": 20000, "stargan-v2": 20000},
+                  steps={"pix2pix": 20000, "cyclegan": 20000, "stargan": 20000, "stargan-v2": 20000,
+                         "ae": 20000, "vae": 20000, "vae-perceptual": 20000, "gan": 20000, "style-transfer": 20000,
+                         "sd-lora": 5000, "sd-lora-concat": 5000},
                   widths={}),
 }
 
@@ -77,7 +84,8 @@ def all_rows() -> list[str]:
     for name, cls in families().items():
         modes = MODES if "output" in getattr(cls.Options, "__dataclass_fields__", {}) else ("direct",)
         rows += [f"{name}:{mode}" for mode in modes]
-    rows += [f"{name}:preset" for name in presets() if name not in families()]
+    # The recommended preset is the row `pix2pix:warp` under every budget here (same settings).
+    rows += [f"{name}:preset" for name in presets() if name not in families() and name != recommended_model()]
     # Beyond the papers: StarGAN also pulled towards the paired after photo.
     rows += ["stargan:direct:paired_l1=10", "stargan:warp:paired_l1=10"]
     # pix2pix told which procedures were done, and how strongly (procedure maps).
@@ -150,6 +158,41 @@ def mean(metrics: dict, key: str) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
+def not_measured(error: MissingWeights) -> str:
+    """Why a row has no figures, for the page."""
+    if error.what.startswith("base model"):
+        return f"not measured: base weights absent ({error.what})"
+    return f"not measured: pretrained weights absent ({error.what})"
+
+
+def unmeasured_section(unmeasured: dict[str, str]) -> list[str]:
+    """Rows whose pretrained weights this machine lacks, as markdown lines: no stand-in figures."""
+    if not unmeasured:
+        return []
+    return ["Rows without figures: a network with made-up weights would be another model.", "",
+            "| row | |", "| --- | --- |", *[f"| {row} | {reason} |" for row, reason in sorted(unmeasured.items())], ""]
+
+
+def seed_section(checks: list[dict]) -> list[str]:
+    """The recommended model on datasets drawn with other seeds, as markdown lines."""
+    if not checks:
+        return []
+    lines = ["## The recommended model on other built-in datasets", "",
+             "The same budget on a dataset drawn with a seed the table above never used, generated",
+             "with `--composite`; inside = within the dataset's change masks.", "",
+             "| seed | row | SSIM | PSNR | SSIM inside | PSNR inside | beats doing nothing |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for check in checks:
+        for side in ("model", "baseline"):
+            values = check[side]
+            beats = sum(check["model"][k] > check["baseline"][k] for k in CHECK_METRICS)
+            label = check["row"] + " +composite" if side == "model" else "do nothing"
+            lines.append(f"| {check['seed']} | {label} | " + " | ".join(
+                f"{values[k]:.4f}" if k.startswith("ssim") else f"{values[k]:.2f}" for k in CHECK_METRICS)
+                + f" | {f'{beats}/{len(CHECK_METRICS)}' if side == 'model' else '—'} |")
+    return lines + [""]
+
+
 def difference_grid(pred: Path, data: Path, ids: list[str]) -> np.ndarray:
     """Rows of before | simulation | after | |simulation − before| × 4, as one uint8 image."""
     rows = []
@@ -170,6 +213,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the built-in dataset")
     parser.add_argument("--work", type=Path, default=None, help="keep runs and predictions here")
     parser.add_argument("--docs", default=str(ROOT / "docs" / "results.md"), help="results page, or 'none'")
+    parser.add_argument("--check-seeds", default="7", help="seeds of further built-in datasets on which the "
+                        "recommended model is trained and scored with --composite (comma-separated; '' for none)")
     args = parser.parse_args()
     torch.manual_seed(0)
     budget = BUDGETS[args.budget]
@@ -183,11 +228,18 @@ def main() -> None:
         if not (data / "manifest.csv").is_file():
             write_synthetic_dataset(data, count=budget.pairs, size=budget.size, seed=args.seed)
         out = work / "predictions"
+        unmeasured: dict[str, str] = {}
         for row in rows:
             if all(prediction_folder(row, out, c).with_suffix(".json").is_file() for c in (False, True)):
                 print(f"{row_label(row):<32} already measured in {out}", flush=True)
                 continue
-            run, seconds, steps = train_row(row, budget, data, work / "runs", args.steps_scale)
+            try:
+                run, seconds, steps = train_row(row, budget, data, work / "runs", args.steps_scale)
+            except MissingWeights as error:
+                # Figures of a stand-in network would be another model's: the row says why it has none.
+                unmeasured[row_label(row)] = not_measured(error)
+                print(f"{row_label(row):<32} {unmeasured[row_label(row)]}", flush=True)
+                continue
             for composite in (False, True):
                 result = evaluate_row(row, run, data, out, composite, {"steps": steps, "seconds": round(seconds)})
                 m = result["metrics"]
@@ -198,11 +250,39 @@ def main() -> None:
         table = comparison_table(load_results(files))
         markdown = format_table(table, "markdown")
         print(markdown)
+        seeds = [int(s) for s in args.check_seeds.split(",") if s.strip()]
+        checks = [check_seed(seed, budget, work, args.steps_scale) for seed in seeds if seed != args.seed]
         if args.docs != "none":
-            write_page(Path(args.docs), args, budget, markdown, out, data)
+            write_page(Path(args.docs), args, budget, markdown, out, data, checks, unmeasured)
 
 
-def write_page(page: Path, args: argparse.Namespace, budget: Budget, markdown: str, out: Path, data: Path) -> None:
+CHECK_METRICS = ("ssim", "psnr", "ssim_changed", "psnr_changed")
+
+
+def check_seed(seed: int, budget: Budget, work: Path, scale: float) -> dict:
+    """Train the recommended model on a built-in dataset drawn with `seed` and score it with
+    --composite against doing nothing: {"seed", "row", "model": {metric: mean}, "baseline": {...}}."""
+    row = f"{recommended_model()}:preset"
+    data = work / f"data-seed{seed}"
+    if not (data / "manifest.csv").is_file():
+        write_synthetic_dataset(data, count=budget.pairs, size=budget.size, seed=seed)
+    out = work / f"predictions-seed{seed}"
+    cached = prediction_folder(row, out, True).with_suffix(".json")
+    if cached.is_file():
+        result = json.loads(cached.read_text())
+    else:
+        run, seconds, steps = train_row(row, budget, data, work / f"runs-seed{seed}", scale)
+        result = evaluate_row(row, run, data, out, True, {"steps": steps, "seconds": round(seconds)})
+    means = {"model": {k: result["metrics"][k]["mean"] for k in CHECK_METRICS},
+             "baseline": {k: result["baseline"]["metrics"][k]["mean"] for k in CHECK_METRICS}}
+    beats = sum(means["model"][k] > means["baseline"][k] for k in CHECK_METRICS)
+    print(f"seed {seed}: {row_label(row)} +composite beats doing nothing on {beats}/{len(CHECK_METRICS)}: "
+          + ", ".join(f"{k} {means['model'][k]:.4f} vs {means['baseline'][k]:.4f}" for k in CHECK_METRICS), flush=True)
+    return {"seed": seed, "row": row_label(row), **means}
+
+
+def write_page(page: Path, args: argparse.Namespace, budget: Budget, markdown: str, out: Path, data: Path,
+               checks: list[dict], unmeasured: dict[str, str]) -> None:
     timings, changes = {}, {}
     for file in sorted(out.glob("*.json")):
         result = json.loads(file.read_text())
@@ -223,11 +303,15 @@ def write_page(page: Path, args: argparse.Namespace, budget: Budget, markdown: s
         + "; ".join(f"{k}: {' '.join(v)}" for k, v in budget.widths.items()) + ", steps "
         + ", ".join(f"{k} {round(v * args.steps_scale)}" for k, v in budget.steps.items()),
         f"- commit {commit()}; {torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        f"- the recommended model, `{recommended_model()}`, is the row `pix2pix:warp` (its preset holds these "
+        "settings); `svai generate` composites its output by default, so its row is `pix2pix:warp +composite`",
         "- `do nothing` is the before photo used as the prediction; † marks a figure worse than it.",
         "  `_changed` / `_kept`: inside / outside the dataset's change masks.",
         "",
         markdown,
         "",
+        *unmeasured_section(unmeasured),
+        *seed_section(checks),
         "## How much each row changed the photo",
         "",
         "Mean |simulation − before| over the test split, in grey levels (0–255): a row near 0",

@@ -9,6 +9,7 @@ A resolved configuration is a plain tree::
     model: {name: cyclegan-attn, family: cyclegan, <family options...>}
     data:  {root: ..., image_size: 128, ...}
     train: {steps: ..., batch_size: ..., ...}
+    generate: {composite: false}
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from svai import __version__
 from svai.data.augment import AugmentOptions
 from svai.errors import SvaiError
 
-SECTIONS = ("model", "data", "train")
+SECTIONS = ("model", "data", "train", "generate")
 
 
 class _Loader(yaml.SafeLoader):
@@ -91,14 +92,26 @@ class TrainConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """How `svai generate` uses the run unless its options say otherwise.
+
+    `composite`: blend each output into its input inside the procedures' region (the
+    `--composite` default for this run; `--no-composite` turns it off).
+    """
+
+    composite: bool = False
+
+
+@dataclass
 class RunConfig:
-    """A fully resolved run: model name, family options, data and training settings."""
+    """A fully resolved run: model name, family options, data, training and generation settings."""
 
     name: str
     family: str
     model: Any
     data: DataConfig
     train: TrainConfig
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +119,7 @@ class RunConfig:
             "model": {"name": self.name, "family": self.family, **to_plain(self.model)},
             "data": to_plain(self.data),
             "train": to_plain(self.train),
+            "generate": to_plain(self.generate),
         }
 
     def to_yaml(self) -> str:
@@ -272,7 +286,7 @@ def read_yaml_file(path: Path, origin: str = "") -> Any:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a config YAML: a mapping whose top-level keys are model, data and train."""
+    """Read a config YAML: a mapping whose top-level keys are model, data, train and generate."""
     path = Path(path)
     if not path.is_file():
         raise SvaiError(f"--config {path}: file not found")
@@ -340,7 +354,8 @@ def resolve(
     options = build_dataclass(family_cls.Options, options_tree, "model")
     data = build_dataclass(DataConfig, tree["data"], "data")
     train = build_dataclass(TrainConfig, tree["train"], "train")
-    config = RunConfig(name=name, family=family_cls.name, model=options, data=data, train=train)
+    generate = build_dataclass(GenerateConfig, tree["generate"], "generate")
+    config = RunConfig(name=name, family=family_cls.name, model=options, data=data, train=train, generate=generate)
     validate(config)
     return config
 

@@ -18,13 +18,15 @@ EVALUATION = "evaluation.json"
 def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | None = None) -> dict[str, Any] | None:
     """Translate the run's test split and evaluate it against the true after photos.
 
-    Writes `RUN/test-predictions/` (afresh) and then `RUN/evaluation.json` (with the do-nothing
+    Generates as `svai generate` does by default (the run's `generate.composite`). Writes
+    `RUN/test-predictions/` (afresh) and then `RUN/evaluation.json` (with the do-nothing
     baseline), so `svai compare RUN` finds the result; an evaluation that was stopped leaves
     no evaluation.json and is redone by `svai train --out RUN --resume`. Returns the evaluation, or None when the
     dataset has no test split. Metrics whose pretrained weights are missing are recorded as
     unavailable, never fatal.
     """
-    from svai.generate import generate_folder, load_model
+    from svai.composite import CompositeOptions
+    from svai.generate import Generation, generate_folder, load_model
     from svai.metrics.evaluate import evaluate_folders, write_json
 
     run_dir = Path(run_dir)
@@ -38,7 +40,9 @@ def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | 
     # The folder is the run's own: predictions of an evaluation cut short (SIGTERM, a crash)
     # are dropped, so the metrics never mix two checkpoints' images.
     shutil.rmtree(predictions, ignore_errors=True)
-    report = generate_folder(model, before, predictions)
+    # As `svai generate` would run it: with the run's default composite.
+    settings = Generation(composite=CompositeOptions() if model.config.generate.composite else None)
+    report = generate_folder(model, before, predictions, settings)
     if report.skipped:
         raise SvaiError(f"{len(report.skipped)} test images could not be read, e.g. {report.skipped[0][0]}")
     result = evaluate_folders(predictions, after, baseline=before, name=model.config.name,

@@ -10,6 +10,10 @@ Search order (first hit wins), see `search_dirs`:
     3. `$TORCH_HOME/hub/checkpoints`, with TORCH_HOME defaulting as in torch.hub to
        `$XDG_CACHE_HOME/torch`, itself defaulting to `~/.cache/torch`. This is where
        torchvision, pytorch-fid and lpips look, so files they downloaded are reused.
+
+Diffusion base models (whole diffusers-format folders, not single files) are looked up by
+`locate_base` / `require_base`: a local folder, else a folder named after the hub repository
+in the search folders above, else the Hugging Face cache, never the network.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ logger = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = "SVAI_WEIGHTS_DIR"
 
 _CHUNK = 1 << 20
+
+
+class MissingWeights(SvaiError):
+    """A pretrained file or base model is not on this machine (the message says how to get it).
+
+    `what` names it in a word or two ("vgg16-397923af.pth", "base model …"), for summaries."""
+
+    def __init__(self, message: str, what: str = "") -> None:
+        super().__init__(message)
+        self.what = what
 
 
 @dataclass(frozen=True)
@@ -168,17 +182,131 @@ def locate(key: str, weights_dir: str | Path | None = None) -> Path | None:
 
 
 def require(key: str, weights_dir: str | Path | None = None) -> Path:
-    """Like `locate`, but a missing file is a `SvaiError` that says how to get it."""
+    """Like `locate`, but a missing file is a `MissingWeights` error that says how to get it."""
     path = locate(key, weights_dir)
     if path is not None:
         return path
     entry = spec(key)
     dirs = search_dirs(weights_dir)
     metric = "/".join(entry.used_by)
-    raise SvaiError(
+    raise MissingWeights(
         f"{metric} needs {entry.filename}, not found in {', '.join(str(d) for d in dirs)}: "
-        f"run `svai weights fetch {key}` on a machine with internet, or copy the file into {dirs[0]}"
+        f"run `svai weights fetch {key}` on a machine with internet, or copy the file into {dirs[0]}",
+        what=entry.filename,
     )
+
+
+# -- diffusion base models ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A diffusers-format base model (a folder with unet/, vae/, text_encoder/, tokenizer/ and
+    scheduler/), known by its Hugging Face hub repository.
+
+    Attributes:
+        key: short name shown by `svai weights`.
+        repo: the hub repository id, the default `model.base` of the families that use it.
+        used_by: the models that need it.
+    """
+
+    key: str
+    repo: str
+    used_by: tuple[str, ...]
+
+    @property
+    def folder_name(self) -> str:
+        """The folder name searched for in `search_dirs` (the repository's own name)."""
+        return self.repo.rsplit("/", 1)[-1]
+
+
+BASE_MODELS: dict[str, BaseModel] = {
+    "sd15": BaseModel(key="sd15", repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                      used_by=("sd-lora", "sd-lora-concat")),
+}
+
+# The parts of a diffusers folder the diffusion families read.
+BASE_PARTS = ("unet/config.json", "vae/config.json", "text_encoder/config.json", "tokenizer", "scheduler/scheduler_config.json")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, resolved as huggingface_hub resolves it: `$HF_HUB_CACHE`,
+    else `$HF_HOME/hub`, with HF_HOME defaulting to `$XDG_CACHE_HOME/huggingface`, itself
+    defaulting to `~/.cache/huggingface`. Reimplemented so that `svai weights` answers
+    without importing huggingface_hub, and so that it follows the environment of the call."""
+    explicit = os.getenv("HF_HUB_CACHE") or os.getenv("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(os.path.expanduser(explicit))
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.getenv("HF_HOME", os.path.join(cache, "huggingface"))
+    return Path(os.path.expanduser(home)) / "hub"
+
+
+def missing_base_parts(folder: Path) -> list[str]:
+    """The `BASE_PARTS` that `folder` lacks (empty for a complete diffusers folder)."""
+    return [part for part in BASE_PARTS if not (folder / part).exists()]
+
+
+def _cached_snapshot(repo: str) -> Path | None:
+    """The snapshot of `repo` in the hub cache that the `main` branch points at (what
+    huggingface_hub answers with local_files_only), else the only snapshot there is."""
+    root = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+    ref = root / "refs" / "main"
+    if ref.is_file():
+        snapshot = root / "snapshots" / ref.read_text(encoding="utf-8").strip()
+        return snapshot if snapshot.is_dir() else None
+    snapshots = [p for p in (root / "snapshots").glob("*") if p.is_dir()]
+    return snapshots[0] if len(snapshots) == 1 else None
+
+
+def locate_base(base: str, weights_dir: str | Path | None = None) -> Path | None:
+    """The diffusers folder `base` names, or None; never touches the network.
+
+    `base` is a folder path, or a hub id ("owner/name"). A hub id is looked for as a folder
+    `name` in each of `search_dirs(weights_dir)` (what `hf download … --local-dir` makes),
+    then in the Hugging Face cache (`hf_hub_cache`). Only folders holding every `BASE_PARTS`
+    entry count.
+    """
+    candidates = [Path(base).expanduser()]
+    if _HUB_ID.match(base):
+        name = base.rsplit("/", 1)[-1]
+        candidates += [folder / name for folder in search_dirs(weights_dir)]
+        snapshot = _cached_snapshot(base)
+        if snapshot is not None:
+            candidates.append(snapshot)
+    for candidate in candidates:
+        if candidate.is_dir() and not missing_base_parts(candidate):
+            return candidate
+    return None
+
+
+def require_base(base: str, weights_dir: str | Path | None = None) -> Path:
+    """Like `locate_base`, but a missing base is a one-line error with the fix (`MissingWeights`
+    when `base` is a hub id found nowhere on this machine)."""
+    found = locate_base(base, weights_dir)
+    if found is not None:
+        return found
+    folder = Path(base).expanduser()
+    if folder.is_dir():
+        raise SvaiError(
+            f"model.base {base}: not a diffusers folder, it lacks {', '.join(missing_base_parts(folder))}: "
+            f"give the folder of a diffusers model (unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+        )
+    if not _HUB_ID.match(base):
+        raise SvaiError(f"model.base {base}: no such folder: give a diffusers folder or a hub id such as "
+                        f"{BASE_MODELS['sd15'].repo}")
+    name = base.rsplit("/", 1)[-1]
+    dirs = search_dirs(weights_dir)
+    where = f"not found in {', '.join(str(d) for d in dirs)} nor in the Hugging Face cache {hf_hub_cache()}"
+    if dirs[0] != torch_hub_checkpoints():
+        fix = f"run `hf download {base} --local-dir {dirs[0] / name}` on a machine with internet (copy the folder here)"
+    else:
+        fix = (f"run `hf download {base}` on a machine with internet (it fills the Hugging Face cache), or "
+               f"`hf download {base} --local-dir $SVAI_WEIGHTS_DIR/{name}` for a folder to copy here")
+    raise MissingWeights(f"base model {base} {where}: {fix}, or set model.base=/path/to/a/diffusers/folder",
+                         what=f"base model {base}")
 
 
 @functools.lru_cache(maxsize=32)

@@ -238,3 +238,28 @@ def test_regions_without_composite_is_a_user_error(trained: tuple[Path, Path], t
                     "--regions", tmp_path / "regions")
     assert result.exit_code == 2
     assert "--composite" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_run_whose_config_composites_does_so_by_default_and_no_composite_turns_it_off(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, run = trained
+    composited = tmp_path / "run"
+    shutil.copytree(run, composited)
+    config = composited / "config.yaml"
+    text = config.read_text()
+    assert "composite: false" in text
+    config.write_text(text.replace("composite: false", "composite: true"))
+    explicit, default, off = tmp_path / "explicit", tmp_path / "default", tmp_path / "off"
+    before = data / "test" / "before"
+    assert invoke("generate", "--run", run, "--input", before, "--output", explicit, "--composite").exit_code == 0
+    result = invoke("generate", "--run", composited, "--input", before, "--output", default)
+    assert result.exit_code == 0, result.output
+    assert "composited inside" in result.stdout
+    result = invoke("generate", "--run", composited, "--input", before, "--output", off, "--no-composite")
+    assert result.exit_code == 0 and "composited" not in result.stdout
+    raw = tmp_path / "raw"
+    assert invoke("generate", "--run", run, "--input", before, "--output", raw).exit_code == 0
+    for file in sorted(before.iterdir()):
+        assert np.array_equal(_png(default / file.name), _png(explicit / file.name))
+        assert np.array_equal(_png(off / file.name), _png(raw / file.name))

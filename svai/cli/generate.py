@@ -35,6 +35,7 @@ def _check_device(device: str | None) -> None:
         "  svai generate --run runs/p2p --input photos/ --output out/ --checkpoint 1000 --batch-size 16\n\n"
         "  svai generate --run runs/stargan --input photos/ --output out/ --procedures nose+jaw --intensity 0.5\n\n"
         "  svai generate --run runs/sg2 --input photos/ --output out/ --reference refs/   (or --seed 7)\n\n"
+        "  svai generate --run runs/sd --input photos/ --output out/ --strength 0.6 --steps 30 --seed 0\n\n"
         "Every image under --input (png, jpg, jpeg, webp, bmp, tif; any letter case; recursively) becomes a PNG "
         "with the same relative path under --output, at the input's size. When --input is a split of a "
         "prepared dataset (DATA/test/before), procedure-conditioned models take each image's labels from "
@@ -59,9 +60,17 @@ def generate(
     reference: Optional[Path] = typer.Option(
         None, "--reference", help="Reference 'after' photo, or a folder of them (same name first, else in turn)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random style draws: repeatable output."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Diffusion models: sampler steps over the whole schedule."),
+    guidance: Optional[float] = typer.Option(
+        None, "--guidance", help="Diffusion models: classifier-free guidance scale on the text (1 = off)."),
+    strength: Optional[float] = typer.Option(
+        None, "--strength", help="Diffusion models: 0..1, how far the before photo is noised before denoising (1 = from pure noise)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Diffusion models: the text, instead of the run's model.prompt."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    composite: bool = typer.Option(
-        False, "--composite", help="Keep every pixel outside the procedures' region identical to the input."),
+    composite: Optional[bool] = typer.Option(
+        None, "--composite/--no-composite",
+        help="Keep every pixel outside the procedures' region identical to the input "
+             "(default: the run's generate.composite, on for the recommended model)."),
     regions: Optional[Path] = typer.Option(
         None, "--regions", help="With --composite: folder of regions drawn on the inputs, <procedure>/<relative path>.png."),
 ) -> None:
@@ -89,14 +98,19 @@ def generate(
         except SvaiError as error:
             raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
     if regions is not None:
-        if not composite:
-            raise SvaiError("--regions steers a composite: add --composite")
+        if composite is False:
+            raise SvaiError("--regions steers a composite: drop --no-composite")
         index_regions(regions)  # a malformed folder fails before the model loads
     _check_device(device)
     model = load_model(run, checkpoint, device)
+    if composite is None:
+        composite = model.config.generate.composite
+    if regions is not None and not composite:
+        raise SvaiError("--regions steers a composite: add --composite")
     check_writable(output)
     request = Request(procedures=parse_procedures(procedures, model.family.procedures), intensity=intensity,
-                      generator=torch.Generator().manual_seed(seed) if seed is not None else None)
+                      generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+                      steps=steps, guidance=guidance, strength=strength, prompt=prompt)
     model.family.check_request([*request.given(), *(["reference"] if references else [])])
     settings = Generation(batch_size, request=request, references=references,
                           composite=CompositeOptions() if composite else None, regions=regions)

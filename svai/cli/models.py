@@ -16,8 +16,9 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     """List the models `svai train --model` accepts, with their network sizes."""
     from svai.config import resolve
     from svai.models.base import REQUEST_OPTIONS
-    from svai.models.registry import list_models, make_family, parameter_counts, resolve_model
+    from svai.models.registry import list_models, make_family, parameter_counts, recommended_model, resolve_model
 
+    recommended = recommended_model()
     rows = []
     for name in list_models():
         family_cls, preset = resolve_model(name)
@@ -33,6 +34,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
             "image_size": config.data.image_size,
             "parameters": counts,
             "description": preset.get("description") or family_cls.description,
+            # The one model docs/results.md shows best, its preset holding the settings that made it so.
+            "recommended": name == recommended,
         })
     if as_json:
         console.print_json(json.dumps(rows))
@@ -42,7 +45,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
         table.add_column(column)
     for row in rows:
         params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in row["parameters"].items())
-        table.add_row(row["name"], row["family"], "yes" if row["paired"] else "no",
+        name = f"{row['name']} (recommended)" if row["recommended"] else row["name"]
+        table.add_row(name, row["family"], "yes" if row["paired"] else "no",
                       " ".join(row["controls"]) or "-",
                       f"{params} ({row['image_size']}px)", row["description"])
     console.print(table)

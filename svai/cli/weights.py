@@ -55,6 +55,13 @@ def list_weights(
             else:
                 status = "[yellow]wrong hash[/]"
         table.add_row(key, entry.filename, ", ".join(entry.used_by), status)
+    # Diffusion base models are folders: present or missing, no single hash to verify.
+    for key, base in registry.BASE_MODELS.items():
+        folder = registry.locate_base(base.repo, weights_dir)
+        if folder is not None:
+            found.append((key, folder))
+        table.add_row(key, f"{base.repo} (folder)", ", ".join(base.used_by),
+                      "present" if folder is not None else "[red]missing[/]")
     console.print(table)
     # Paths go on their own lines: in a table column they would be folded mid-name.
     for key, path in found:
@@ -63,6 +70,13 @@ def list_weights(
     console.print(
         "missing file: `svai weights fetch KEY` on a machine with internet, or copy it into the first "
         "folder above (docs/offline.md)",
+        highlight=False,
+        markup=False,
+    )
+    console.print(
+        f"base models (folders) are also found in the Hugging Face cache {registry.hf_hub_cache()}; missing one: "
+        "`hf download REPO --local-dir FOLDER/NAME` on a machine with internet, FOLDER one of those above "
+        "(docs/diffusion.md)",
         highlight=False,
         markup=False,
     )

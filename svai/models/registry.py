@@ -30,6 +30,10 @@ FAMILY_MODULES: tuple[str, ...] = (
     "svai.models.cyclegan",
     "svai.models.stargan",
     "svai.models.stargan_v2",
+    "svai.models.autoencoders",
+    "svai.models.dcgan",
+    "svai.models.adain",
+    "svai.models.diffusion",
 )
 
 
@@ -54,7 +58,7 @@ def families() -> dict[str, type[ModelFamily]]:
 
 @lru_cache(maxsize=None)
 def presets() -> dict[str, dict[str, Any]]:
-    """Preset name -> parsed YAML (keys: family, description, model, train, data)."""
+    """Preset name -> parsed YAML (keys: family, description, recommended, model, data, train, generate)."""
     found = {}
     for entry in resources.files("svai.presets").iterdir():
         if entry.name.endswith(".yaml"):
@@ -93,3 +97,11 @@ def parameter_counts(family: ModelFamily) -> dict[str, int]:
         nets = family.build()
     counts = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
     return {name: count for name, count in counts.items() if count}
+
+
+def recommended_model() -> str:
+    """The name of the one preset marked `recommended: true` (see docs/models.md)."""
+    marked = [name for name, preset in presets().items() if preset.get("recommended") is True]
+    if len(marked) != 1:
+        raise SvaiError(f"exactly one preset must be recommended; found {marked or 'none'}")
+    return marked[0]

@@ -78,12 +78,14 @@ class VggFeatures(nn.Module):
             else:
                 modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
         self.features = nn.Sequential(*modules)
-        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = ((x + 1) / 2 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        # Constants made here, not buffers: a network built on the meta device and
+        # materialised with `to_empty` (as generation does) would hold garbage in buffers.
+        mean = torch.tensor(_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = ((x + 1) / 2 - mean) / std
         wanted = set(self.layers)
         found: dict[str, torch.Tensor] = {}
         for name, module in zip(self.names, self.features):

@@ -156,6 +156,19 @@ def test_models_lists_every_model_with_parameter_counts() -> None:
     assert rows["pix2pix"]["controls"] == ["--intensity"]
 
 
+def test_exactly_one_model_is_recommended_and_its_preset_holds_the_winning_settings() -> None:
+    from svai.config import resolve
+
+    rows = json.loads(invoke("models", "--json").stdout)
+    recommended = [row["name"] for row in rows if row["recommended"]]
+    assert recommended == ["pix2pix-warp"]
+    # The settings of the row docs/results.md shows best: warp output, composited by default.
+    config = resolve("pix2pix-warp")
+    assert config.family == "pix2pix" and config.model.output == "warp"
+    assert config.generate.composite is True
+    assert resolve("pix2pix").generate.composite is False
+
+
 @pytest.mark.parametrize("command", ["prepare", "train", "generate", "evaluate", "compare", "models", "weights"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = invoke(command, "--help")

@@ -14,6 +14,7 @@ from svai.config import resolve
 from svai.models.base import Request
 from svai.models.registry import families, list_models, make_family, parameter_counts, presets, resolve_model
 from svai.train import Trainer
+from tests.diffusion_fixtures import diffusion_registry_base, tiny_hf_cache, use_tiny_base  # noqa: F401  (sd-lora models: a tiny base, autouse)
 
 SIZE = 32
 COMPUTE = {"no": torch.float32, "bf16": torch.bfloat16}
