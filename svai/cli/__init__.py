@@ -7,6 +7,7 @@ from svai.cli import (  # noqa: F401  (importing a module registers its commands
     generate,
     models,
     prepare,
+    serve,
     train,
     weights,
 )

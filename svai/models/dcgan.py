@@ -20,18 +20,18 @@ adversarial term only by default (`model.lambda_l1` adds λ·‖after − G(befo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
+from svai.models.base import Networks, Request
 from svai.models.heads import OutputHead, check_intensity
-from svai.models.layers import conv_bias, gan_loss, init_weights, linear_decay_factor, norm_layer
+from svai.models.layers import conv_bias, init_weights, norm_layer
 from svai.models.options import GanOptions, Norm, check_at_least
+from svai.models.paired_gan import PairedGan
 from svai.models.registry import register_family
 
 # The encoder halves the image until its side would drop below this (the DCGAN's 4×4 map).
@@ -176,12 +176,12 @@ class DcganDiscriminator(nn.Module):
 
 
 @register_family
-class Dcgan(ModelFamily):
+class Dcgan(PairedGan):
     """Networks: ``G`` (`DcganGenerator`, before -> after) and ``D`` (`DcganDiscriminator` on
     6-channel (before, after) pairs).
 
-    Phases per step: ``D`` (generated after detached), then ``G``; the generated image is made
-    once per step and shared through `ctx`. Real and generated pairs go through D in separate
+    Phases and losses: `PairedGan` (D's loss not halved; the generator's is the adversarial
+    term only unless `lambda_l1` > 0). Real and generated pairs go through D in separate
     batches, so batch norm never mixes them (the DCGAN's practice).
     """
 
@@ -209,55 +209,6 @@ class Dcgan(ModelFamily):
         init_weights(discriminator, o.init_gain)
         self.head.initialise(generator.output_layer)
         return {"G": generator, "D": discriminator}
-
-    def inference_networks(self) -> tuple[str, ...]:
-        return ("G",)
-
-    # -- training -----------------------------------------------------------------------
-    def phases(self) -> list[Phase]:
-        o = self.options
-        betas = (o.beta1, o.beta2)
-        return [Phase("D", ("D",), o.lr, betas), Phase("G", ("G",), o.lr, betas)]
-
-    def lr_factor(self, step: int, total_steps: int) -> float:
-        return linear_decay_factor(step, total_steps, self.options.lr_decay_fraction)
-
-    def _fake(self, nets: Networks, batch: Batch, ctx: dict[str, Any]) -> torch.Tensor:
-        if "fake" not in ctx:
-            # G's graph is needed by the G phase later in this step, whatever the loop froze.
-            set_requires_grad(nets, ("G",), True)
-            ctx["fake"], ctx["aux"] = self.head(nets["G"](batch["before"]), batch["before"])
-        return ctx["fake"]
-
-    def loss(self, phase: str, nets: Networks, batch: Batch, ctx: dict[str, Any], step: int) -> LossResult:
-        """before, after: (B, 3, H, W) in [-1, 1].
-
-        - ``D``: GAN(D(before, after) → real) + GAN(D(before, G(before)) → fake), the
-          generated image detached (Goodfellow et al. 2014, eq. 1, as DCGAN trains it);
-          logs ``D_real``, ``D_fake``, ``D``.
-        - ``G``: GAN(D(before, G(before)) → real) (the non-saturating generator loss) +
-          λ_L1·‖after − G(before)‖₁ + the output head's regularisers, D frozen; logs
-          ``G_gan``, ``G_l1``, ``G`` (and the head's terms, unweighted).
-        """
-        o = self.options
-        before, after = batch["before"], batch["after"]
-        fake = self._fake(nets, batch, ctx)
-        if phase == "D":
-            set_requires_grad(nets, ("D",), True)
-            loss_real = gan_loss(nets["D"](torch.cat([before, after], dim=1)), True, o.gan_mode)
-            loss_fake = gan_loss(nets["D"](torch.cat([before, fake.detach()], dim=1)), False, o.gan_mode)
-            total = loss_real + loss_fake
-            return total, {"D_real": loss_real.item(), "D_fake": loss_fake.item(), "D": total.item()}
-        if phase == "G":
-            # Frozen D: G's loss must not leave gradients in D's parameters.
-            set_requires_grad(nets, ("D",), False)
-            set_requires_grad(nets, ("G",), True)
-            loss_gan = gan_loss(nets["D"](torch.cat([before, fake], dim=1)), True, o.gan_mode)
-            loss_l1 = F.l1_loss(fake.float(), after.float())
-            head_loss, head_logs = self.head.regularizer(ctx.get("aux", {}))
-            total = loss_gan + o.lambda_l1 * loss_l1 + head_loss
-            return total, {"G_gan": loss_gan.item(), "G_l1": loss_l1.item(), **head_logs, "G": total.item()}
-        raise ValueError(f"gan has phases D and G; got {phase!r}")
 
     # -- inference ----------------------------------------------------------------------
     @torch.no_grad()

@@ -10,25 +10,23 @@ the U-Net's last layer becomes the after image (`svai.models.heads`); "direct" i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
-from svai.models.heads import Aux, OutputHead, check_intensity
+from svai.models.base import Networks, Request
+from svai.models.heads import OutputHead, check_intensity
 from svai.models.layers import (
     PatchDiscriminator,
     UnetGenerator,
     check_attention_heads,
-    gan_loss,
     init_weights,
-    linear_decay_factor,
     patch_output_size,
     tile_labels,
 )
+from svai.models.paired_gan import PairedGan
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.registry import register_family
 
@@ -74,12 +72,12 @@ def _halvings(size: int) -> int:
 
 
 @register_family
-class Pix2Pix(ModelFamily):
+class Pix2Pix(PairedGan):
     """Networks: ``G`` (U-Net, before -> after) and ``D`` (PatchGAN on 6-channel pairs).
 
-    Phases per step, in the reference order: ``D`` (generated after detached), then ``G``.
-    The generated image is made once per step and shared through `ctx`. With an output mode
-    other than "direct", ``G`` returns the head's raw channels and `self.head` makes the image.
+    Phases and losses: `PairedGan` (eq. 4), D's loss halved as in the reference. With an
+    output mode other than "direct", ``G`` returns the head's raw channels and `self.head`
+    makes the image.
     """
 
     name = "pix2pix"
@@ -87,6 +85,7 @@ class Pix2Pix(ModelFamily):
     paired = True
     uses = frozenset({"intensity"})
     description = "pix2pix: U-Net + PatchGAN on aligned before/after pairs, L1 + conditional GAN loss"
+    d_loss_scale = 0.5
 
     def __init__(self, options: Pix2PixOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         super().__init__(options, image_size, procedures)
@@ -152,57 +151,6 @@ class Pix2Pix(ModelFamily):
         init_weights(discriminator, o.init_gain)
         self.head.initialise(generator.output_layer)
         return {"G": generator, "D": discriminator}
-
-    def inference_networks(self) -> tuple[str, ...]:
-        return ("G",)
-
-    # -- training -----------------------------------------------------------------------
-    def phases(self) -> list[Phase]:
-        o = self.options
-        betas = (o.beta1, o.beta2)
-        return [Phase("D", ("D",), o.lr, betas), Phase("G", ("G",), o.lr, betas)]
-
-    def lr_factor(self, step: int, total_steps: int) -> float:
-        return linear_decay_factor(step, total_steps, self.options.lr_decay_fraction)
-
-    def _fake(self, nets: Networks, batch: Batch, ctx: dict[str, Any]) -> torch.Tensor:
-        if "fake" not in ctx:
-            # G's graph is needed by the G phase later in this step, whatever the loop froze.
-            set_requires_grad(nets, ("G",), True)
-            ctx["fake"], ctx["aux"] = self.head(nets["G"](self._input(batch["before"], batch["procedures"])),
-                                                batch["before"])
-        return ctx["fake"]
-
-    def loss(self, phase: str, nets: Networks, batch: Batch, ctx: dict[str, Any], step: int) -> LossResult:
-        """Losses of eq. 4. before, after: (B, 3, H, W) in [-1, 1].
-
-        - ``D``: ½·(GAN(D(before, G(before)) → fake) + GAN(D(before, after) → real)),
-          the generated image detached; logs ``D_fake``, ``D_real``, ``D``.
-        - ``G``: GAN(D(before, G(before)) → real) + λ_L1·‖after − G(before)‖₁ with D frozen,
-          plus the output head's regularisers (`OutputHead.regularizer`, logged unweighted);
-          logs ``G_gan``, ``G_l1``, ``G``.
-        """
-        o = self.options
-        before, after = batch["before"], batch["after"]
-        fake = self._fake(nets, batch, ctx)
-        if phase == "D":
-            set_requires_grad(nets, ("D",), True)
-            loss_fake = gan_loss(nets["D"](torch.cat([before, fake.detach()], dim=1)), False, o.gan_mode)
-            loss_real = gan_loss(nets["D"](torch.cat([before, after], dim=1)), True, o.gan_mode)
-            # Halved so D learns more slowly than G (Sec. 3.3).
-            total = 0.5 * (loss_fake + loss_real)
-            return total, {"D_fake": loss_fake.item(), "D_real": loss_real.item(), "D": total.item()}
-        if phase == "G":
-            # Frozen D: G's loss must not leave gradients in D's parameters.
-            set_requires_grad(nets, ("D",), False)
-            set_requires_grad(nets, ("G",), True)
-            loss_gan = gan_loss(nets["D"](torch.cat([before, fake], dim=1)), True, o.gan_mode)
-            loss_l1 = F.l1_loss(fake.float(), after.float())
-            aux: Aux = ctx.get("aux", {})
-            head_loss, head_logs = self.head.regularizer(aux)
-            total = loss_gan + o.lambda_l1 * loss_l1 + head_loss
-            return total, {"G_gan": loss_gan.item(), "G_l1": loss_l1.item(), **head_logs, "G": total.item()}
-        raise ValueError(f"pix2pix has phases D and G; got {phase!r}")
 
     # -- inference ----------------------------------------------------------------------
     @torch.no_grad()

@@ -139,7 +139,7 @@ def test_discriminator_judges_before_after_pairs() -> None:
     nets["D"] = ConstantCritic(0.0)
     batch, ctx = make_batch(), {}
     family.loss("D", nets, batch, ctx, 0)
-    real, fake = nets["D"].seen
+    fake, real = nets["D"].seen  # the generated pair first, as pix2pix (`PairedGan`)
     assert torch.equal(real, torch.cat([batch["before"], batch["after"]], 1))
     assert torch.equal(fake[:, :3], batch["before"]) and torch.equal(fake[:, 3:], ctx["fake"].detach())
 

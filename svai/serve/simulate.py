@@ -1,0 +1,220 @@
+"""The models a consultation app serves, the settings a page sends, and one simulation.
+
+A served model is a trained run loaded once at start-up. What the page offers for it
+follows the family's `uses`: procedure tick boxes over its vocabulary when it reads
+procedures, an intensity slider when it reads intensity, a seed when it draws random styles.
+Simulations run one at a time behind a lock: the model's own threads already use every core,
+and a family's networks are shared state (`translate_batch` switches them to eval mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from svai.composite import CompositeOptions
+from svai.data.dataset import procedure_vector
+from svai.errors import SvaiError
+from svai.generate import LoadedModel, translate_batch
+from svai.models.base import Request
+from svai.serve.photo import Photo, model_input, paste
+
+log = logging.getLogger(__name__)
+
+
+class ModelFailed(SvaiError):
+    """The model raised on a photo: a bug or a broken run, reported on the page, not fatal."""
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the page offers for one model.
+
+    - procedures: the vocabulary to tick from; empty when the model has no procedure control.
+    - intensity: whether the intensity slider applies.
+    - seed: whether the model draws a random style (a seed makes it repeatable).
+    - composite: the composite toggle's initial state (the run's `generate.composite`).
+    """
+
+    procedures: tuple[str, ...]
+    intensity: bool
+    seed: bool
+    composite: bool
+
+
+def controls_of(model: LoadedModel) -> Controls:
+    uses = model.family.uses
+    default = getattr(getattr(model.config, "generate", None), "composite", False)
+    return Controls(
+        procedures=tuple(model.family.procedures) if "procedures" in uses else (),
+        intensity="intensity" in uses,
+        seed="generator" in uses,
+        composite=bool(default),
+    )
+
+
+@dataclass
+class ServedModel:
+    """A loaded run and how the page presents it; `id` is its key in requests."""
+
+    id: str
+    run: Path
+    model: LoadedModel
+    controls: Controls
+
+    @property
+    def label(self) -> str:
+        return f"{self.run.name} ({self.model.config.name}, step {self.model.step})"
+
+    def describe(self) -> dict[str, Any]:
+        """What the page needs to build its controls (JSON-ready)."""
+        return {
+            "id": self.id,
+            "label": self.label,
+            "family": self.model.config.family,
+            "step": self.model.step,
+            "image_size": self.model.config.data.image_size,
+            "procedures": list(self.controls.procedures),
+            "intensity": self.controls.intensity,
+            "seed": self.controls.seed,
+            "composite": self.controls.composite,
+        }
+
+
+def serve_models(runs: list[Path], loaded: list[LoadedModel]) -> list[ServedModel]:
+    """Pair each run folder with its loaded model; ids are "1", "2" … in the order given."""
+    return [ServedModel(str(index), Path(run), model, controls_of(model))
+            for index, (run, model) in enumerate(zip(runs, loaded), start=1)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one simulation asks for: ticked procedures, intensity in [0, 1], composite, seed."""
+
+    procedures: tuple[str, ...] = ()
+    intensity: float = 1.0
+    composite: bool = False
+    seed: int = 0
+
+    def used_by(self, controls: Controls) -> dict[str, Any]:
+        """The settings the model actually read (the audit records these)."""
+        used: dict[str, Any] = {}
+        if controls.procedures:
+            used["procedures"] = list(self.procedures)
+        if controls.intensity:
+            used["intensity"] = self.intensity
+        if controls.seed:
+            used["seed"] = self.seed
+        used["composite"] = self.composite
+        return used
+
+
+def parse_settings(payload: dict[str, Any], controls: Controls) -> Settings:
+    """Check the settings a page sent for a model with these controls; SvaiError naming the
+    field and the fix. Missing fields take their defaults."""
+    procedures = payload.get("procedures") or []
+    if not isinstance(procedures, list) or not all(isinstance(p, str) for p in procedures):
+        raise SvaiError(f"procedures: expected a list of names; got {procedures!r}")
+    if procedures and not controls.procedures:
+        raise SvaiError("procedures: this model has no procedure control; untick them or choose another model")
+    unknown = [p for p in procedures if p not in controls.procedures]
+    if unknown:
+        raise SvaiError(f"procedures: unknown {unknown[0]!r}; choose from {', '.join(controls.procedures)}")
+    intensity = payload.get("intensity", 1.0)
+    if isinstance(intensity, bool) or not isinstance(intensity, (int, float)) or not 0.0 <= intensity <= 1.0:
+        raise SvaiError(f"intensity must be a number between 0 and 1; got {intensity!r}")
+    composite = payload.get("composite", controls.composite)
+    if not isinstance(composite, bool):
+        raise SvaiError(f"composite must be true or false; got {composite!r}")
+    seed = payload.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise SvaiError(f"seed must be a whole number from 0; got {seed!r}")
+    ordered = tuple(p for p in controls.procedures if p in procedures)
+    return Settings(ordered, float(intensity), composite, seed)
+
+
+def model_request(served: ServedModel, settings: Settings) -> Request:
+    """The `Request` for a model: only the fields its family reads."""
+    controls = served.controls
+    request = Request()
+    if controls.procedures:
+        request.procedures = procedure_vector({p: 1.0 for p in settings.procedures}, controls.procedures)[None]
+    if controls.intensity:
+        request.intensity = settings.intensity
+    if controls.seed:
+        request.generator = torch.Generator().manual_seed(settings.seed)
+    return request
+
+
+@dataclass
+class Simulation:
+    """One simulated photo. patch: (side, side, 3) uint8, the face square of the result at
+    full resolution (`svai.serve.photo.paste`); timings in seconds by stage."""
+
+    id: str
+    photo: Photo
+    served: ServedModel
+    settings: Settings
+    patch: np.ndarray
+    time: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 with milliseconds and a Z: 2025-01-31T09:15:02.345Z."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+class Simulator:
+    """Runs simulations for the served models, one at a time."""
+
+    def __init__(self, models: list[ServedModel], composite: CompositeOptions | None = None) -> None:
+        if not models:
+            raise ValueError("a simulator needs at least one model")
+        self.models = {served.id: served for served in models}
+        self.composite = composite or CompositeOptions()
+        self._lock = threading.Lock()
+
+    def model(self, model_id: str) -> ServedModel:
+        served = self.models.get(str(model_id))
+        if served is None:
+            raise SvaiError(f"model {model_id!r}: not served; choose one of {', '.join(self.models)}")
+        return served
+
+    def simulate(self, photo: Photo, model_id: str, settings: Settings) -> Simulation:
+        """Simulate `settings` on `photo` with a served model. A model that raises is a
+        `ModelFailed` naming the error; the model stays usable for the next request."""
+        served = self.model(model_id)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        before = model_input(photo, served.model.config.data.image_size)
+        timings["crop"] = time.perf_counter() - started
+        request = model_request(served, settings)
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                predicted = translate_batch(served.model, [before], request)[0]
+            except SvaiError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any model failure is reported, not fatal
+                log.exception("model %s failed", served.label)
+                raise ModelFailed(f"the model {served.label} failed on this photo ({type(error).__name__}: "
+                                  f"{error}); try again, or choose another model") from None
+            timings["model"] = time.perf_counter() - started
+        started = time.perf_counter()
+        patch = paste(photo, before, predicted, self.composite if settings.composite else None)
+        timings["paste"] = time.perf_counter() - started
+        return Simulation(uuid.uuid4().hex, photo, served, settings, patch, utc_now(), timings)
+
+
+__all__ = ["Controls", "ModelFailed", "ServedModel", "Settings", "Simulation", "Simulator", "controls_of",
+           "model_request", "parse_settings", "serve_models", "utc_now"]
