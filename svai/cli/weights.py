@@ -38,9 +38,9 @@ def list_weights(
         return
     table = Table(title="Pretrained weights", title_justify="left")
     table.add_column("key", style="bold", no_wrap=True)
-    table.add_column("file", no_wrap=True)
-    table.add_column("used by")
     table.add_column("status", no_wrap=True)
+    table.add_column("used by")
+    table.add_column("file", overflow="fold")
     found: list[tuple[str, Path]] = []
     for key, entry in registry.REGISTRY.items():
         path = registry.locate(key, weights_dir)
@@ -54,14 +54,14 @@ def list_weights(
                 status = "[green]verified[/]"
             else:
                 status = "[yellow]wrong hash[/]"
-        table.add_row(key, entry.filename, ", ".join(entry.used_by), status)
+        table.add_row(key, status, ", ".join(entry.used_by), entry.filename)
     # Diffusion base models are folders: present or missing, no single hash to verify.
     for key, base in registry.BASE_MODELS.items():
         folder = registry.locate_base(base.repo, weights_dir)
         if folder is not None:
             found.append((key, folder))
-        table.add_row(key, f"{base.repo} (folder)", ", ".join(base.used_by),
-                      "present" if folder is not None else "[red]missing[/]")
+        table.add_row(key, "present" if folder is not None else "[red]missing[/]", ", ".join(base.used_by),
+                      f"{base.repo} (folder)")
     console.print(table)
     # Paths go on their own lines: in a table column they would be folded mid-name.
     for key, path in found:
