@@ -29,7 +29,7 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Networks, Request
 from svai.models.heads import OutputHead, check_intensity
-from svai.models.layers import conv_bias, init_weights, norm_layer
+from svai.models.layers import conv_bias, norm_layer
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.paired_gan import PairedGan
 from svai.models.registry import register_family
@@ -205,10 +205,7 @@ class Dcgan(PairedGan):
                                    o.dropout, self.head.final_tanh)
         discriminator = DcganDiscriminator(self.image_size, 6, o.ndf, o.n_layers_d, o.norm)
         # DCGAN Sec. 4: weights from N(0, 0.02); batch-norm scales from N(1, 0.02) as the reference code.
-        init_weights(generator, o.init_gain)
-        init_weights(discriminator, o.init_gain)
-        self.head.initialise(generator.output_layer)
-        return {"G": generator, "D": discriminator}
+        return self._networks(generator, discriminator)
 
     # -- inference ----------------------------------------------------------------------
     @torch.no_grad()

@@ -22,7 +22,6 @@ from svai.models.layers import (
     PatchDiscriminator,
     UnetGenerator,
     check_attention_heads,
-    init_weights,
     patch_output_size,
     tile_labels,
 )
@@ -147,10 +146,7 @@ class Pix2Pix(PairedGan):
             attention=o.attention == "generator+discriminator",
             attention_heads=o.attention_heads,
         )
-        init_weights(generator, o.init_gain)
-        init_weights(discriminator, o.init_gain)
-        self.head.initialise(generator.output_layer)
-        return {"G": generator, "D": discriminator}
+        return self._networks(generator, discriminator)
 
     # -- inference ----------------------------------------------------------------------
     @torch.no_grad()

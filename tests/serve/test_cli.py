@@ -20,19 +20,11 @@ pytest.importorskip("uvicorn", reason="svai serve needs the app extra: pip insta
 pytest.importorskip("starlette", reason="svai serve needs the app extra: pip install 'svai[app]'")
 
 from svai.cli import app  # noqa: E402
+from tests.cli.test_train_generate import assert_user_error  # noqa: E402
 
 
 def invoke(*args: object) -> Result:
     return CliRunner().invoke(app, ["serve", *(str(a) for a in args)])
-
-
-def assert_user_error(result: Result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture
