@@ -16,8 +16,9 @@ do not depend on how well it is trained, only on its architecture and size.
 Figures, each the median of --repeat rounds (the best in brackets):
 - the split, calling the app's own functions in the order a request does: decode (the
   upload decoded, EXIF applied), crop (the face found, its square resized to the model's
-  size), model (the forward pass), paste (the change upsampled into the full-resolution
-  square; with and without composite), encode (the face view the page shows: before,
+  size), model (the forward pass), for a warp model the warp at the face's own size (the
+  field upsampled and the full-resolution square resampled through it), paste (the change
+  put into the full-resolution square; with and without composite), encode (the face view the page shows: before,
   simulation and difference shrunk to 1024 px and PNG-encoded);
 - end to end through the HTTP app in this process (Starlette's test client): POST the photo,
   POST the settings, GET the before, simulation and difference images, as the page does;
@@ -54,7 +55,7 @@ from svai.serve.photo import (  # noqa: E402
     PrivateFolder, decode_upload, difference, frame_photo, model_input, paste, pixels_sha256, region,
     simulated_photo, view_box,
 )
-from svai.serve.simulate import Settings, Simulator, model_request, serve_models  # noqa: E402
+from svai.serve.simulate import Settings, Simulator, face_square, model_request, serve_models, warps  # noqa: E402
 
 T = TypeVar("T")
 
@@ -149,8 +150,12 @@ def main() -> None:
             translate_batch(model, [before], request)  # warm-up: the first call allocates
             model_m, model_b, predicted = timed(lambda: translate_batch(model, [before], request)[0],
                                                 args.repeat)
-            paste_m, paste_b, patch = timed(lambda: paste(photo, before, predicted), args.repeat)
-            comp_m, comp_b, _ = timed(lambda: paste(photo, before, predicted, CompositeOptions()), args.repeat)
+            # A warp model also resamples the face square at its own size (what the app pastes).
+            full_m, full_b, full = (timed(lambda: translate_batch(model, [face_square(photo)], request)[0],
+                                          args.repeat) if warps(served[0]) else (0.0, 0.0, None))
+            paste_m, paste_b, patch = timed(lambda: paste(photo, before, predicted, full=full), args.repeat)
+            comp_m, comp_b, _ = timed(lambda: paste(photo, before, predicted, CompositeOptions(), full),
+                                      args.repeat)
 
             def encode() -> int:
                 area = view_box(photo, "face")
@@ -168,10 +173,12 @@ def main() -> None:
             line("crop (face box + resize)", crop_m, crop_b,
                  f"face box {face_m * 1000:.0f} + resize {input_m * 1000:.0f}")
             line("model", model_m, model_b)
+            if full is not None:
+                line("warp at the face's own size", full_m, full_b, "the field upsampled, the photo resampled")
             line("paste", paste_m, paste_b, f"with composite {comp_m * 1000:.0f} ms")
             line("encode (face view, 3 PNGs)", encode_m, encode_b, f"{encoded / 2**20:.1f} MB")
-            total = decode_m + crop_m + model_m + paste_m + encode_m
-            line("sum", total, decode_b + crop_b + model_b + paste_b + encode_b,
+            total = decode_m + crop_m + model_m + full_m + paste_m + encode_m
+            line("sum", total, decode_b + crop_b + model_b + full_b + paste_b + encode_b,
                  f"model {model_m / total:.0%} of it, the rest {1 - model_m / total:.0%}")
             if args.audit:
                 line("audit: sha256 of the output", digest_m, digest_b)

@@ -107,22 +107,25 @@ def batch_request(request: Request, count: int, device: torch.device) -> Request
 
 
 def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Request | None = None) -> list[np.ndarray]:
-    """Translate photos of any size: each is padded square, resized to the model's size,
-    translated and restored to its own size. images: (H, W, 3) uint8 -> same."""
+    """Translate photos of any size: each is padded square and resized to the model's size;
+    the family then gives the after image at the padded photo's own size
+    (`ModelFamily.translate_at`: the change applied to the photo itself where the model
+    changes the before photo, else its output resized), which is cropped back.
+    images: (H, W, 3) uint8 -> same."""
     size = model.config.data.image_size
-    inputs, layouts = [], []
+    photos, inputs, layouts = [], [], []
     for image in images:
         tensor, padding = pad_to_square(to_tensor(image)[None])
-        layouts.append((image.shape[0], image.shape[1], tensor.shape[-1], padding))
+        layouts.append((image.shape[0], image.shape[1], padding))
+        photos.append(tensor.to(model.device))
         inputs.append(resize(tensor, size))
     before = torch.cat(inputs).to(model.device)
     asked = batch_request(request or Request(), len(images), model.device)
     with torch.no_grad(), eval_mode(model.nets):
-        fake = model.family.translate(model.nets, before, asked).float().cpu()
+        fakes = model.family.translate_at(model.nets, before, asked, photos)
     outputs = []
-    for prediction, (height, width, side, (left, _, top, _)) in zip(fake, layouts):
-        restored = resize(prediction[None], side)[..., top:top + height, left:left + width]
-        outputs.append(to_uint8(restored)[0])
+    for fake, (height, width, (left, _, top, _)) in zip(fakes, layouts):
+        outputs.append(to_uint8(fake.float().cpu()[..., top:top + height, left:left + width])[0])
     return outputs
 
 

@@ -55,3 +55,26 @@ def test_procedures_parse_with_strengths_over_the_run_vocabulary() -> None:
         parse_procedures("ears", vocabulary)
     with pytest.raises(SvaiError, match=r"strength must be in \[0, 1\]"):
         parse_procedures("nose:2", vocabulary)
+
+
+def test_photos_larger_than_the_model_keep_their_own_pixels_where_nothing_changes() -> None:
+    """An untrained warp model (zero field) returns a non-square photo 4× its size byte for byte:
+    the change is applied to the photo itself, not to a copy resized to the model and back."""
+    import numpy as np
+
+    from svai.config import resolve
+    from svai.generate import LoadedModel, translate_batch
+    from svai.models.registry import make_family
+
+    torch.manual_seed(0)
+    config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8", "model.output=warp"])
+    family = make_family(config)
+    nets = family.build()
+    model = LoadedModel(config, family, {"G": nets["G"]}, 0, torch.device("cpu"))
+    photo = np.random.default_rng(0).integers(0, 256, size=(128, 100, 3), dtype=np.uint8)
+    assert np.array_equal(translate_batch(model, [photo])[0], photo)
+    # A field that is no longer zero moves pixels of the full-size photo.
+    with torch.no_grad():
+        nets["G"].output_layer.bias.fill_(0.5)
+    moved = translate_batch(model, [photo])[0]
+    assert moved.shape == photo.shape and not np.array_equal(moved, photo)

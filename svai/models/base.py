@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Literal
 import torch
 from torch import nn
 
+from svai.data.dataset import resize
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 
@@ -229,6 +230,20 @@ class ModelFamily:
     def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1] -> predicted after, same shape and range."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def translate_at(self, nets: Networks, before: torch.Tensor, request: Request | None,
+                     photos: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The after images at the photos' own sizes.
+
+        before: (B, 3, S, S) in [-1, 1] at the model's size; photos[i]: (1, 3, H_i, W_i) in
+        [-1, 1], the image before[i] was resized from -> [(1, 3, H_i, W_i) in [-1, 1]].
+        Default: translate at the model's size and resize each output. Families whose generator
+        changes the before photo override this to apply the change to the photo itself
+        (`OutputHead.at_size`), which keeps the photo's detail.
+        """
+        out = self.translate(nets, before, request).float()
+        return [resize(out[i:i + 1], tuple(photo.shape[2:])) for i, photo in enumerate(photos)]
 
     def requested_procedures(self, request: Request | None, before: torch.Tensor) -> torch.Tensor:
         """The request's procedure strengths for a procedure-conditioned family, checked:

@@ -208,15 +208,10 @@ class Dcgan(PairedGan):
         return self._networks(generator, discriminator)
 
     # -- inference ----------------------------------------------------------------------
-    @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
-        """before: (B, 3, S, S) in [-1, 1], S the run's image size -> after, same shape, in [-1, 1].
-
-        ``request.intensity`` α in [0, 1] (default 1) scales the change (`OutputHead`): 0
-        returns the before image. Runs G in whatever mode the caller set.
-        """
+    def generator_output(self, nets: Networks, before: torch.Tensor,
+                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+        """before: (B, 3, S, S) in [-1, 1], S the run's image size."""
         size = self.image_size
         if before.dim() != 4 or tuple(before.shape[1:]) != (3, size, size):
             raise SvaiError(f"expected before images (B, 3, {size}, {size}); got shape {tuple(before.shape)}")
-        alpha = check_intensity(request.intensity if request is not None else None)
-        return self.head(nets["G"](before), before, alpha)[0]
+        return nets["G"](before), check_intensity(request.intensity if request is not None else None)

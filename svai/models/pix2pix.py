@@ -149,18 +149,14 @@ class Pix2Pix(PairedGan):
         return self._networks(generator, discriminator)
 
     # -- inference ----------------------------------------------------------------------
-    @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
-        """before: (B, 3, H, W) in [-1, 1], H and W divisible by 2^depth -> after, same shape, in [-1, 1].
-
-        ``request.intensity`` α in [0, 1] (default 1) scales the change (`OutputHead`): 0
-        returns the before image. Runs G in whatever mode the caller set (eval uses batch
-        norm's running statistics).
-        """
+    def generator_output(self, nets: Networks, before: torch.Tensor,
+                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+        """before: (B, 3, H, W) in [-1, 1], H and W divisible by 2^depth; with procedure maps
+        the request's procedure strengths are G's extra input."""
         _check_input(before, 2 ** self.depth)
         alpha = check_intensity(request.intensity if request is not None else None)
         labels = self.requested_procedures(request, before) if self.options.procedure_maps else None
-        return self.head(nets["G"](self._input(before, labels)), before, alpha)[0]
+        return nets["G"](self._input(before, labels)), alpha
 
     def _input(self, before: torch.Tensor, procedures: torch.Tensor | None) -> torch.Tensor:
         """G's input: the before image, plus one constant map per procedure strength when

@@ -172,20 +172,25 @@ def upsample(values: np.ndarray, side: int, resample: Image.Resampling) -> np.nd
 
 
 def paste(photo: Photo, before: np.ndarray, predicted: np.ndarray,
-          options: CompositeOptions | None = None) -> np.ndarray:
+          options: CompositeOptions | None = None, full: np.ndarray | None = None) -> np.ndarray:
     """The simulation inside the face square at full resolution: (side, side, 3) uint8.
 
     before: the model's input (S, S, 3) uint8 (`model_input`); predicted: its output, same
     shape. The change predicted − before is upsampled (bicubic) and added to the photo's own
-    pixels. With `options`, the change is weighted by the model's feathered change map
-    (`svai.composite.composite`, found at the model's size and upsampled bilinearly): where
-    the weight is 0 the pixel is the photo's own, byte for byte.
+    pixels — or, given `full`, the model's output at the face square's own size (a warp
+    applied to the full-resolution pixels, `svai.generate.translate_batch`), the change is
+    full − the photo's pixels. With `options`, the change is weighted by the model's feathered
+    change map (`svai.composite.composite`, found at the model's size and upsampled
+    bilinearly): where the weight is 0 the pixel is the photo's own, byte for byte.
     """
     if before.shape != predicted.shape:
         raise ValueError(f"before {before.shape} and predicted {predicted.shape} differ")
     x0, y0, x1, y1 = photo.box
-    change = upsample(predicted.astype(np.float32) - before.astype(np.float32), photo.side,
-                      Image.Resampling.BICUBIC)
+    if full is not None:
+        change = full.astype(np.float32) - photo.pixels[y0:y1, x0:x1]
+    else:
+        change = upsample(predicted.astype(np.float32) - before.astype(np.float32), photo.side,
+                          Image.Resampling.BICUBIC)
     if options is not None:
         _, weight = composite(before, predicted, None, options)
         change *= np.clip(upsample(weight[..., None], photo.side, Image.Resampling.BILINEAR), 0.0, 1.0)

@@ -24,7 +24,7 @@ from svai.composite import CompositeOptions
 from svai.data.dataset import procedure_vector
 from svai.errors import SvaiError
 from svai.generate import LoadedModel, translate_batch
-from svai.models.base import Request
+from svai.models.base import ModelFamily, Request
 from svai.serve.photo import Photo, model_input, paste
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,9 @@ class Simulator:
             started = time.perf_counter()
             try:
                 predicted = translate_batch(served.model, [before], request)[0]
+                # A warp moves the photo's own pixels: applied at full resolution it keeps them
+                # sharp, where an upsampled pixel change would leave a soft second edge.
+                full = translate_batch(served.model, [face_square(photo)], request)[0] if warps(served) else None
             except SvaiError:
                 raise
             except Exception as error:  # noqa: BLE001 - any model failure is reported, not fatal
@@ -211,9 +214,23 @@ class Simulator:
                                   f"{error}); try again, or choose another model") from None
             timings["model"] = time.perf_counter() - started
         started = time.perf_counter()
-        patch = paste(photo, before, predicted, self.composite if settings.composite else None)
+        patch = paste(photo, before, predicted, self.composite if settings.composite else None, full)
         timings["paste"] = time.perf_counter() - started
         return Simulation(uuid.uuid4().hex, photo, served, settings, patch, utc_now(), timings)
+
+
+def warps(served: ServedModel) -> bool:
+    """Whether the served model warps the before photo (`model.output=warp`) and its family
+    can apply the warp at a photo's own size (`ModelFamily.translate_at`)."""
+    family = served.model.family
+    return (getattr(served.model.config.model, "output", None) == "warp"
+            and type(family).translate_at is not ModelFamily.translate_at)
+
+
+def face_square(photo: Photo) -> np.ndarray:
+    """The photo's face square at full resolution: (side, side, 3) uint8."""
+    x0, y0, x1, y1 = photo.box
+    return np.ascontiguousarray(photo.pixels[y0:y1, x0:x1])
 
 
 __all__ = ["Controls", "ModelFailed", "ServedModel", "Settings", "Simulation", "Simulator", "controls_of",

@@ -24,6 +24,7 @@ from svai.models.heads import (
     inward_clamp,
     total_variation,
     warp,
+    warp_fast,
 )
 from svai.models.options import OutputOptions
 from svai.models.registry import make_family, parameter_counts
@@ -181,6 +182,57 @@ def test_warp_head_bounds_the_field_and_adds_the_colour() -> None:
     _, aux = head(raw, before, 0.5)
     torch.testing.assert_close(aux["flow"][:, 0], torch.full((1, SIZE, SIZE), shift / 2))
     assert OutputHead(OutputOptions(output="warp", warp_colour=0.0)).channels == 2
+
+
+# -- the change at the photo's own size ---------------------------------------------------------
+@pytest.mark.parametrize("mode", ["direct", "residual", "masked", "warp"])
+def test_at_size_is_the_head_itself_at_the_generator_size(mode: str) -> None:
+    head = OutputHead(OutputOptions(output=mode))
+    before = images(2)
+    raw = torch.randn(2, head.channels, SIZE, SIZE).tanh() if mode == "direct" else torch.randn(2, head.channels, SIZE, SIZE)
+    for alpha in (None, 0.4):
+        torch.testing.assert_close(head.at_size(raw, before, before, alpha), head(raw, before, alpha)[0].float(),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["residual", "masked", "warp"])
+def test_no_change_returns_the_large_photo_bit_for_bit(mode: str) -> None:
+    """An untrained generator (zero change) keeps a photo 3× its size exactly, noise included:
+    nothing is resized back and forth."""
+    head = OutputHead(OutputOptions(output=mode))
+    photo = torch.rand(1, 3, 3 * SIZE, 3 * SIZE + 6) * 2 - 1
+    before = F.interpolate(photo, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+    raw = torch.zeros(1, head.channels, SIZE, SIZE)
+    if mode == "masked":
+        raw[:, :3] = torch.randn(1, 3, SIZE, SIZE)  # a drawing, behind a closed mask
+    assert torch.equal(head.at_size(raw, before, photo), photo)
+
+
+def test_the_fast_warp_agrees_with_warp_and_is_exact_where_the_field_is_zero() -> None:
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(2, 3, 45, 70, generator=generator) * 2 - 1
+    flow = torch.randn(2, 2, 45, 70, generator=generator) * 3
+    flow[:, :, :10] = 0
+    out = warp_fast(image, flow)
+    torch.testing.assert_close(out, warp(image, flow), rtol=0, atol=1e-4)
+    assert torch.equal(out[..., :10, :], image[..., :10, :])
+
+
+def test_a_field_moves_the_photo_by_the_same_fraction_of_its_side_at_any_size() -> None:
+    """A uniform field of d (a fraction of half the side) on a horizontal ramp whose value is
+    the pixel centre's position in [-1, 1] adds d to every pixel away from the border, at the
+    generator's size and at 4× it."""
+    head = OutputHead(OutputOptions(output="warp", warp_colour=0.0, max_displacement=0.15))
+    d = 0.1
+    raw = torch.full((1, 2, SIZE, SIZE), 0.0)
+    raw[:, 0] = math.atanh(d / 0.15)
+    for side in (SIZE, 4 * SIZE):
+        ramp = ((torch.arange(side) + 0.5) * 2 / side - 1).expand(1, 3, side, side)
+        small = F.interpolate(ramp, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+        out = head.at_size(raw, small, ramp.contiguous())
+        inner = slice(0, side - side // 8)  # pixels that do not sample past the right border
+        torch.testing.assert_close(out[..., inner] - ramp[..., inner], torch.full_like(ramp[..., inner], d),
+                                   rtol=0, atol=1e-5)
 
 
 def test_heads_compute_in_float32_under_autocast() -> None:

@@ -444,3 +444,34 @@ def find(haystack: np.ndarray, needle: np.ndarray) -> tuple[int, int] | None:
                     haystack[y:y + height, x:x + width], needle):
                 return y, x
     return None
+
+
+def test_a_warp_model_moves_the_photos_own_pixels_at_full_resolution(small_photo: FacePhoto, tmp_path: Path) -> None:
+    """For a warp model the face square is resampled at its own size (the field upsampled),
+    not given an upsampled pixel change: the patch is exactly `translate_batch` on the
+    full-size square, and the photo outside the square is untouched."""
+    from svai.config import resolve
+    from svai.generate import LoadedModel
+    from svai.models.registry import make_family
+    from svai.serve.photo import frame_photo
+    from svai.serve.simulate import face_square, serve_models, warps
+
+    torch.manual_seed(0)
+    config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8", "model.output=warp"])
+    family = make_family(config)
+    generator = family.build()["G"]
+    with torch.no_grad():
+        generator.output_layer.bias.fill_(0.5)  # a uniform field and colour change
+    model = LoadedModel(config, family, {"G": generator}, 0, torch.device("cpu"))
+    served = serve_models([tmp_path / "warp"], [model])
+    assert warps(served[0])
+    upright = small_photo.upright()
+    photo = frame_photo(Image.fromarray(upright), "warp.jpg", "0" * 64)
+    simulation = Simulator(served).simulate(photo, served[0].id, Settings())
+    expected = translate_batch(model, [face_square(photo)], model_request(served[0], Settings()))[0]
+    assert np.array_equal(simulation.patch, expected)
+    out = simulated_photo(photo, simulation.patch)
+    x0, y0, x1, y1 = photo.box
+    outside = np.ones(out.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(out[outside], upright[outside]) and not np.array_equal(out, upright)
