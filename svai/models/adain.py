@@ -333,6 +333,13 @@ class AdaIN(ModelFamily):
         ``request.reference`` (1 or B, 3, S, S) in [-1, 1]; without one (the training samples;
         `check_request` makes generation ask for it) and with "mean", the running mean.
         """
+        raw, _ = self.generator_output(nets, before, request)
+        return self.head(raw, before)[0].clamp(-1, 1)
+
+    def generator_output(self, nets: Networks, before: torch.Tensor,
+                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+        """The decoder's raw output for before (B, 3, S, S); the intensity α is applied to the
+        features here, so the head gets none."""
         size, count = self.image_size, before.shape[0]
         if before.dim() != 4 or tuple(before.shape[1:]) != (3, size, size):
             raise SvaiError(f"expected before images (B, 3, {size}, {size}); got shape {tuple(before.shape)}")
@@ -350,4 +357,4 @@ class AdaIN(ModelFamily):
         else:
             mean, std = nets["style_stats"].target(CONTENT_LAYER, count)  # type: ignore[operator]
         t = stylised_features(content, mean, std, alpha)
-        return self.head(nets["decoder"](t), before)[0].clamp(-1, 1)
+        return nets["decoder"](t), None

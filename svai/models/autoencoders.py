@@ -394,12 +394,17 @@ class Autoencoder(ModelFamily):
         """before: (B, 3, S, S) in [-1, 1], S the configured image size -> after, same shape, in
         [-1, 1]. ``request.intensity`` α in [0, 1] (default 1) scales the change through the
         output head: 0 returns the before image."""
+        raw, alpha = self.generator_output(nets, before, request)
+        return self.head(raw, before, alpha)[0]
+
+    def generator_output(self, nets: Networks, before: torch.Tensor,
+                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+        """The decoder's raw output for before (B, 3, S, S) and the intensity."""
         size = self.image_size
         if before.dim() != 4 or tuple(before.shape[1:]) != (3, size, size):
             raise SvaiError(f"expected before images (B, 3, {size}, {size}); got shape {tuple(before.shape)}")
-        alpha = check_intensity(request.intensity if request is not None else None)
         z = self.inference_latent(nets["encoder"](before), request)
-        return self.head(nets["decoder"](z), before, alpha)[0]
+        return nets["decoder"](z), check_intensity(request.intensity if request is not None else None)
 
     def inference_latent(self, code: torch.Tensor, request: Request | None) -> torch.Tensor:
         """code: (B, code_size) -> the z to decode, (B, latent_dim)."""

@@ -231,6 +231,21 @@ class ModelFamily:
         """before: (B, 3, H, W) in [-1, 1] -> predicted after, same shape and range."""
         raise NotImplementedError
 
+    def generator_output(self, nets: Networks, before: torch.Tensor,
+                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+        """For a family whose generator ends in an output head (`self.head`, `svai.models.heads`):
+        the generator's raw output for the checked before images (B, 3, S, S), and the
+        intensity the head applies (None: the family applied it already, or it is 1). A family
+        that provides it gets the photo-size path of `translate_at`."""
+        raise NotImplementedError
+
+    def changes_at_size(self) -> bool:
+        """Whether `translate_at` applies the change to each photo at its own size: the family
+        gives `generator_output` and its head changes the before photo (residual, masked, warp)."""
+        head = getattr(self, "head", None)
+        return (head is not None and head.mode != "direct"
+                and type(self).generator_output is not ModelFamily.generator_output)
+
     @torch.no_grad()
     def translate_at(self, nets: Networks, before: torch.Tensor, request: Request | None,
                      photos: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -238,10 +253,14 @@ class ModelFamily:
 
         before: (B, 3, S, S) in [-1, 1] at the model's size; photos[i]: (1, 3, H_i, W_i) in
         [-1, 1], the image before[i] was resized from -> [(1, 3, H_i, W_i) in [-1, 1]].
-        Default: translate at the model's size and resize each output. Families whose generator
-        changes the before photo override this to apply the change to the photo itself
-        (`OutputHead.at_size`), which keeps the photo's detail.
+        Where `changes_at_size`, the change is applied to each photo itself
+        (`OutputHead.at_size`), which keeps the photo's detail; otherwise the model-size
+        output is resized.
         """
+        if self.changes_at_size():
+            raw, alpha = self.generator_output(nets, before, request)
+            head = self.head  # type: ignore[attr-defined]
+            return [head.at_size(raw[i:i + 1], before[i:i + 1], photo, alpha) for i, photo in enumerate(photos)]
         out = self.translate(nets, before, request).float()
         return [resize(out[i:i + 1], tuple(photo.shape[2:])) for i, photo in enumerate(photos)]
 

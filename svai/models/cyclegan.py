@@ -243,9 +243,14 @@ class CycleGAN(ModelFamily):
         ``request.intensity`` α in [0, 1] (default 1) scales the change (`OutputHead`): 0
         returns the before image.
         """
+        raw, alpha = self.generator_output(nets, before, request)
+        return self.head(raw, before, alpha)[0]
+
+    def generator_output(self, nets: Networks, before: torch.Tensor,
+                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+        """G_AB's raw output for before (B, 3, H, W), H and W divisible by 4, and the intensity."""
         if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
             raise SvaiError(
                 f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}"
             )
-        alpha = check_intensity(request.intensity if request is not None else None)
-        return self.head(nets["G_AB"](before), before, alpha)[0]
+        return nets["G_AB"](before), check_intensity(request.intensity if request is not None else None)

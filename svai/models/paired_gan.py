@@ -50,12 +50,6 @@ class PairedGan(ModelFamily):
     def lr_factor(self, step: int, total_steps: int) -> float:
         return linear_decay_factor(step, total_steps, self.options.lr_decay_fraction)
 
-    def generator_output(self, nets: Networks, before: torch.Tensor,
-                         request: Request | None) -> tuple[torch.Tensor, float | None]:
-        """G's raw output for the checked before images (B, 3, S, S), and the request's
-        intensity: what the output head turns into the after image."""
-        raise NotImplementedError
-
     @torch.no_grad()
     def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
         """before: (B, 3, S, S) in [-1, 1] -> after, same shape, in [-1, 1].
@@ -66,16 +60,6 @@ class PairedGan(ModelFamily):
         """
         raw, alpha = self.generator_output(nets, before, request)
         return self.head(raw, before, alpha)[0]
-
-    @torch.no_grad()
-    def translate_at(self, nets: Networks, before: torch.Tensor, request: Request | None,
-                     photos: list[torch.Tensor]) -> list[torch.Tensor]:
-        """As `ModelFamily.translate_at`; in the modes that change the before photo the change
-        is applied to each photo at its own size (`OutputHead.at_size`)."""
-        if self.head.mode == "direct":
-            return super().translate_at(nets, before, request, photos)
-        raw, alpha = self.generator_output(nets, before, request)
-        return [self.head.at_size(raw[i:i + 1], before[i:i + 1], photo, alpha) for i, photo in enumerate(photos)]
 
     def _input(self, before: torch.Tensor, procedures: torch.Tensor | None) -> torch.Tensor:
         """G's input for before (B, 3, H, W) and the procedure strengths (B, P): the before image."""

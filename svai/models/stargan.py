@@ -497,15 +497,27 @@ class StarGAN(ModelFamily):
         ``request.intensity`` α in [0, 1] (default 1): α = 0 asks for "no procedure", which
         reconstructs the before photo.
         """
-        if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
-            raise SvaiError(
-                f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}"
-            )
-        labels = self.requested_procedures(request, before)
-        given = check_intensity(request.intensity)
-        alpha = 1.0 if given is None else given
         if self.head.mode == "direct":
+            _check_input(before)
+            labels = self.requested_procedures(request, before)
+            given = check_intensity(request.intensity if request is not None else None)
             # The paper's generator: α scales the labels, α = 0 asks for "no procedure".
-            return self._translate(nets, before, labels * alpha)[0]
+            return self._translate(nets, before, labels * (1.0 if given is None else given))[0]
         # The other modes scale the change itself, so α = 0 returns the before photo exactly.
-        return self.head(nets["G"](before, labels), before, alpha)[0]
+        raw, alpha = self.generator_output(nets, before, request)
+        return self.head(raw, before, alpha)[0]
+
+    def generator_output(self, nets: Networks, before: torch.Tensor,
+                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+        """G's raw output for before (B, 3, H, W), H and W divisible by 4, conditioned on the
+        request's procedure strengths, and the intensity (the modes other than direct)."""
+        _check_input(before)
+        labels = self.requested_procedures(request, before)
+        return nets["G"](before, labels), check_intensity(request.intensity if request is not None else None)
+
+
+def _check_input(before: torch.Tensor) -> None:
+    if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
+        raise SvaiError(
+            f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}"
+        )

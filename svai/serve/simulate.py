@@ -24,7 +24,7 @@ from svai.composite import CompositeOptions
 from svai.data.dataset import procedure_vector
 from svai.errors import SvaiError
 from svai.generate import LoadedModel, translate_batch
-from svai.models.base import ModelFamily, Request
+from svai.models.base import Request
 from svai.serve.photo import Photo, model_input, paste
 
 log = logging.getLogger(__name__)
@@ -222,9 +222,7 @@ class Simulator:
 def warps(served: ServedModel) -> bool:
     """Whether the served model warps the before photo (`model.output=warp`) and its family
     can apply the warp at a photo's own size (`ModelFamily.translate_at`)."""
-    family = served.model.family
-    return (getattr(served.model.config.model, "output", None) == "warp"
-            and type(family).translate_at is not ModelFamily.translate_at)
+    return getattr(served.model.config.model, "output", None) == "warp" and served.model.family.changes_at_size()
 
 
 def face_square(photo: Photo) -> np.ndarray:

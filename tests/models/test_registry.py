@@ -118,3 +118,35 @@ def test_parameter_counts_on_meta_equal_real_build(model) -> None:
     counts = parameter_counts(family)
     for name, count in counts.items():
         assert count == sum(p.numel() for p in nets[name].parameters()), name
+
+
+def output_families() -> list[str]:
+    """Every family whose generator takes `model.output`."""
+    return [name for name, cls in families().items()
+            if "output" in {f.name for f in dataclasses.fields(cls.Options)}]
+
+
+@pytest.mark.parametrize("mode", ["residual", "masked", "warp"])
+@pytest.mark.parametrize("name", output_families())
+def test_changes_apply_at_the_photos_own_size(name: str, mode: str) -> None:
+    """Every family with output modes applies its change to a photo at the photo's size: an
+    untrained model returns a photo twice its size bit for bit, and at the model's size
+    `translate_at` is `translate`."""
+    torch.manual_seed(0)
+    family = make_family(resolve(name, sets=[f"data.image_size={SIZE}", f"model.output={mode}", *tiny_sets(name)]))
+    assert family.changes_at_size()
+    nets = family.build()
+    for net in nets.values():
+        net.eval()
+    data = batch()
+    request = request_for(family, data)
+    photos = [torch.rand(1, 3, 2 * SIZE, 2 * SIZE, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(2)]
+    small = torch.cat([torch.nn.functional.interpolate(p, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+                       for p in photos])
+    for photo, out in zip(photos, family.translate_at(nets, small, request, photos)):
+        assert torch.equal(out, photo)
+    with torch.no_grad():
+        for parameter in nets[family.inference_networks()[-1]].parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    same = family.translate_at(nets, data["before"], request, [data["before"][i:i + 1] for i in range(2)])
+    torch.testing.assert_close(torch.cat(same), family.translate(nets, data["before"], request).float(), rtol=0, atol=0)
