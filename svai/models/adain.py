@@ -40,6 +40,7 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request
 from svai.models.heads import OutputHead, check_intensity
+from svai.models.layers import check_before
 from svai.models.options import OutputOptions, check_at_least, check_in_unit_interval, check_positive
 from svai.models.registry import register_family
 from svai.models.vgg import VggFeatures
@@ -341,8 +342,7 @@ class AdaIN(ModelFamily):
         """The decoder's raw output for before (B, 3, S, S); the intensity α is applied to the
         features here, so the head gets none."""
         size, count = self.image_size, before.shape[0]
-        if before.dim() != 4 or tuple(before.shape[1:]) != (3, size, size):
-            raise SvaiError(f"expected before images (B, 3, {size}, {size}); got shape {tuple(before.shape)}")
+        check_before(before, size=size)
         intensity = check_intensity(request.intensity if request is not None else None)
         alpha = 1.0 if intensity is None else intensity
         content = _features(nets["vgg"], before)[CONTENT_LAYER]

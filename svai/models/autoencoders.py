@@ -39,7 +39,7 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import LossResult, ModelFamily, Networks, Phase, Request, StepContext
 from svai.models.heads import OutputHead, check_intensity
-from svai.models.layers import conv_bias, init_weights, linear_decay_factor, norm_layer
+from svai.models.layers import check_before, conv_bias, init_weights, linear_decay_factor, norm_layer
 from svai.models.options import (
     Norm,
     OutputOptions,
@@ -401,8 +401,7 @@ class Autoencoder(ModelFamily):
                          request: Request | None) -> tuple[torch.Tensor, float | None]:
         """The decoder's raw output for before (B, 3, S, S) and the intensity."""
         size = self.image_size
-        if before.dim() != 4 or tuple(before.shape[1:]) != (3, size, size):
-            raise SvaiError(f"expected before images (B, 3, {size}, {size}); got shape {tuple(before.shape)}")
+        check_before(before, size=size)
         z = self.inference_latent(nets["encoder"](before), request)
         return nets["decoder"](z), check_intensity(request.intensity if request is not None else None)
 

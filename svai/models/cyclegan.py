@@ -28,10 +28,12 @@ from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
 from svai.models.heads import Aux, OutputHead, check_intensity
 from svai.models.layers import (
+    check_before,
     ImagePool,
     PatchDiscriminator,
     ResnetGenerator,
     check_attention_heads,
+    check_residual_trunk,
     gan_loss,
     init_weights,
     linear_decay_factor,
@@ -101,22 +103,12 @@ class CycleGAN(ModelFamily):
         super().__init__(options, image_size, procedures)
         o = options
         self.head = OutputHead(o)
-        if image_size < 4 or image_size % 4 != 0:
-            raise SvaiError(
-                f"cyclegan needs an image size divisible by 4 (two downsamplings); got {image_size} "
-                "(set data.image_size accordingly)"
-            )
         self.n_blocks = o.n_blocks if o.n_blocks is not None else (9 if image_size >= 256 else 6)
         self.attention_position = o.attention_position if o.attention_position is not None else self.n_blocks // 2
-        if o.attention != "none":
-            if not 0 <= self.attention_position <= self.n_blocks:
-                raise SvaiError(
-                    f"model.attention_position must be between 0 and n_blocks={self.n_blocks}; "
-                    f"got {o.attention_position}"
-                )
-            check_attention_heads(o.attention_heads, 4 * o.ngf)
-            if o.attention == "generator+discriminator":
-                check_attention_heads(o.attention_heads, o.ndf * min(2 ** o.n_layers_d, 8))
+        check_residual_trunk("cyclegan", image_size, o.attention, self.attention_position, self.n_blocks,
+                             "n_blocks", o.attention_heads, o.ngf)
+        if o.attention == "generator+discriminator":
+            check_attention_heads(o.attention_heads, o.ndf * min(2 ** o.n_layers_d, 8))
         if patch_output_size(image_size, o.n_layers_d) < 1:
             raise SvaiError(
                 f"model.n_layers_d={o.n_layers_d} is too deep for image size {image_size}; lower it"
@@ -249,8 +241,5 @@ class CycleGAN(ModelFamily):
     def generator_output(self, nets: Networks, before: torch.Tensor,
                          request: Request | None) -> tuple[torch.Tensor, float | None]:
         """G_AB's raw output for before (B, 3, H, W), H and W divisible by 4, and the intensity."""
-        if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
-            raise SvaiError(
-                f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}"
-            )
+        check_before(before, multiple=4)
         return nets["G_AB"](before), check_intensity(request.intensity if request is not None else None)

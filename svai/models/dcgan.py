@@ -29,7 +29,7 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Networks, Request
 from svai.models.heads import OutputHead, check_intensity
-from svai.models.layers import conv_bias, norm_layer
+from svai.models.layers import check_before, conv_bias, initialised_pair, norm_layer
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.paired_gan import PairedGan
 from svai.models.registry import register_family
@@ -205,13 +205,12 @@ class Dcgan(PairedGan):
                                    o.dropout, self.head.final_tanh)
         discriminator = DcganDiscriminator(self.image_size, 6, o.ndf, o.n_layers_d, o.norm)
         # DCGAN Sec. 4: weights from N(0, 0.02); batch-norm scales from N(1, 0.02) as the reference code.
-        return self._networks(generator, discriminator)
+        return initialised_pair(generator, discriminator, o.init_gain, self.head)
 
     # -- inference ----------------------------------------------------------------------
     def generator_output(self, nets: Networks, before: torch.Tensor,
                          request: Request | None) -> tuple[torch.Tensor, float | None]:
         """before: (B, 3, S, S) in [-1, 1], S the run's image size."""
         size = self.image_size
-        if before.dim() != 4 or tuple(before.shape[1:]) != (3, size, size):
-            raise SvaiError(f"expected before images (B, 3, {size}, {size}); got shape {tuple(before.shape)}")
+        check_before(before, size=size)
         return nets["G"](before), check_intensity(request.intensity if request is not None else None)

@@ -255,24 +255,7 @@ class OutputHead:
             return alpha * raw.float() + (1 - alpha) * before.float(), {}
         # Blending and resampling in float32: under bf16 a change of one level in 256 is lost.
         with torch.autocast(device_type=raw.device.type, enabled=False):
-            raw, before = raw.float(), before.float()
-            if self.mode == "residual":
-                # 2·tanh reaches any value of [-1, 1] from any before value; zero at init.
-                return (before + alpha * 2 * torch.tanh(raw)).clamp(-1, 1), {}
-            if self.mode == "masked":
-                drawn = torch.tanh(raw[:, :3])
-                logit = raw[:, 3:4]
-                mask = alpha * inward_clamp(logit)
-                return mask * drawn + (1 - mask) * before, {"mask": mask, "mask_logit": logit}
-            # warp: the field in grid_sample's normalised units, bounded, then in pixels.
-            height, width = before.shape[2:]
-            bound = self.options.max_displacement * torch.tanh(raw[:, :2])
-            half_size = torch.tensor([width / 2, height / 2], device=raw.device).view(1, 2, 1, 1)
-            flow = alpha * bound * half_size
-            out = warp(before, flow)
-            if self.colour:
-                out = (out + alpha * self.options.warp_colour * torch.tanh(raw[:, 2:5])).clamp(-1, 1)
-            return out, {"flow": flow}
+            return self._apply(self._change(raw.float(), alpha), before.float())
 
     def at_size(self, raw: torch.Tensor, before: torch.Tensor, photo: torch.Tensor,
                 intensity: float | None = None) -> torch.Tensor:
@@ -288,25 +271,50 @@ class OutputHead:
         """
         if photo.shape[2:] == before.shape[2:]:
             return self(raw, before, intensity)[0].float()
-        size = tuple(photo.shape[2:])
         if self.mode == "direct":
-            return resize(self(raw, before, intensity)[0].float(), size).clamp(-1, 1)
+            return resize(self(raw, before, intensity)[0].float(), tuple(photo.shape[2:])).clamp(-1, 1)
         alpha = 1.0 if intensity is None else float(intensity)
         with torch.autocast(device_type=raw.device.type, enabled=False):
-            raw, photo = raw.float(), photo.float()
-            if self.mode == "residual":
-                return (photo + alpha * 2 * resize(torch.tanh(raw), size)).clamp(-1, 1)
-            if self.mode == "masked":
-                mask = (alpha * resize(inward_clamp(raw[:, 3:4]), size)).clamp(0, 1)
-                return mask * resize(torch.tanh(raw[:, :3]), size) + (1 - mask) * photo
-            height, width = size
-            bound = resize(self.options.max_displacement * torch.tanh(raw[:, :2]), size)
-            half_size = torch.tensor([width / 2, height / 2], device=raw.device).view(1, 2, 1, 1)
-            # Photos run to megapixels: grid_sample's speed, exact where the field is zero.
-            out = warp_fast(photo, alpha * bound * half_size)
-            if self.colour:
-                out = (out + alpha * self.options.warp_colour * resize(torch.tanh(raw[:, 2:5]), size)).clamp(-1, 1)
-            return out
+            return self._apply(self._change(raw.float(), alpha), photo.float())[0]
+
+    def _change(self, raw: torch.Tensor, alpha: float) -> Aux:
+        """The change the raw channels (B, channels, h, w, float32) describe, scaled by α, at
+        the generator's size: ``residual`` (residual), ``mask``, ``mask_logit``, ``drawn``
+        (masked), ``field`` in units of half the image side and ``colour`` (warp)."""
+        if self.mode == "residual":
+            # 2·tanh reaches any value of [-1, 1] from any before value; zero at init.
+            return {"residual": alpha * 2 * torch.tanh(raw)}
+        if self.mode == "masked":
+            logit = raw[:, 3:4]
+            return {"mask": alpha * inward_clamp(logit), "mask_logit": logit, "drawn": torch.tanh(raw[:, :3])}
+        # warp: the field in grid_sample's normalised units, bounded.
+        change = {"field": alpha * (self.options.max_displacement * torch.tanh(raw[:, :2]))}
+        if self.colour:
+            change["colour"] = alpha * self.options.warp_colour * torch.tanh(raw[:, 2:5])
+        return change
+
+    def _apply(self, change: Aux, image: torch.Tensor) -> tuple[torch.Tensor, Aux]:
+        """`change` (from `_change`) applied to `image` (B, 3, H, W) float32, its maps resized
+        to H×W where the image is not at the generator's size -> (after, aux as `__call__`)."""
+        size = tuple(image.shape[2:])
+        resized = any(value.shape[2:] != size for value in change.values())
+
+        def fit(maps: torch.Tensor) -> torch.Tensor:
+            return resize(maps, size)
+
+        if self.mode == "residual":
+            return (image + fit(change["residual"])).clamp(-1, 1), {}
+        if self.mode == "masked":
+            mask = fit(change["mask"]).clamp(0, 1) if resized else change["mask"]
+            return mask * fit(change["drawn"]) + (1 - mask) * image, {"mask": mask, "mask_logit": change["mask_logit"]}
+        height, width = size
+        half_size = torch.tensor([width / 2, height / 2], device=image.device).view(1, 2, 1, 1)
+        flow = fit(change["field"]) * half_size
+        # Photos run to megapixels: grid_sample's speed there, exact where the field is zero.
+        out = (warp_fast if resized else warp)(image, flow)
+        if "colour" in change:
+            out = (out + fit(change["colour"])).clamp(-1, 1)
+        return out, {"flow": flow}
 
     def regularizer(self, aux: Aux) -> tuple[torch.Tensor, dict[str, float]]:
         """The head's terms of the generator loss: `(scalar float32 loss, {"name": value})`,

@@ -11,7 +11,7 @@ weights with ``strict=False`` gives the same function while attention's γ is st
 
 from __future__ import annotations
 
-from typing import Callable, get_args
+from typing import TYPE_CHECKING, Callable, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ from torch import nn
 
 from svai.errors import SvaiError
 from svai.models.options import GanMode, Norm
+
+if TYPE_CHECKING:
+    from svai.models.heads import OutputHead
 
 # The option types are the one list of choices; these tuples only serve error messages.
 NORMS: tuple[str, ...] = get_args(Norm)
@@ -549,3 +552,40 @@ def check_attention_heads(heads: int, channels: int) -> None:
             f"model.attention_heads must divide {channels // 8}, the query channels of a "
             f"{channels}-channel layer (also check model.ngf / model.ndf); got {heads}"
         )
+
+
+def check_residual_trunk(family: str, image_size: int, attention: str, position: int, n_blocks: int,
+                         blocks_key: str, heads: int, ngf: int) -> None:
+    """The checks of a generator with two downsamplings around a residual trunk (CycleGAN's,
+    StarGAN's): the image size halves twice, and an attention block sits at a trunk position
+    (0..n_blocks) with heads that split its 4·ngf channels. Raise SvaiError naming the key."""
+    if image_size < 4 or image_size % 4 != 0:
+        raise SvaiError(
+            f"{family} needs an image size divisible by 4 (two downsamplings); got {image_size} "
+            "(set data.image_size accordingly)"
+        )
+    if attention == "none":
+        return
+    if not 0 <= position <= n_blocks:
+        raise SvaiError(f"model.attention_position must be between 0 and {blocks_key}={n_blocks}; got {position}")
+    check_attention_heads(heads, 4 * ngf)
+
+
+def initialised_pair(generator: nn.Module, discriminator: nn.Module, gain: float, head: "OutputHead") -> dict[str, nn.Module]:
+    """``{"G": generator, "D": discriminator}``, both initialised from N(0, gain), the
+    generator's last layer prepared by its output head (zero for every mode but "direct")."""
+    init_weights(generator, gain)
+    init_weights(discriminator, gain)
+    head.initialise(generator.output_layer)
+    return {"G": generator, "D": discriminator}
+
+
+def check_before(before: torch.Tensor, *, size: int | None = None, multiple: int = 1) -> None:
+    """Raise SvaiError unless `before` is a batch of RGB images (B, 3, H, W): square at `size`
+    when given, else with H and W divisible by `multiple`."""
+    if size is not None:
+        if before.dim() != 4 or tuple(before.shape[1:]) != (3, size, size):
+            raise SvaiError(f"expected before images (B, 3, {size}, {size}); got shape {tuple(before.shape)}")
+    elif before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % multiple or before.shape[3] % multiple:
+        raise SvaiError(f"expected before images (B, 3, H, W) with H and W divisible by {multiple}; "
+                        f"got shape {tuple(before.shape)}")

@@ -5,7 +5,7 @@ A generator ``G`` maps the before photo to the after photo through the family's 
 generated, stacked on channels (Isola et al. 2017, Sec. 3.1). Each training step runs ``D``
 (the generated image detached), then ``G``, with one Adam per network; the generated image is
 made once per step and shared through the step context. A family supplies the networks
-(`build`, through `_networks`), its options (with ``init_gain``, ``lambda_l1``, ``gan_mode``,
+(`build`), its options (with ``init_gain``, ``lambda_l1``, ``gan_mode``,
 ``lr``, ``beta1``, ``beta2``, ``lr_decay_fraction``) and, where the generator takes more than
 the before photo, `_input`.
 """
@@ -16,11 +16,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
 from svai.models.heads import OutputHead
-from svai.models.layers import gan_loss, init_weights, linear_decay_factor
+from svai.models.layers import gan_loss, linear_decay_factor
 
 
 class PairedGan(ModelFamily):
@@ -30,14 +29,6 @@ class PairedGan(ModelFamily):
     # The factor on D's loss: pix2pix halves it so D learns more slowly than G (Sec. 3.3).
     d_loss_scale: ClassVar[float] = 1.0
     head: OutputHead
-
-    def _networks(self, generator: nn.Module, discriminator: nn.Module) -> Networks:
-        """The family's two networks, initialised from N(0, init_gain), the generator's last
-        layer prepared by the output head (zero for every mode but "direct")."""
-        init_weights(generator, self.options.init_gain)
-        init_weights(discriminator, self.options.init_gain)
-        self.head.initialise(generator.output_layer)
-        return {"G": generator, "D": discriminator}
 
     def inference_networks(self) -> tuple[str, ...]:
         return ("G",)

@@ -19,9 +19,11 @@ from svai.errors import SvaiError
 from svai.models.base import Networks, Request
 from svai.models.heads import OutputHead, check_intensity
 from svai.models.layers import (
+    check_before,
     PatchDiscriminator,
     UnetGenerator,
     check_attention_heads,
+    initialised_pair,
     patch_output_size,
     tile_labels,
 )
@@ -146,14 +148,14 @@ class Pix2Pix(PairedGan):
             attention=o.attention == "generator+discriminator",
             attention_heads=o.attention_heads,
         )
-        return self._networks(generator, discriminator)
+        return initialised_pair(generator, discriminator, o.init_gain, self.head)
 
     # -- inference ----------------------------------------------------------------------
     def generator_output(self, nets: Networks, before: torch.Tensor,
                          request: Request | None) -> tuple[torch.Tensor, float | None]:
         """before: (B, 3, H, W) in [-1, 1], H and W divisible by 2^depth; with procedure maps
         the request's procedure strengths are G's extra input."""
-        _check_input(before, 2 ** self.depth)
+        check_before(before, multiple=2 ** self.depth)
         alpha = check_intensity(request.intensity if request is not None else None)
         labels = self.requested_procedures(request, before) if self.options.procedure_maps else None
         return nets["G"](self._input(before, labels)), alpha
@@ -162,10 +164,3 @@ class Pix2Pix(PairedGan):
         """G's input: the before image, plus one constant map per procedure strength when
         `procedure_maps` is on. before: (B, 3, H, W); procedures: (B, P) -> (B, 3 [+ P], H, W)."""
         return tile_labels(before, procedures) if self.options.procedure_maps else before
-
-
-def _check_input(before: torch.Tensor, multiple: int) -> None:
-    if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % multiple or before.shape[3] % multiple:
-        raise SvaiError(
-            f"expected before images (B, 3, H, W) with H and W divisible by {multiple}; got shape {tuple(before.shape)}"
-        )

@@ -42,7 +42,16 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
 from svai.models.heads import Aux, OutputHead, check_intensity
-from svai.models.layers import SelfAttention, check_attention_heads, init_weights, linear_decay_factor, run_trunk, tile_labels
+from svai.models.layers import (
+    check_before,
+    SelfAttention,
+    check_attention_heads,
+    check_residual_trunk,
+    initialised_pair,
+    linear_decay_factor,
+    run_trunk,
+    tile_labels,
+)
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.penalties import wgan_gradient_penalty
 from svai.models.registry import register_family
@@ -355,21 +364,11 @@ class StarGAN(ModelFamily):
         self.head = OutputHead(o)
         if not self.procedures:
             raise SvaiError("stargan needs at least one procedure to condition on (data.procedures is empty)")
-        if image_size < 4 or image_size % 4 != 0:
-            raise SvaiError(
-                f"stargan needs an image size divisible by 4 (two downsamplings); got {image_size} "
-                "(set data.image_size accordingly)"
-            )
         self.attention_position = o.attention_position if o.attention_position is not None else o.n_res_blocks // 2
-        if o.attention != "none":
-            if not 0 <= self.attention_position <= o.n_res_blocks:
-                raise SvaiError(
-                    f"model.attention_position must be between 0 and n_res_blocks={o.n_res_blocks}; "
-                    f"got {o.attention_position}"
-                )
-            check_attention_heads(o.attention_heads, 4 * o.ngf)
-            if o.attention == "generator+discriminator":
-                check_attention_heads(o.attention_heads, discriminator_width(o.ndf, image_size, o.n_layers_d))
+        check_residual_trunk("stargan", image_size, o.attention, self.attention_position, o.n_res_blocks,
+                             "n_res_blocks", o.attention_heads, o.ngf)
+        if o.attention == "generator+discriminator":
+            check_attention_heads(o.attention_heads, discriminator_width(o.ndf, image_size, o.n_layers_d))
 
     # -- building -----------------------------------------------------------------------
     def build(self) -> Networks:
@@ -393,10 +392,7 @@ class StarGAN(ModelFamily):
             attention=o.attention == "generator+discriminator",
             attention_heads=o.attention_heads,
         )
-        init_weights(generator, o.init_gain)
-        init_weights(discriminator, o.init_gain)
-        self.head.initialise(generator.output_layer)
-        return {"G": generator, "D": discriminator}
+        return initialised_pair(generator, discriminator, o.init_gain, self.head)
 
     def inference_networks(self) -> tuple[str, ...]:
         return ("G",)
@@ -498,7 +494,7 @@ class StarGAN(ModelFamily):
         reconstructs the before photo.
         """
         if self.head.mode == "direct":
-            _check_input(before)
+            check_before(before, multiple=4)
             labels = self.requested_procedures(request, before)
             given = check_intensity(request.intensity if request is not None else None)
             # The paper's generator: α scales the labels, α = 0 asks for "no procedure".
@@ -511,13 +507,6 @@ class StarGAN(ModelFamily):
                          request: Request | None) -> tuple[torch.Tensor, float | None]:
         """G's raw output for before (B, 3, H, W), H and W divisible by 4, conditioned on the
         request's procedure strengths, and the intensity (the modes other than direct)."""
-        _check_input(before)
+        check_before(before, multiple=4)
         labels = self.requested_procedures(request, before)
         return nets["G"](before, labels), check_intensity(request.intensity if request is not None else None)
-
-
-def _check_input(before: torch.Tensor) -> None:
-    if before.dim() != 4 or before.shape[1] != 3 or before.shape[2] % 4 or before.shape[3] % 4:
-        raise SvaiError(
-            f"expected before images (B, 3, H, W) with H and W divisible by 4; got shape {tuple(before.shape)}"
-        )

@@ -45,6 +45,7 @@ from torch import nn
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
+from svai.models.layers import check_before
 from svai.models.options import check_at_least, check_in_unit_interval, check_positive
 from svai.models.penalties import r1_penalty
 from svai.models.registry import register_family
@@ -524,8 +525,7 @@ class StarGANv2(ModelFamily):
         """
         request = request or Request()
         size = self.image_size
-        if before.dim() != 4 or tuple(before.shape[1:]) != (3, size, size):
-            raise SvaiError(f"expected before images (B, 3, {size}, {size}); got shape {tuple(before.shape)}")
+        check_before(before, size=size)
         alpha = 1.0 if request.intensity is None else float(request.intensity)
         if not 0.0 <= alpha <= 1.0:
             raise SvaiError(f"--intensity must be between 0 and 1; got {request.intensity}")
