@@ -62,6 +62,7 @@ class WeightsFile:
             prefix in `filename` is checked).
         size: bytes of the published file, None when unknown (shown to the user only).
         used_by: the metrics and models that need it, as shown in messages and `svai weights`.
+        licence: the licence the publisher gives the file, "" where it is the network's code's.
     """
 
     key: str
@@ -70,6 +71,7 @@ class WeightsFile:
     sha256: str
     size: int | None
     used_by: tuple[str, ...]
+    licence: str = ""
 
     @property
     def hash_prefix(self) -> str:
@@ -95,6 +97,7 @@ REGISTRY: dict[str, WeightsFile] = {
             sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
             size=95_628_359,
             used_by=("FID", "KID", "IS"),
+            licence="Apache-2.0",
         ),
         WeightsFile(
             key="alexnet",
@@ -103,6 +106,7 @@ REGISTRY: dict[str, WeightsFile] = {
             sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
             size=244_408_911,
             used_by=("LPIPS (alex)",),
+            licence="BSD-3-Clause",
         ),
         WeightsFile(
             key="vgg16",
@@ -111,6 +115,7 @@ REGISTRY: dict[str, WeightsFile] = {
             sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
             size=553_433_881,
             used_by=("LPIPS (vgg)", "vae-perceptual"),
+            licence="BSD-3-Clause",
         ),
         WeightsFile(
             key="vgg19",
@@ -119,6 +124,34 @@ REGISTRY: dict[str, WeightsFile] = {
             sha256="",
             size=None,
             used_by=("style-transfer (AdaIN)",),
+            licence="BSD-3-Clause",
+        ),
+        WeightsFile(
+            key="face-detector",
+            filename="face_detection_yunet_2023mar_int8bq.onnx",
+            url="https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar_int8bq.onnx",
+            sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+            size=122_489,
+            used_by=("face finding (YuNet)",),
+            licence="MIT",
+        ),
+        WeightsFile(
+            key="face-landmarker",
+            filename="face_landmarker.task",
+            url="https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task",
+            sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+            size=3_758_596,
+            used_by=("face landmarks (MediaPipe)",),
+            licence="Apache-2.0",
+        ),
+        WeightsFile(
+            key="face-identity",
+            filename="face_recognition_sface_2021dec_int8bq.onnx",
+            url="https://github.com/opencv/opencv_zoo/raw/main/models/face_recognition_sface/face_recognition_sface_2021dec_int8bq.onnx",
+            sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+            size=10_667_852,
+            used_by=("identity metric (SFace)",),
+            licence="Apache-2.0",
         ),
         WeightsFile(
             key="squeezenet",
@@ -127,6 +160,7 @@ REGISTRY: dict[str, WeightsFile] = {
             sha256="b8a52dc049b60e4b6ab68ad0df457362afab8b6304b2febdc1650a5dab4d7e7b",
             size=None,
             used_by=("LPIPS (squeeze)",),
+            licence="BSD-3-Clause",
         ),
     )
 }

@@ -43,13 +43,14 @@ def _stopped(command: str) -> typer.Exit:
     return typer.Exit(code=130)
 
 
-def _prepare_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float, force: bool) -> None:
+def _prepare_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float, force: bool,
+                       landmarks: bool) -> None:
     from svai.data.prepare import prepare_synthetic
 
     with _progress_bar("drawing pairs") as update:
         summary = prepare_synthetic(
             out, count=count, size=size, seed=seed, test_fraction=test_fraction, force=force,
-            progress=lambda done: update(done, count),
+            progress=lambda done: update(done, count), landmarks=landmarks,
         )
     if summary is None:
         raise _stopped(_again("synthetic", out))
@@ -57,6 +58,16 @@ def _prepare_synthetic(out: Path, count: int, size: int, seed: int, test_fractio
         f"wrote {summary['pairs']['train']} train and {summary['pairs']['test']} test pairs "
         f"({size}x{size}) to {out}"
     )
+    _landmark_line(summary)
+
+
+def _landmark_line(summary: dict) -> None:
+    marks = summary.get("landmarks")
+    if marks:
+        pairs = marks["found"] + len(marks["missing"])
+        missing = f"; no face in {', '.join(marks['missing'][:5])}{' ...' if len(marks['missing']) > 5 else ''}" \
+            if marks["missing"] else ""
+        console.print(f"landmarks: {marks['found']} of {pairs} pairs{missing}", highlight=False)
 
 
 def _summary_table(report) -> Table:  # type: ignore[no-untyped-def]
@@ -107,7 +118,8 @@ def prepare(
         None, "--labels", help="YAML mapping folder names to procedures (extends or overrides the built-in aliases)."
     ),
     crop: str = typer.Option(
-        "center", "--crop", help="center (square from the middle), face (skin-colour box, centre fallback) or none (pad)."
+        "center", "--crop", help="center (square from the middle), face (the face square from its landmarks; "
+        "a photo without a face is skipped) or none (pad)."
     ),
     align: bool = typer.Option(False, "--align", help="Register each after photo onto its before photo (similarity)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: the CPU count); results do not depend on it."),
@@ -116,19 +128,23 @@ def prepare(
         None, "--regions", help="Folder of procedure regions drawn on the before photos: <procedure>/<pair id>.png "
         "(white = region); copied into OUT/{split}/regions, cropped and resized like the photos."
     ),
+    landmarks: bool = typer.Option(
+        True, "--landmarks/--no-landmarks", help="Store each pair's 478 face landmarks (OUT/{split}/landmarks.npz) and, "
+        "for photos, draw the procedure regions from them where --regions gives none (needs svai[face])."
+    ),
 ) -> None:
     """Pair, clean, resize and split photos into OUT/{train,test}/{before,after}/<id>.png."""
     if source == "synthetic":
         if regions is not None:
             raise SvaiError("--regions is for photos: synthetic data draws its own procedure regions")
-        _prepare_synthetic(out, count, SYNTHETIC_SIZE if size is None else size, seed, test_fraction, force)
+        _prepare_synthetic(out, count, SYNTHETIC_SIZE if size is None else size, seed, test_fraction, force, landmarks)
         return
     from svai.data.prepare import SKIPPED_FILE, PrepareOptions, prepare_dataset
 
     options = PrepareOptions(
         size=PHOTO_SIZE if size is None else size, pairing=pairing, pairs_csv=pairs, order=order, labels=labels,
         crop=crop, align=align, workers=workers, seed=seed, test_fraction=test_fraction, force=force,
-        regions=regions,
+        regions=regions, landmarks=landmarks,
     )
     with _progress_bar("preparing pairs") as update:
         report = prepare_dataset(Path(source), out, options, progress=update)
@@ -136,6 +152,7 @@ def prepare(
         err_console.print(f"prepared {report.processed} of {report.to_process} pairs before the stop")
         raise _stopped(_again(source, out))
     console.print(_summary_table(report))
+    _landmark_line(report.summary)
     if report.skipped:
         console.print(f"every skipped file and why: {out / SKIPPED_FILE}")
     if report.total == 0:

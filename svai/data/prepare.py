@@ -34,9 +34,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from svai import face
 from svai.data.align import CROPS, Box, carry_box, face_box, register_pair, render, square_box
 from svai.data.images import MAX_PIXELS, ImageProblem, draft_size, load_rgb_image, probe
-from svai.data.layout import REGIONS_DIR, SPLITS, DatasetWriter, PairRecord, split_subjects
+from svai.data.layout import REGIONS_DIR, SPLITS, DatasetWriter, PairRecord, read_manifest, split_subjects
+from svai.face.store import LANDMARKS_FILE
 from svai.data.regions import fit_region, index_regions, read_region, region_key
 from svai.io import write_atomic
 from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases
@@ -75,13 +77,19 @@ class PrepareOptions:
     max_pixels: int = MAX_PIXELS
     # A folder of procedure regions, `<procedure>/<pair id>.<ext>` (see svai.data.regions).
     regions: Path | None = None
+    # Store each pair's face landmarks and draw procedure regions from them (face layer).
+    landmarks: bool = True
 
     def image_settings(self) -> dict:
         """The settings that change output pixels: a change reprocesses every pair.
 
         `order` is not among them: it only concerns composites, whose fingerprint holds it.
+        The face crop frames by landmarks with the face layer, else by skin colour.
         """
-        return {"size": self.size, "crop": self.crop, "align": self.align}
+        settings: dict = {"size": self.size, "crop": self.crop, "align": self.align}
+        if self.crop == "face":
+            settings["framing"] = "landmarks" if face.available() else "skin"
+        return settings
 
 
 @dataclass
@@ -187,7 +195,7 @@ def _frame_pair(job: _Job) -> tuple[np.ndarray, np.ndarray, bool | None, dict[st
     found: bool | None = None
     box = None
     if job.crop == "face":
-        box = face_box(before_image, before_region)
+        box = _face_square(before_image, before_region, pair.before)
         found = box is not None
     if box is None:
         box = square_box(before_region, "none" if job.crop == "none" else "center")
@@ -195,6 +203,20 @@ def _frame_pair(job: _Job) -> tuple[np.ndarray, np.ndarray, bool | None, dict[st
     regions = {name: _frame_region(path, before_image.size, before_region, box, job.size)
                for name, path in job.regions}
     return render(before_image, box, job.size), render(after_image, after_box, job.size), found, regions
+
+
+def _face_square(image: Image.Image, region: Box, path: Path) -> Box | None:
+    """The face square of the largest face in `region` of the before photo (landmarks), or
+    without the face layer the skin-colour box (None: centre crop). No face is a skip."""
+    if not face.available():
+        face.finder.warn_missing_once(log)
+        return face_box(image, region)
+    x0, y0, x1, y1 = (round(v) for v in region)
+    faces = face.finder.shared_finder().find(np.asarray(image.crop((x0, y0, x1, y1))))
+    if not faces:
+        raise ImageProblem(path, "no face", "the face finder found no face: crop it by hand or use --crop center")
+    sx0, sy0, sx1, sy1 = faces[0].square
+    return (sx0 + x0, sy0 + y0, sx1 + x0, sy1 + y0)
 
 
 def _frame_region(path: Path, decoded: tuple[int, int], photo: Box, box: Box, size: int) -> np.ndarray:
@@ -608,6 +630,10 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
             "median_error_after": float(np.median(errors)) if errors else None,
             "pairs": dict(sorted(alignments.items())),
         }
+    marks = add_landmarks(out, records, options.landmarks, progress, draw_regions=True,
+                          user_regions={i: e.get("regions", []) for i, e in new_state.items()})
+    if marks is not None:
+        extra["landmarks"] = marks
     summary = writer.close(run_settings, extra)
     _write_skipped(out, skipped)
     _write_state(out, source_key, settings, new_state, failures, complete=True)
@@ -617,6 +643,27 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
     return PrepareReport(out, written=written, kept=len(records) - written, removed=removed,
                          pairs=counts, skipped=skipped, summary=summary,
                          processed=len(jobs), to_process=len(jobs))
+
+
+def add_landmarks(out: Path, records: list[PairRecord], wanted: bool, progress: Progress | None, *,
+                  draw_regions: bool, user_regions: dict[str, list[str]] | None = None) -> dict | None:
+    """Store every pair's landmarks (and, for real photos, regions drawn from them) in OUT;
+    the summary for prepare.json, or None when not wanted or the face layer is absent."""
+    if not wanted:
+        return None
+    if not face.available():
+        face.finder.warn_missing_once(log)
+        return None
+    from svai.face.store import landmark_dataset
+
+    total = len(records)
+    report = landmark_dataset(out, records, face.finder.shared_finder(), draw_regions=draw_regions,
+                              user_regions=user_regions,
+                              progress=None if progress is None else lambda done: progress(done, total))
+    if report.missing:
+        log.warning("no face found in %d of %d pairs (listed in prepare.json under landmarks.missing): "
+                    "their landmarks and landmark regions are left out", len(report.missing), total)
+    return report.summary()
 
 
 class PrepareStopped(Exception):
@@ -649,6 +696,7 @@ def _clear_own_outputs(out: Path) -> None:
             (out / split).rmdir()
         except OSError:
             pass
+        (out / split / LANDMARKS_FILE).unlink(missing_ok=True)
     for name in _OWN_FILES:
         (out / name).unlink(missing_ok=True)
 
@@ -661,6 +709,7 @@ def prepare_synthetic(
     test_fraction: float = 0.1,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    landmarks: bool = True,
 ) -> dict | None:
     """Draw the synthetic dataset into `out` under its lock; return the summary, or None when
     Ctrl-C or SIGTERM stopped it (running the same command again then starts it over).
@@ -674,7 +723,14 @@ def prepare_synthetic(
     created = not out.exists()
     try:
         with RunLock(out, "prepared dataset"):
-            return _draw_synthetic(out, count, size, seed, test_fraction, force, progress)
+            summary = _draw_synthetic(out, count, size, seed, test_fraction, force, progress)
+            if summary is not None:
+                marks = add_landmarks(out, read_manifest(out), landmarks, None if progress is None else
+                                      lambda done, total: progress(done), draw_regions=False)
+                if marks is not None:
+                    summary["landmarks"] = marks
+                    write_atomic(out / "prepare.json", (json.dumps(summary, indent=2) + "\n").encode())
+            return summary
     except SvaiError:
         if created:
             # A folder this run made for a draw that was refused (bad --size …) goes again.
