@@ -209,3 +209,53 @@ def use_vgg_weights(vgg_weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> P
     """Point $SVAI_WEIGHTS_DIR (searched first) at the test-made VGG files; returns the folder."""
     monkeypatch.setenv("SVAI_WEIGHTS_DIR", str(vgg_weights_dir))
     return vgg_weights_dir
+
+
+# ---------------------------------------------------------------------------------- face layer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def face_weights() -> Path:
+    """The face layer's three published files (real networks, not stand-ins).
+
+    `make test` imports them into .venv/weights from the registry packages that ship them and
+    passes the folder as $SVAI_FACE_WEIGHTS. Elsewhere the tests that need them are skipped,
+    except under CI, where a missing file is a failure.
+    """
+    import os
+
+    from svai import weights
+    from svai.face.finder import FACE_WEIGHTS, available
+
+    folder = Path(os.environ.get("SVAI_FACE_WEIGHTS", REPO / ".venv" / "weights"))
+    missing = [k for k in FACE_WEIGHTS if not (folder / weights.spec(k).filename).is_file()]
+    if missing or not available():
+        reason = f"face layer not installed or weights {missing} not in {folder} (make test installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return folder
+
+
+@pytest.fixture
+def use_face_weights(face_weights: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$SVAI_WEIGHTS_DIR pointed at the face weights (for code that looks them up itself)."""
+    monkeypatch.setenv("SVAI_WEIGHTS_DIR", str(face_weights))
+    return face_weights
+
+
+@pytest.fixture(scope="session")
+def face_finder(face_weights: Path):  # type: ignore[no-untyped-def]
+    from svai.face import FaceFinder
+
+    with FaceFinder(face_weights) as finder:
+        yield finder
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()

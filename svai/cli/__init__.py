@@ -4,6 +4,7 @@ from svai.cli.app import app
 from svai.cli import (  # noqa: F401  (importing a module registers its commands)
     compare,
     evaluate,
+    faces,
     generate,
     models,
     prepare,
