@@ -144,31 +144,64 @@ class RegionLookup:
 
     Sources, in order: the prepared dataset's own `DATA/{split}/regions` (keyed by the
     image's id, its file stem) when the input is a dataset split, then a `--regions` folder
-    (keyed by the path relative to the input folder, without extension). The first source
-    that has a region for every chosen procedure gives their union; with no procedure
-    chosen, the first source with any region for the photo gives the union of all of them.
-    None means no source knows the region: the caller falls back to the change map.
+    (keyed by the path relative to the input folder, without extension), then, with `faces`
+    (a `svai.face.FaceFinder`), the regions drawn from the photo's own landmarks. The first
+    source that has a region for every chosen procedure gives their union; with no procedure
+    chosen, the first file source with any region for the photo gives the union of all of
+    them, and the landmarks give the default procedures'. None means no source knows the
+    region: the caller falls back to the change map.
     """
 
-    def __init__(self, input_dir: Path, dataset: RegionIndex | None = None, folder: RegionIndex | None = None) -> None:
+    def __init__(self, input_dir: Path, dataset: RegionIndex | None = None, folder: RegionIndex | None = None,
+                 faces=None) -> None:  # type: ignore[no-untyped-def]
         self.input_dir = Path(input_dir)
         self.sources: list[tuple[RegionIndex, bool]] = []
         if dataset:
             self.sources.append((dataset, True))
         if folder:
             self.sources.append((folder, False))
+        self.faces = faces
 
-    def find(self, file: Path, shape: tuple[int, int], chosen: tuple[str, ...] | None) -> np.ndarray | None:
+    def find(self, file: Path, shape: tuple[int, int], chosen: tuple[str, ...] | None,
+             image: np.ndarray | None = None) -> np.ndarray | None:
         """The (H, W) bool region of `chosen` (None or () = every known one) for the input
-        `file`, fitted to `shape` = (H, W); None when no source has it."""
+        `file`, fitted to `shape` = (H, W); None when no source has it. `image` (the input
+        photo) lets the landmarks source run."""
+        return self.find_with_source(file, shape, chosen, image)[0]
+
+    def find_with_source(self, file: Path, shape: tuple[int, int], chosen: tuple[str, ...] | None,
+                         image: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
+        """`find` and the name of the source that answered ("regions", "landmark regions",
+        or "change map" when none did)."""
         for index, by_stem in self.sources:
             key = region_key(file.stem if by_stem else file.relative_to(self.input_dir).with_suffix("").as_posix())
             known = {name: files[key] for name, files in index.items() if key in files}
             names = tuple(chosen) if chosen else tuple(known)
             if not names or any(name not in known for name in names):
                 continue
-            return union((fit_region(read_region(known[name]), *shape) for name in names), shape)
+            return union((fit_region(read_region(known[name]), *shape) for name in names), shape), "regions"
+        if self.faces is not None and image is not None:
+            region = landmark_region(self.faces, image, chosen)
+            if region is not None:
+                return region, "landmark regions"
+        return None, "change map"
+
+
+def landmark_region(finder, image: np.ndarray, chosen: tuple[str, ...] | None) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+    """The union of the chosen procedures' landmark regions (default: eyes, nose, jaw) of the
+    largest face in `image`, (H, W) bool; None without a face or for a procedure the face mesh
+    does not know."""
+    from svai.data.layout import PROCEDURES
+    from svai.face import mesh
+
+    names = tuple(chosen) if chosen else PROCEDURES
+    if any(name not in mesh.REGION_SHAPES for name in names):
         return None
+    faces = finder.find(image)
+    if not faces:
+        return None
+    height, width = image.shape[:2]
+    return union(mesh.region_masks(faces[0].landmarks, names, width, height).values(), (height, width))
 
 
-__all__ = ["CompositeOptions", "RegionLookup", "blend", "change_map", "composite", "feather", "union"]
+__all__ = ["CompositeOptions", "RegionLookup", "blend", "change_map", "composite", "feather", "landmark_region", "union"]

@@ -163,12 +163,20 @@ def chosen_procedures(strengths: torch.Tensor | None, vocabulary: tuple[str, ...
 
 
 def region_lookup(input_dir: Path, regions: Path | None) -> RegionLookup:
-    """Where composite regions come from: the dataset split's own regions, then `regions`."""
+    """Where composite regions come from: the dataset split's own regions, then `regions`,
+    then each photo's landmarks when the face layer can run (else one warning saying why)."""
+    from svai import face
+
     found = dataset_split(input_dir)
     own = found[0] / found[1] / REGIONS_DIR if found else None
     dataset = index_regions(own, "regions folder") if own is not None and own.is_dir() else None
     folder = index_regions(regions, "--regions") if regions is not None else None
-    return RegionLookup(input_dir, dataset, folder)
+    finder = None
+    if face.finder.problem() is None:
+        finder = face.finder.shared_finder()
+    else:
+        face.finder.warn_missing_once(log, "composite regions come from --regions or the change map")
+    return RegionLookup(input_dir, dataset, folder, finder)
 
 
 def output_path(input_dir: Path, output_dir: Path, file: Path) -> Path:
@@ -262,8 +270,7 @@ def generate_folder(
         predictions = translate_batch(model, [image for _, image in queue], asked)
         for (file, image), prediction in zip(queue, predictions):
             if lookup is not None:
-                region = lookup.find(file, image.shape[:2], wanted or labelled.get(file.stem))
-                source = "change map" if region is None else "regions"
+                region, source = lookup.find_with_source(file, image.shape[:2], wanted or labelled.get(file.stem), image)
                 report.composited[source] = report.composited.get(source, 0) + 1
                 prediction, _ = composite(image, prediction, region, settings.composite)
             target = output_path(input_dir, output_dir, file)

@@ -39,6 +39,7 @@ from svai.data.images import read_rgb
 from svai.errors import SvaiError
 from svai.io import write_atomic
 from svai.metrics import cache as feature_cache
+from svai.metrics.identity import IDENTITY_METRICS, IdentityMeter, region_mask_files, union_mask
 from svai.metrics.inference import channels_last, prepare_for_inference
 from svai.metrics.pairing import Pairing, index_folder, pair_ids
 from svai.metrics.perceptual import LPIPS_NETS
@@ -183,6 +184,14 @@ class _Folders:
     candidates: list[_Candidate]  # the model first, then the baseline when there is one
 
 
+def _mask_source(folders: "_Folders") -> str | None:
+    """What the changed region of `_changed`/`_kept` is: "change masks" (a masks folder) or
+    "procedure regions" (a dataset's regions, from the before landmarks or given)."""
+    if folders.masks is None:
+        return None
+    return "procedure regions" if any(isinstance(v, tuple) for v in folders.mask_files.values()) else "change masks"
+
+
 def _index_folders(
     pred: Path, target: Path, masks: Path | None, baseline: Path | None, before: Path | None, name: str | None
 ) -> _Folders:
@@ -199,6 +208,9 @@ def _index_folders(
             except SvaiError as error:
                 # A guess, not a request: an empty or odd folder just means no region metrics.
                 logger.warning("not using %s for region metrics: %s", guess, error)
+        if masks is None:
+            # No change masks: a dataset's procedure regions (drawn from the before landmarks).
+            masks, mask_files = region_mask_files(target)  # type: ignore[assignment]
     else:
         masks = Path(masks).resolve()
         if not masks.is_dir():
@@ -277,9 +289,9 @@ def _load_models(requested: list[str], lpips_net: str, weights_dir: Path | None,
 # Measuring: functions of tensors, called by `_Evaluation` batch by batch
 
 
-def _decode(path: Path) -> np.ndarray | SvaiError:
+def _decode(path: Path | tuple[Path, ...]) -> np.ndarray | SvaiError:
     try:
-        return read_rgb(path)
+        return union_mask(path) if isinstance(path, tuple) else read_rgb(path)
     except SvaiError as error:
         return error
 
@@ -544,7 +556,7 @@ def _paired_results(
             unavailable[metric] = f"{get_spec(metric).label}: no pair could be measured (see skipped and unmatched)"
             continue
         out[metric] = _paired_summary(metric, values)
-        if masks is None:
+        if masks is None or not get_spec(metric).regional:
             continue
         for region in REGIONS:
             name = f"{metric}_{region}"
@@ -596,6 +608,7 @@ class _Evaluation:
         self.sets_active = self.models.inception is not None and any(
             m in options.requested and m not in self.unavailable for m in SET_METRICS
         )
+        self.identity = self._identity_meter()
         self.lpips_model = self.models.lpips if "lpips" in self.paired_active else None
         # The smallest side every paired metric can measure.
         self.min_side = max(
@@ -611,6 +624,25 @@ class _Evaluation:
         self._files = {
             "target": folders.target_files, "mask": folders.mask_files, **{c.role: c.files for c in self.candidates},
         }
+
+    def _identity_meter(self) -> IdentityMeter | None:
+        """The face layer's identity scorer when an identity metric is asked for and can run;
+        otherwise those metrics are unavailable with the reason."""
+        wanted = [m for m in IDENTITY_METRICS if m in self.paired_active]
+        if not wanted:
+            return None
+        reason = None
+        if self.folders.before is None:
+            reason = "needs the before photos: give --baseline (or --before)"
+        else:
+            try:
+                return IdentityMeter(self.folders.before, self.folders.target, self.options.weights_dir)
+            except SvaiError as error:
+                reason = _one_line(error)
+        for metric in wanted:
+            self.unavailable[metric] = reason
+            self.paired_active.remove(metric)
+        return None
 
     def _load_cached_targets(self) -> None:
         """Target features come from the cache when these exact files were seen with these weights."""
@@ -735,6 +767,10 @@ class _Evaluation:
                     ours = [k for k in ids if k in valid[candidate.role]]
                     for group in self._pair_groups(candidate, ours, images[candidate.role], masks, chunk):
                         _measure_pairs(candidate, group, chunk, self.paired_active)
+                    if self.identity is not None:
+                        for key in ours:
+                            for metric, value in self.identity.measure(key, images[candidate.role][key], targets[key]).items():
+                                candidate.record(metric, key, value)
 
     def _pair_groups(
         self,
@@ -829,6 +865,7 @@ class _Evaluation:
             "pred": str(candidate.root),
             "target": str(folders.target),
             "masks": str(folders.masks) if folders.masks is not None else None,
+            "mask_source": _mask_source(folders),
             "before": str(folders.before) if folders.before is not None else None,
             "metrics": {k: metrics_out[k] for k in _metric_order(metrics_out)},
             "baseline": None,
@@ -876,7 +913,11 @@ def evaluate_folders(
     folders = _index_folders(pred, target, masks, baseline, before, name)
     _check_pairs(folders, requested)
     evaluation = _Evaluation(options, folders)
-    evaluation.measure(progress)
+    try:
+        evaluation.measure(progress)
+    finally:
+        if evaluation.identity is not None:
+            evaluation.identity.close()
     evaluation.save_cache()
     return evaluation.results()
 

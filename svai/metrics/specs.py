@@ -36,6 +36,8 @@ class MetricSpec:
     kind: Kind
     unit: str = ""
     headline: bool = False
+    # Measured inside and outside the changed region too (`{name}_changed`, `{name}_kept`).
+    regional: bool = True
 
     @property
     def arrow(self) -> str:
@@ -54,6 +56,12 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("psnr", "PSNR", higher_is_better=True, decimals=2, kind="paired", unit="dB", headline=True),
     # Zhang et al. 2018: a learned distance, 0 for identical images.
     MetricSpec("lpips", "LPIPS", higher_is_better=False, decimals=4, kind="paired", headline=True),
+    # SFace cosine (face layer) between the prediction and the before photo: still the patient?
+    # 1 for the photo itself; the recogniser's same-person threshold is 0.363.
+    MetricSpec("identity", "Identity", higher_is_better=True, decimals=4, kind="paired", regional=False),
+    # The same cosine between the prediction and the true after photo.
+    MetricSpec("identity_target", "Identity to after", higher_is_better=True, decimals=4, kind="paired",
+               regional=False),
     # Heusel et al. 2017: Fréchet distance between Inception feature Gaussians.
     MetricSpec("fid", "FID", higher_is_better=False, decimals=2, kind="set", headline=True),
     # Bińkowski et al. 2018: unbiased squared MMD with a cubic polynomial kernel.

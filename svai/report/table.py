@@ -17,7 +17,7 @@ from svai.metrics.specs import REGIONS, spec_of, split_region
 from svai.report.results import as_number, differing_settings
 
 # Distribution metrics first (they judge realism), then paired ones, perceptual before pixel-wise.
-PREFERRED_ORDER: tuple[str, ...] = ("fid", "kid", "is", "lpips", "ssim", "psnr")
+PREFERRED_ORDER: tuple[str, ...] = ("fid", "kid", "is", "lpips", "ssim", "psnr", "identity", "identity_target")
 REGION_SUFFIXES: tuple[str, ...] = tuple(f"_{region}" for region in REGIONS)
 WORSE_MARK = "†"
 MISSING = "—"

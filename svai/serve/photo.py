@@ -17,6 +17,7 @@ Linux) for the few milliseconds of its decoding and deleted at once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -87,6 +88,10 @@ class Photo:
     pixels: np.ndarray
     sha256: str
     box: Box
+    # How many faces the photo holds (the largest is framed) and its landmarks, when the face
+    # layer found it (None with the skin-colour fallback).
+    faces: int = 1
+    landmarks: np.ndarray | None = None
 
     @property
     def side(self) -> int:
@@ -139,8 +144,19 @@ def square_inside(box: tuple[float, float, float, float], width: int, height: in
 
 
 def frame_photo(image: Image.Image, name: str, sha256: str) -> Photo:
-    """Find the face of a decoded RGB photo (as `svai prepare --crop face` does)."""
-    found = face_box(image, (0.0, 0.0, float(image.width), float(image.height)))
+    """Find the face of a decoded RGB photo and frame it as `svai prepare --crop face` does:
+    the largest face's square from its landmarks (the face layer), else the skin-colour box."""
+    from svai import face
+
+    pixels = np.asarray(image, dtype=np.uint8)
+    count, landmarks = 1, None
+    if face.finder.problem() is None:
+        faces = face.finder.shared_finder().find(pixels)
+        found = faces[0].square if faces else None
+        count, landmarks = len(faces), faces[0].landmarks if faces else None
+    else:
+        face.finder.warn_missing_once(logging.getLogger(__name__))
+        found = face_box(image, (0.0, 0.0, float(image.width), float(image.height)))
     if found is None:
         raise SvaiError(f"{name}: no face found; use a photo of one face seen from the front, "
                         "with some background around the head")
@@ -148,7 +164,7 @@ def frame_photo(image: Image.Image, name: str, sha256: str) -> Photo:
     if box[2] - box[0] < MIN_FACE_SIDE:
         raise SvaiError(f"{name}: the face is only {box[2] - box[0]} pixels wide; use a photo where it is "
                         f"at least {MIN_FACE_SIDE}")
-    return Photo(name, np.asarray(image, dtype=np.uint8), sha256, box)
+    return Photo(name, pixels, sha256, box, count, landmarks)
 
 
 def model_input(photo: Photo, size: int) -> np.ndarray:

@@ -173,7 +173,8 @@ def test_baseline_row_is_the_before_images_evaluated_alike(dataset: dict[str, Pa
 
 def test_missing_weights_make_metrics_unavailable_not_fatal(dataset: dict[str, Path], no_weights: None) -> None:
     result = evaluate_folders(dataset["pred"], dataset["target"])
-    assert set(result["unavailable"]) == {"lpips", "fid", "kid", "is"}
+    assert set(result["unavailable"]) == {"lpips", "fid", "kid", "is", "identity", "identity_target"}
+    assert "--baseline" in result["unavailable"]["identity"]
     assert "svai weights fetch alexnet" in result["unavailable"]["lpips"]
     assert "svai weights fetch inception" in result["unavailable"]["fid"]
     assert all("\n" not in reason for reason in result["unavailable"].values())

@@ -10,7 +10,8 @@ from svai.metrics import evaluate, specs
 def test_every_metric_evaluate_computes_has_exactly_one_spec():
     names = [spec.name for spec in specs.SPECS]
     assert len(names) == len(set(names))
-    assert evaluate.METRICS == specs.metric_names() == ("ssim", "psnr", "lpips", "fid", "kid", "is")
+    assert evaluate.METRICS == specs.metric_names() == (
+        "ssim", "psnr", "lpips", "identity", "identity_target", "fid", "kid", "is")
     assert evaluate.normalize_metrics(None) == list(names)
     assert set(evaluate.PAIRED_METRICS) | set(evaluate.SET_METRICS) == set(names)
     assert not set(evaluate.PAIRED_METRICS) & set(evaluate.SET_METRICS)
@@ -27,6 +28,9 @@ def test_every_metric_evaluate_computes_has_exactly_one_spec():
         ("fid", False, "set"),
         ("kid", False, "set"),
         ("is", True, "set"),
+        # A cosine similarity of face embeddings: 1 for the same face.
+        ("identity", True, "paired"),
+        ("identity_target", True, "paired"),
     ],
 )
 def test_directions_and_kinds_follow_the_definitions(name, higher_is_better, kind):
