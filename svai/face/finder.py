@@ -212,9 +212,11 @@ class FaceFinder:
         cv2 = self._cv2
         height, width = rgb.shape[:2]
         scale = _detect_scale(width, height)
+        # Linear, not area, when shrinking: the box only seeds the landmark crop, which is cut
+        # from the full-resolution photo, and area-averaging a 12 MP photo costs 50 ms.
         small = rgb if scale == 1.0 else cv2.resize(
             rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
-            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+            interpolation=cv2.INTER_LINEAR if scale < 1 else cv2.INTER_CUBIC)
         self._detector.setInputSize((small.shape[1], small.shape[0]))
         _, rows = self._detector.detect(np.ascontiguousarray(small[..., ::-1]))
         found = []
@@ -228,12 +230,15 @@ class FaceFinder:
         """The 478 landmarks of the face in `box` (photo pixels), or None when none is read."""
         cv2 = self._cv2
         x0, y0, x1, y1 = box
-        side = CROP_BOXES * max(x1 - x0, y1 - y0)
-        left, top = (x0 + x1) / 2 - side / 2, (y0 + y1) / 2 - side / 2
-        scale = CROP / side
-        matrix = np.array([[scale, 0.0, -left * scale], [0.0, scale, -top * scale]])
-        crop = cv2.warpAffine(rgb, matrix, (CROP, CROP), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        side = max(1, round(CROP_BOXES * max(x1 - x0, y1 - y0)))
+        left, top = round((x0 + x1) / 2 - side / 2), round((y0 + y1) / 2 - side / 2)
+        height, width = rgb.shape[:2]
+        # The square cut out of the photo (black outside it), then area-averaged to CROP px so a
+        # face of a 12 MP photo reaches the landmarker without aliasing.
+        inner = rgb[max(top, 0):min(top + side, height), max(left, 0):min(left + side, width)]
+        square = cv2.copyMakeBorder(inner, max(-top, 0), max(top + side - height, 0), max(-left, 0),
+                                    max(left + side - width, 0), cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        crop = cv2.resize(square, (CROP, CROP), interpolation=cv2.INTER_AREA if side > CROP else cv2.INTER_CUBIC)
         result = self._landmarker.detect(self._image_type(image_format=self._image_format, data=np.ascontiguousarray(crop)))
         if not result.face_landmarks:
             return None
