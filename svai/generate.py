@@ -51,6 +51,8 @@ class GenerateReport:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     # With a composite: how many images each region came from ("regions", "change map").
     composited: dict[str, int] = field(default_factory=dict)
+    # (input, note) for inputs written with something to know (several faces).
+    notes: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | torch.device | None = None) -> LoadedModel:
@@ -203,6 +205,39 @@ class Generation:
     references: list[Path] | None = None
     composite: CompositeOptions | None = None
     regions: Path | None = None
+    # Photos larger than FACE_CROP_FACTOR x the model's size: run the model on the largest
+    # face's square (the face layer) and paste the result back; every pixel outside the square
+    # stays the photo's. None: when the face layer can run; a photo without a face is skipped.
+    face_crop: bool | None = None
+
+
+FACE_CROP_FACTOR = 2
+
+
+def face_square_of(image: np.ndarray, finder) -> tuple[tuple[int, int, int, int] | None, int]:  # type: ignore[no-untyped-def]
+    """The integer face square of the largest face, moved inside the photo (as `svai serve`
+    frames a photo), or None when the photo has no face; and how many faces it has."""
+    from svai.face.mesh import square_inside
+
+    faces = finder.find(image)
+    if not faces:
+        return None, 0
+    return square_inside(faces[0].square, image.shape[1], image.shape[0]), len(faces)
+
+
+def _face_finder(wanted: bool | None):  # type: ignore[no-untyped-def]
+    """The face finder for face-square generation, or None when it is not wanted or cannot run."""
+    if wanted is False:
+        return None
+    from svai import face
+
+    why = face.finder.problem()
+    if why is None:
+        return face.finder.shared_finder()
+    if wanted:
+        raise SvaiError(f"--face-crop: {why}")
+    face.finder.warn_missing_once(log, "large photos are given to the model whole")
+    return None
 
 
 def reference_for(references: list[Path], index: int, file: Path) -> Path:
@@ -254,6 +289,9 @@ def generate_folder(
     report = GenerateReport()
     seen: dict[Path, Path] = {}
     queue: list[tuple[Path, np.ndarray]] = []
+    squares: dict[Path, tuple[int, int, int, int]] = {}
+    finder = _face_finder(settings.face_crop)
+    crop_above = FACE_CROP_FACTOR * model.config.data.image_size
 
     def flush() -> None:
         # Photos of different sizes batch fine: each is padded and resized to the model size.
@@ -267,8 +305,10 @@ def generate_folder(
             start = len(report.written)
             chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(queue)]
             asked = replace(asked, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
-        predictions = translate_batch(model, [image for _, image in queue], asked)
+        predictions = translate_batch(model, [_model_view(file, image, squares) for file, image in queue], asked)
         for (file, image), prediction in zip(queue, predictions):
+            if file in squares:
+                prediction = _paste_square(image, prediction, squares[file])
             if lookup is not None:
                 region, source = lookup.find_with_source(file, image.shape[:2], wanted or labelled.get(file.stem), image)
                 report.composited[source] = report.composited.get(source, 0) + 1
@@ -295,11 +335,38 @@ def generate_folder(
             if progress is not None:
                 progress(1)
             continue
+        if finder is not None and max(image.shape[:2]) > crop_above:
+            square, count = face_square_of(image, finder)
+            if count > 1:
+                report.notes.append((file, f"{count} faces found; the largest was simulated"))
+            if square is None:
+                report.skipped.append((file, "no face found (the face layer looks for one in photos larger than "
+                                             f"{crop_above} px): crop it by hand, or use --no-face-crop"))
+                if progress is not None:
+                    progress(1)
+                continue
+            squares[file] = square
         queue.append((file, image))
         if len(queue) >= settings.batch_size:
             flush()
     flush()
     return report
+
+
+def _model_view(file: Path, image: np.ndarray, squares: dict[Path, tuple[int, int, int, int]]) -> np.ndarray:
+    """What the model is given: the face square when the photo has one, else the photo."""
+    if file not in squares:
+        return image
+    x0, y0, x1, y1 = squares[file]
+    return np.ascontiguousarray(image[y0:y1, x0:x1])
+
+
+def _paste_square(image: np.ndarray, square: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The photo with its face square replaced by the model's result for it."""
+    x0, y0, x1, y1 = box
+    out = image.copy()
+    out[y0:y1, x0:x1] = square
+    return out
 
 
 __all__ = ["LoadedModel", "GenerateReport", "Generation", "load_model", "generate_folder", "parse_procedures"]

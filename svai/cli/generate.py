@@ -73,6 +73,10 @@ def generate(
              "(default: the run's generate.composite, on for the recommended model)."),
     regions: Optional[Path] = typer.Option(
         None, "--regions", help="With --composite: folder of regions drawn on the inputs, <procedure>/<relative path>.png."),
+    face_crop: Optional[bool] = typer.Option(
+        None, "--face-crop/--no-face-crop",
+        help="Photos over twice the model's size: simulate the largest face's square (found by the face layer) and "
+             "keep the rest of the photo as it is; a photo without a face is skipped. Default: when svai[face] is here."),
 ) -> None:
     """Predict the 'after' photo for every image in a folder with a trained model."""
     import torch
@@ -113,12 +117,14 @@ def generate(
                       steps=steps, guidance=guidance, strength=strength, prompt=prompt)
     model.family.check_request([*request.given(), *(["reference"] if references else [])])
     settings = Generation(batch_size, request=request, references=references,
-                          composite=CompositeOptions() if composite else None, regions=regions)
+                          composite=CompositeOptions() if composite else None, regions=regions, face_crop=face_crop)
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as progress:
         task = progress.add_task("generate", total=total)
         report = generate_folder(model, input, output, settings,
                                  progress=lambda n: progress.advance(task, n), files=files)
+    for file, note in report.notes:
+        console.print(f"note: {file}: {note}", highlight=False, markup=False)
     for file, reason in report.skipped:
         err_console.print(f"skipped {file}: {reason}")
     console.print(f"wrote {len(report.written)} images to {output} ({model.config.name}, step {model.step})")

@@ -104,6 +104,16 @@ def frame_square(landmarks: np.ndarray) -> Box:
     return (float(cx - side / 2), float(cy - side / 2), float(cx + side / 2), float(cy + side / 2))
 
 
+def square_inside(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """A float square box as the nearest integer square inside a width x height photo
+    (shifted, and shrunk only when the photo is smaller than the square)."""
+    x0, y0, x1, y1 = box
+    side = max(1, min(round(x1 - x0), width, height))
+    left = min(max(round(x0), 0), width - side)
+    top = min(max(round(y0), 0), height - side)
+    return left, top, left + side, top + side
+
+
 def _disc(radius: float, corners: int = 16) -> np.ndarray:
     angles = np.linspace(0.0, 2 * np.pi, corners, endpoint=False)
     return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)

@@ -32,6 +32,7 @@ from svai.composite import CompositeOptions, composite
 from svai.data.align import face_box, render
 from svai.data.images import UNSUPPORTED_EXTENSIONS, ImageProblem, load_rgb_image
 from svai.errors import SvaiError
+from svai.face.mesh import square_inside
 
 Box = tuple[int, int, int, int]
 
@@ -132,15 +133,6 @@ def _fix(reason: str, name: str, max_pixels: int) -> str:
     if reason == "too large":
         return f"use a photo of at most {max_pixels / 1e6:.0f} megapixels"
     return "choose a JPEG, PNG, WebP, BMP or TIFF photo"
-
-
-def square_inside(box: tuple[float, float, float, float], width: int, height: int) -> Box:
-    """A float square box as the nearest integer square that lies inside a width x height photo."""
-    x0, y0, x1, y1 = box
-    side = max(1, min(round(x1 - x0), width, height))
-    left = min(max(round(x0), 0), width - side)
-    top = min(max(round(y0), 0), height - side)
-    return left, top, left + side, top + side
 
 
 def frame_photo(image: Image.Image, name: str, sha256: str) -> Photo:

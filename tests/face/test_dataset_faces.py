@@ -100,3 +100,38 @@ def test_generate_composite_confines_the_change_to_the_landmark_region(face_weig
     untouched = weight == 0
     assert np.array_equal(out[untouched], astronaut[untouched])
     assert untouched.mean() > 0.9 and (out[nose] != astronaut[nose]).all(axis=-1).mean() > 0.9
+
+
+def test_generate_simulates_the_face_square_of_a_large_photo(use_face_weights: Path, tmp_path: Path) -> None:
+    import torch
+
+    from svai.config import resolve
+    from svai.face import FaceFinder
+    from svai.face.mesh import square_inside
+    from svai.generate import Generation, LoadedModel, generate_folder
+    from svai.models.registry import make_family
+
+    torch.manual_seed(0)
+    config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8", "model.output=warp"])
+    family = make_family(config)
+    nets = family.build()
+    with torch.no_grad():
+        nets["G"].output_layer.bias.fill_(0.5)
+    model = LoadedModel(config, family, {"G": nets["G"]}, 0, torch.device("cpu"))
+    inputs = tmp_path / "in"
+    _save(inputs / "astronaut.png", data.astronaut())
+    _save(inputs / "cup.png", data.coffee())
+    report = generate_folder(model, inputs, tmp_path / "out", Generation(batch_size=2))
+    assert [(f.name, "no face" in why) for f, why in report.skipped] == [("cup.png", True)]
+    assert not report.notes
+    out = np.asarray(Image.open(tmp_path / "out" / "astronaut.png"))
+    with FaceFinder(use_face_weights) as finder:
+        x0, y0, x1, y1 = square_inside(finder.find(data.astronaut())[0].square, 512, 512)
+    outside = np.ones((512, 512), bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(out[outside], data.astronaut()[outside])
+    assert not np.array_equal(out[y0:y1, x0:x1], data.astronaut()[y0:y1, x0:x1])
+    whole = generate_folder(model, inputs, tmp_path / "whole", Generation(batch_size=2, face_crop=False))
+    assert not whole.skipped
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "whole" / "astronaut.png"))[outside],
+                              data.astronaut()[outside])
