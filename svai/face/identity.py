@@ -48,6 +48,11 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The cosine of two unit embeddings, kept inside [-1, 1] against rounding."""
+    return float(np.clip(a @ b, -1.0, 1.0))
+
+
 class IdentityScorer:
     """SFace embeddings of faces given their landmarks; `similarity` compares two photos."""
 
@@ -76,4 +81,4 @@ class IdentityScorer:
         """Cosine between the faces of two photos; `landmarks_b` defaults to `landmarks` (a
         simulation keeps the before photo's geometry outside the operated regions)."""
         other = landmarks if landmarks_b is None else landmarks_b
-        return float(self.embed(a, landmarks) @ self.embed(b, other))
+        return cosine(self.embed(a, landmarks), self.embed(b, other))

@@ -106,4 +106,6 @@ class IdentityMeter:
         if points is None or before_emb is None or prediction.shape != target.shape:
             return {}
         emb = self.scorer.embed(prediction, points)
-        return {"identity": float(emb @ before_emb), "identity_target": float(emb @ target_emb)}
+        from svai.face.identity import cosine
+
+        return {"identity": cosine(emb, before_emb), "identity_target": cosine(emb, target_emb)}
