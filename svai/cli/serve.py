@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import secrets
 import socket
 from pathlib import Path
 from typing import List, Optional
@@ -62,9 +63,28 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def address_of(sock: socket.socket) -> str:
+def address_of(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _tls_files(certfile: Optional[Path], keyfile: Optional[Path]) -> dict | None:
+    """uvicorn's TLS settings, or None; a missing half or an unreadable file is one line."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise SvaiError("--certfile and --keyfile go together: give both (PEM files) to serve https")
+    import ssl
+
+    for option, path in (("--certfile", certfile), ("--keyfile", keyfile)):
+        if not path.is_file():
+            raise SvaiError(f"{option} {path}: no such file; give a PEM file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(certfile), str(keyfile))
+    except (ssl.SSLError, ValueError) as error:
+        raise SvaiError(f"--certfile {certfile} / --keyfile {keyfile}: not a certificate and its key "
+                        f"({error}); give PEM files that belong together") from None
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
 
 
 @app.command(
@@ -88,6 +108,9 @@ def serve(
     port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on (0: a free one)."),
     audit: Optional[Path] = typer.Option(None, "--audit", help="JSON Lines file to append one line per simulation to."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    certfile: Optional[Path] = typer.Option(
+        None, "--certfile", help="TLS certificate (PEM) to serve https, with --keyfile; for a --host other machines reach."),
+    keyfile: Optional[Path] = typer.Option(None, "--keyfile", help="The certificate's private key (PEM)."),
 ) -> None:
     """Start the local consultation app: before/after comparison of a photo, on this machine only."""
     missing = _missing_extra()
@@ -103,23 +126,33 @@ def serve(
     from svai.serve.simulate import Simulator, serve_models
 
     _check_device(device)
+    tls = _tls_files(certfile, keyfile)
     audit_log = AuditLog(audit) if audit is not None else None
     loopback = _is_loopback(host)
+    # Another machine may reach a non-loopback address: every request then needs this token.
+    token = None if loopback else secrets.token_urlsafe(24)
     sock = bind(host, port)
     try:
         loaded = [load_model(folder, device=device) for folder in run]
         simulator = Simulator(serve_models(list(run), loaded))
         with PrivateFolder() as folder:
+            if folder.removed_stale:
+                console.print(f"removed {folder.removed_stale} upload folder(s) left by a stopped svai serve")
             application = create_app(simulator, folder.path, audit_log,
-                                     hosts=(LOOPBACK_NAMES | {host}) if loopback else None)
+                                     hosts=(LOOPBACK_NAMES | {host}) if loopback else None,
+                                     token=token, secure=tls is not None)
             if not loopback:
-                err_console.print(f"[bold yellow]warning:[/] --host {host} lets other machines reach this app: "
-                                  "photos sent to it cross the network unencrypted", markup=True)
+                exposed = ("served over TLS" if tls is not None else
+                           "photos cross the network unencrypted (give --certfile and --keyfile for TLS)")
+                err_console.print(f"[bold yellow]warning:[/] --host {host}: other machines can reach this app with "
+                                  f"the access token in the address; {exposed}", markup=True)
             for served in simulator.models.values():
                 console.print(f"model {served.id}: {served.label}")
-            console.print(f"svai serve: open {address_of(sock)} (Ctrl-C stops it)")
+            address = address_of(sock, "https" if tls is not None else "http")
+            console.print(f"svai serve: open {address}{'/?token=' + token if token else ''} (Ctrl-C stops it)",
+                          highlight=False, soft_wrap=True)
             config = uvicorn.Config(application, log_level="warning", access_log=False, server_header=False,
-                                    lifespan="off")
+                                    lifespan="off", **(tls or {}))
             # uvicorn stops gracefully on Ctrl-C or SIGTERM, then raises the signal again for the
             # handler it found: this one only notes it, so the private folder is still removed.
             with stop_signals():

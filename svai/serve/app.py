@@ -6,10 +6,14 @@ Routes (every error is JSON ``{"error": "<one line naming the problem and the fi
     GET  /static/app.js, /static/app.css     its script and style sheet, from the package
     GET  /api/models                         the served models and the controls each takes
     POST /api/photos                         body: the photo file's bytes, header X-Filename:
-                                             its name, URL-encoded -> {photo, width, height, box}
+                                             its name, URL-encoded -> {photo, width, height, box,
+                                             overlay (faces, face, regions), views}
+    POST /api/photos/{photo}/face            JSON {face: index} or {box: [x0, y0, x1, y1]}: frame
+                                             another face, or a moved or resized square
     GET  /api/photos/{photo}/{view}.png      the photo as the page shows it (view: face, photo)
-    POST /api/simulate                       JSON {photo, model, procedures, intensity,
-                                             composite, seed} -> {result, images, export}
+    POST /api/simulate                       JSON {photo, model, procedures ({name: strength}),
+                                             intensity, composite, seed, reference} -> {result,
+                                             images, changed, note, caption}
     GET  /api/results/{result}/{kind}.png    kind: after, difference; ?view=face|photo
     GET  /api/results/{result}/export.png    before | simulation stamped, as a download
 
@@ -20,6 +24,10 @@ refused, so a web page elsewhere cannot reach the app through DNS rebinding; POS
 header or content type that a cross-site form cannot send. Photos and results are held in
 memory (`svai.serve.store.Recent`), the newest few of each.
 
+On an address other than loopback every request needs the access token made at start (in the
+address printed, then a cookie the page keeps); one without it is refused and audited with the
+remote address.
+
 Heavy work (decoding, the model, encoding) runs in worker threads, so the server answers
 other requests meanwhile; the model itself runs one request at a time (`Simulator`).
 """
@@ -27,6 +35,7 @@ other requests meanwhile; the model itself runs one request at a time (`Simulato
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -36,7 +45,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable
-from urllib.parse import quote, unquote, urlsplit
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import numpy as np
 from starlette.applications import Starlette
@@ -52,12 +62,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from svai.errors import SvaiError
 from svai.io import png_bytes
 from svai.serve.audit import AuditLog
-from svai.serve.export import export_png
+from svai.serve.export import caption_of, export_png
 from svai.serve.photo import (
     DISPLAY_REDUCING_GAP, DISPLAY_SIDE, MAX_UPLOAD_BYTES, VIEWS, Photo, decode_upload, difference, frame_photo,
-    pixels_sha256, region, shrink, simulated_photo, view_box,
+    overlay_of, pixels_sha256, reframe, region, shrink, simulated_photo, view_box,
 )
-from svai.serve.simulate import ModelFailed, Simulation, Simulator, parse_settings
+from svai.serve.simulate import ModelFailed, Simulation, Simulator, parse_settings, utc_now
 from svai.serve.store import Recent
 
 log = logging.getLogger(__name__)
@@ -83,13 +93,38 @@ SECURITY_HEADERS: dict[str, str] = {
 LOOPBACK_NAMES: frozenset[str] = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-class Guard:
-    """ASGI middleware: refuses requests for a host name not in `hosts` (None allows any) and
-    adds `SECURITY_HEADERS` to every response."""
+TOKEN_COOKIE = "svai_token"
 
-    def __init__(self, app: ASGIApp, hosts: Iterable[str] | None) -> None:
+
+class Guard:
+    """ASGI middleware: refuses requests for a host name not in `hosts` (None allows any) and,
+    given a `token`, every request that does not carry it (as `?token=`, the `svai_token`
+    cookie, or an `X-Svai-Token` header), reporting each refusal to `refused(remote, path)`;
+    adds `SECURITY_HEADERS` to every response, and the cookie to a response to `?token=`."""
+
+    def __init__(self, app: ASGIApp, hosts: Iterable[str] | None, token: str | None = None,
+                 refused: Callable[[str, str], None] | None = None, secure: bool = False) -> None:
         self.app = app
         self.hosts = frozenset(h.lower().strip("[]") for h in hosts) if hosts is not None else None
+        self.token = token
+        self.refused = refused
+        self.secure = secure
+
+    def _presented(self, scope: Scope) -> tuple[str, bool]:
+        """(the token a request carries, whether it came in the address)."""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if query.get("token"):
+            return query["token"][0], True
+        headers = Headers(scope=scope)
+        if headers.get("x-svai-token"):
+            return headers["x-svai-token"], False
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get("cookie", ""))
+        except CookieError:
+            return "", False
+        morsel = cookies.get(TOKEN_COOKIE)
+        return (morsel.value if morsel is not None else ""), False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,12 +137,26 @@ class Guard:
                                             headers=SECURITY_HEADERS)
                 await refusal(scope, receive, send)
                 return
+        from_address = False
+        if self.token is not None:
+            presented, from_address = self._presented(scope)
+            if not hmac.compare_digest(presented.encode(), self.token.encode()):
+                remote = (scope.get("client") or ("unknown", 0))[0]
+                if self.refused is not None:
+                    self.refused(str(remote), scope.get("path", ""))
+                refusal = PlainTextResponse("access token missing or wrong: open the full address `svai serve` "
+                                            "printed, with its ?token=", 403, headers=SECURITY_HEADERS)
+                await refusal(scope, receive, send)
+                return
 
         async def send_secured(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
+                if from_address:
+                    flags = "; Secure" if self.secure else ""
+                    headers.append("Set-Cookie", f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict{flags}")
             await send(message)
 
         await self.app(scope, receive, send_secured)
@@ -138,6 +187,24 @@ class HeldPhoto:
     pngs: dict[str, bytes] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def reframe(self, photo: Photo) -> None:
+        """Frame another face or square: the face view is made again."""
+        with self.lock:
+            self.photo = photo
+            self.views.pop("face", None)
+            self.pngs.pop("face", None)
+
+    def describe(self, token: str) -> dict[str, Any]:
+        """What the page needs to show the photo and draw what svai sees on it."""
+        photo = self.photo
+        return {
+            "photo": token, "width": photo.size[0], "height": photo.size[1], "box": list(photo.box),
+            "overlay": overlay_of(photo),
+            "views": {view: list(view_box(photo, view)) for view in VIEWS},
+            "timings": self.timings,
+            "images": {view: f"/api/photos/{token}/{view}.png" for view in VIEWS},
+        }
+
     def before(self, view: str) -> np.ndarray:
         with self.lock:
             if view not in self.views:
@@ -162,7 +229,10 @@ class HeldResult:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def png(self, kind: str, view: str) -> bytes:
-        before = self.held.before(view)
+        photo = self.simulation.photo
+        # A result made before the photo was framed on another face keeps its own framing.
+        before = self.held.before(view) if self.held.photo is photo else \
+            display(region(photo, view_box(photo, view)), view)
         with self.lock:
             if (kind, view) not in self.pngs:
                 photo = self.simulation.photo
@@ -172,9 +242,13 @@ class HeldResult:
             return self.pngs[(kind, view)]
 
     def export(self, view: str) -> bytes:
-        photo, patch = self.simulation.photo, self.simulation.patch
+        simulation = self.simulation
+        photo, patch = simulation.photo, simulation.patch
         area = view_box(photo, view)
-        return export_png(region(photo, area), region(photo, area, patch))
+        served = simulation.served
+        caption = caption_of(served.model.config.name, served.model.step,
+                             simulation.settings.used_by(served.controls), simulation.time)
+        return export_png(region(photo, area), region(photo, area, patch), caption)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -201,6 +275,19 @@ async def _body(request: Request, limit: int, what: str) -> bytes:
             raise Problem(413, f"{what}: over the {limit // 2**20} MB limit; export the photo at a smaller size")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    """The request's JSON object body; a Problem naming what is wrong otherwise."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise Problem(415, "send the settings as JSON (Content-Type: application/json)")
+    try:
+        payload = json.loads(await _body(request, MAX_JSON_BYTES, "settings"))
+    except ValueError:
+        raise Problem(400, "the settings are not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise Problem(400, "the settings must be a JSON object")
+    return payload
 
 
 def _png(data: bytes, download: str | None = None) -> Response:
@@ -232,7 +319,8 @@ class Consultation:
     def simulate(self, held: HeldPhoto, payload: dict[str, Any]) -> HeldResult:
         served = self.simulator.model(str(payload.get("model", "")))
         settings = parse_settings(payload, served.controls)
-        simulation = self.simulator.simulate(held.photo, served.id, settings)
+        reference = self.held_photo(settings.reference).photo if settings.reference is not None else None
+        simulation = self.simulator.simulate(held.photo, served.id, settings, reference)
         if self.audit is not None:
             output = pixels_sha256(simulated_photo(held.photo, simulation.patch))
             try:
@@ -270,12 +358,20 @@ class Consultation:
         name = Path(unquote(raw_name)).name or "photo"
         data = await _body(request, MAX_UPLOAD_BYTES, name)
         token, held = await run_in_threadpool(self.open, data, name)
-        photo = held.photo
-        return JSONResponse({
-            "photo": token, "width": photo.size[0], "height": photo.size[1], "box": list(photo.box),
-            "timings": held.timings,
-            "images": {view: f"/api/photos/{token}/{view}.png" for view in VIEWS},
-        })
+        return JSONResponse(held.describe(token))
+
+    async def reframe_endpoint(self, request: Request) -> JSONResponse:
+        payload = await _json(request)
+        token = request.path_params["photo"]
+        held = self.held_photo(token)
+        if "face" in payload:
+            photo = reframe(held.photo, face=payload["face"])
+        elif "box" in payload:
+            photo = reframe(held.photo, box=payload["box"])
+        else:
+            raise Problem(400, "send {\"face\": index} to frame another face, or {\"box\": [x0, y0, x1, y1]}")
+        held.reframe(photo)
+        return JSONResponse(held.describe(token))
 
     async def photo_image(self, request: Request) -> Response:
         view = request.path_params["view"]
@@ -285,14 +381,7 @@ class Consultation:
         return _png(await run_in_threadpool(held.before_png, view))
 
     async def simulate_endpoint(self, request: Request) -> JSONResponse:
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise Problem(415, "send the settings as JSON (Content-Type: application/json)")
-        try:
-            payload = json.loads(await _body(request, MAX_JSON_BYTES, "settings"))
-        except ValueError:
-            raise Problem(400, "the settings are not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise Problem(400, "the settings must be a JSON object")
+        payload = await _json(request)
         held = self.held_photo(str(payload.get("photo", "")))
         result = await run_in_threadpool(self.simulate, held, payload)
         simulation, token = result.simulation, result.simulation.id
@@ -302,6 +391,11 @@ class Consultation:
             "model": simulation.served.id,
             "label": simulation.served.label,
             "settings": simulation.settings.used_by(simulation.served.controls),
+            "box": list(simulation.photo.box),
+            # Less than one grey level anywhere: the page says so, with the likely reason.
+            "changed": simulation.largest_change >= 1,
+            "largest_change": simulation.largest_change,
+            "note": simulation.no_change_reason(),
             # Seconds by stage: the photo's decoding and face box, then this simulation's.
             "timings": {**held.timings, **simulation.timings,
                         "crop": held.timings["crop"] + simulation.timings["crop"]},
@@ -321,7 +415,15 @@ class Consultation:
         view = _view(request)
         if kind == "export":
             name = f"simulation-{quote(result.simulation.served.run.name)}-{view}.png"
-            return _png(await run_in_threadpool(result.export, view), download=name)
+            data = await run_in_threadpool(result.export, view)
+            if self.audit is not None:
+                try:
+                    self.audit.record_save(result.simulation, view, hashlib.sha256(data).hexdigest(), utc_now())
+                except OSError as error:
+                    raise Problem(500, f"the audit log {self.audit.path} could not be written "
+                                       f"({error.strerror or error}); nothing was saved: free space or fix the "
+                                       "file, then try again") from None
+            return _png(data, download=name)
         return _png(await run_in_threadpool(result.png, kind, view))
 
 
@@ -330,10 +432,13 @@ def _page() -> str:
 
 
 def create_app(simulator: Simulator, folder: Path, audit: AuditLog | None = None,
-               hosts: Iterable[str] | None = LOOPBACK_NAMES) -> Starlette:
+               hosts: Iterable[str] | None = LOOPBACK_NAMES, token: str | None = None,
+               secure: bool = False) -> Starlette:
     """The ASGI app serving `simulator`'s models. `folder`: a private folder for uploads being
     decoded (`svai.serve.photo.PrivateFolder`); `audit`: where each simulation is recorded;
-    `hosts`: the host names requests may name (None: any, for a non-loopback --host)."""
+    `hosts`: the host names requests may name (None: any, for a non-loopback --host);
+    `token`: the access token every request must carry (None: none needed, on loopback);
+    `secure`: served over TLS (the token cookie is then marked Secure)."""
     state = Consultation(simulator, folder, audit)
     page = _page()
 
@@ -357,6 +462,7 @@ def create_app(simulator: Simulator, folder: Path, audit: AuditLog | None = None
         Route("/", index),
         Route("/api/models", guarded(state.models)),
         Route("/api/photos", guarded(state.upload), methods=["POST"]),
+        Route("/api/photos/{photo}/face", guarded(state.reframe_endpoint), methods=["POST"]),
         Route("/api/photos/{photo}/{view}.png", guarded(state.photo_image)),
         Route("/api/simulate", guarded(state.simulate_endpoint), methods=["POST"]),
         Route("/api/results/{result}/{kind}.png", guarded(state.result_image)),
@@ -367,10 +473,19 @@ def create_app(simulator: Simulator, folder: Path, audit: AuditLog | None = None
         return _error(500, f"internal error ({type(error).__name__}); the details are in the terminal "
                            "running svai serve")
 
-    app = Starlette(routes=routes, middleware=[Middleware(Guard, hosts=hosts)],
+    def refused(remote: str, path: str) -> None:
+        log.warning("refused a request from %s without the access token", remote)
+        if audit is not None:
+            try:
+                audit.record_refused(remote, path, utc_now())
+            except OSError:
+                log.exception("the audit log could not be written")
+
+    app = Starlette(routes=routes,
+                    middleware=[Middleware(Guard, hosts=hosts, token=token, refused=refused, secure=secure)],
                     exception_handlers={Exception: server_error})
     app.state.consultation = state
     return app
 
 
-__all__ = ["Consultation", "Guard", "LOOPBACK_NAMES", "SECURITY_HEADERS", "create_app"]
+__all__ = ["Consultation", "Guard", "LOOPBACK_NAMES", "SECURITY_HEADERS", "TOKEN_COOKIE", "create_app"]

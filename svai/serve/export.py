@@ -55,11 +55,14 @@ def _text_width(draw: ImageDraw.ImageDraw, text: str, font: Font) -> float:
     return sum(draw.textlength(part, font=font) for part in parts) + 0.9 * size * (len(parts) - 1)
 
 
-def side_by_side(before: np.ndarray, after: np.ndarray, longest: int = EXPORT_SIDE) -> np.ndarray:
-    """before | simulation with their labels above and the stamp below: (H, W, 3) uint8.
+def side_by_side(before: np.ndarray, after: np.ndarray, longest: int = EXPORT_SIDE,
+                 caption: list[str] | None = None) -> np.ndarray:
+    """before | simulation with their labels above, the stamp below and under it `caption`,
+    one line each (what was simulated): (H, W, 3) uint8.
 
     before, after: (h, w, 3) uint8 of one size, shrunk so the longest side is at most `longest`.
     """
+    caption = caption or []
     if before.shape != after.shape:
         raise ValueError(f"before {before.shape} and after {after.shape} differ")
     before, after = shrink(before, longest), shrink(after, longest)
@@ -68,7 +71,15 @@ def side_by_side(before: np.ndarray, after: np.ndarray, longest: int = EXPORT_SI
     gap = max(4, size // 2)
     font = _font(size)
     label_band, stamp_band = round(size * 1.8), round(size * 2.2)
-    canvas = Image.new("RGB", (2 * width + 3 * gap, height + label_band + stamp_band + gap), BACKGROUND)
+    caption_font = _font(max(12, round(size * 0.8)))
+    line_height = round(max(12, size * 0.8) * 1.35)
+    canvas_width = 2 * width + 3 * gap
+    # Narrow photos: the caption needs room for its lines whatever the photo's size.
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    needed = max([_text_width(probe, line, caption_font) for line in caption] + [0]) + 2 * gap
+    canvas_width = max(canvas_width, round(needed), round(_text_width(probe, STAMP, _font(round(size * 1.1))) + 2 * gap))
+    canvas = Image.new("RGB", (canvas_width, height + label_band + stamp_band + gap + line_height * len(caption)),
+                       BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for index, (pixels, label) in enumerate(zip((before, after), LABELS)):
         left = gap + index * (width + gap)
@@ -78,12 +89,30 @@ def side_by_side(before: np.ndarray, after: np.ndarray, longest: int = EXPORT_SI
     text_width = _text_width(draw, STAMP, stamp_font)
     x = max(gap, (canvas.width - text_width) / 2)
     _draw_text(draw, x, label_band + height + round(size * 0.5), STAMP, stamp_font, INK)
+    top = label_band + height + stamp_band
+    for index, line in enumerate(caption):
+        _draw_text(draw, gap, top + index * line_height, line, caption_font, INK)
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def export_png(before: np.ndarray, after: np.ndarray) -> bytes:
-    """The stamped before | simulation image as PNG bytes with no metadata."""
-    return png_bytes(side_by_side(before, after))
+def export_png(before: np.ndarray, after: np.ndarray, caption: list[str] | None = None) -> bytes:
+    """The stamped before | simulation image (with `caption` lines) as PNG bytes, no metadata."""
+    return png_bytes(side_by_side(before, after, caption=caption))
 
 
-__all__ = ["EXPORT_SIDE", "STAMP", "export_png", "side_by_side"]
+def caption_of(model: str, step: int, settings: dict, date: str) -> list[str]:
+    """The lines an export states: model and step, procedures with strengths, intensity,
+    composite, and the date (UTC) of the simulation."""
+    lines = [f"Model: {model}, step {step}"]
+    procedures = settings.get("procedures")
+    if procedures is not None:
+        ticked = ", ".join(f"{name} {strength:.2f}" for name, strength in procedures.items()) or "none"
+        lines.append(f"Procedures: {ticked}")
+    if "intensity" in settings:
+        lines.append(f"Intensity: {settings['intensity']:.2f}")
+    lines.append(f"Composite: {'on' if settings.get('composite') else 'off'}")
+    lines.append(f"Simulated: {date.replace('T', ' ')[:16]} UTC")
+    return lines
+
+
+__all__ = ["EXPORT_SIDE", "STAMP", "caption_of", "export_png", "side_by_side"]

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -59,11 +60,19 @@ class PrivateFolder:
     """A folder only this user can read (mode 0700), in /dev/shm (memory) where there is one,
     removed by `close`. Uploads pass through it one file at a time."""
 
+    PREFIX = "svai-serve-"
+
     def __init__(self) -> None:
-        shm = Path("/dev/shm")
-        parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-        self.path = Path(tempfile.mkdtemp(prefix="svai-serve-", dir=parent))
+        parent = self.parent()
+        self.removed_stale = remove_stale_folders(parent)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=parent))
         os.chmod(self.path, 0o700)
+
+    @staticmethod
+    def parent() -> Path:
+        """/dev/shm (memory) where there is one we can write to, else the temporary folder."""
+        shm = Path("/dev/shm")
+        return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -73,6 +82,42 @@ class PrivateFolder:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_folders(parent: Path) -> int:
+    """Remove the private folders of `svai serve` processes that no longer run (a killed
+    server cannot remove its own): those named `svai-serve-<pid>-…`, owned by this user, whose
+    process is gone. Returns how many were removed."""
+    removed = 0
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(PrivateFolder.PREFIX):
+            continue
+        pid_text = name[len(PrivateFolder.PREFIX):].split("-", 1)[0]
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if (not pid_text.isdigit() or info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode)
+                or _running(int(pid_text))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 @dataclass(frozen=True)
@@ -89,10 +134,15 @@ class Photo:
     pixels: np.ndarray
     sha256: str
     box: Box
-    # How many faces the photo holds (the largest is framed) and its landmarks, when the face
-    # layer found it (None with the skin-colour fallback).
-    faces: int = 1
-    landmarks: np.ndarray | None = None
+    # Every face the face layer found, largest first (empty with the skin-colour fallback),
+    # and which one `box` frames.
+    faces: tuple = ()
+    face: int = 0
+
+    @property
+    def landmarks(self) -> np.ndarray | None:
+        """The framed face's 478 landmarks in photo pixels, None without the face layer."""
+        return self.faces[self.face].landmarks if self.faces else None
 
     @property
     def side(self) -> int:
@@ -141,22 +191,67 @@ def frame_photo(image: Image.Image, name: str, sha256: str) -> Photo:
     from svai import face
 
     pixels = np.asarray(image, dtype=np.uint8)
-    count, landmarks = 1, None
+    faces: tuple = ()
     if face.finder.problem() is None:
-        faces = face.finder.shared_finder().find(pixels)
+        faces = tuple(face.finder.shared_finder().find(pixels))
         found = faces[0].square if faces else None
-        count, landmarks = len(faces), faces[0].landmarks if faces else None
     else:
         face.finder.warn_missing_once(logging.getLogger(__name__))
         found = face_box(image, (0.0, 0.0, float(image.width), float(image.height)))
     if found is None:
         raise SvaiError(f"{name}: no face found; use a photo of one face seen from the front, "
                         "with some background around the head")
-    box = square_inside(found, image.width, image.height)
+    box = _checked_square(found, image.width, image.height, name)
+    return Photo(name, pixels, sha256, box, faces)
+
+
+def _checked_square(found: tuple[float, float, float, float], width: int, height: int, name: str) -> Box:
+    box = square_inside(found, width, height)
     if box[2] - box[0] < MIN_FACE_SIDE:
         raise SvaiError(f"{name}: the face is only {box[2] - box[0]} pixels wide; use a photo where it is "
                         f"at least {MIN_FACE_SIDE}")
-    return Photo(name, pixels, sha256, box, count, landmarks)
+    return box
+
+
+def reframe(photo: Photo, face: int | None = None, box: list | tuple | None = None) -> Photo:
+    """The photo framed on another face (`face`, an index into `photo.faces`) or on a square
+    the surgeon moved or resized (`box`, [x0, y0, x1, y1] in photo pixels, made square around
+    its centre and kept inside the photo). SvaiError naming the field and the fix."""
+    from dataclasses import replace
+
+    width, height = photo.size
+    if face is not None:
+        if isinstance(face, bool) or not isinstance(face, int) or not 0 <= face < len(photo.faces):
+            raise SvaiError(f"face must be one of 0..{len(photo.faces) - 1} (the faces found); got {face!r}")
+        return replace(photo, face=face, box=_checked_square(photo.faces[face].square, width, height, photo.name))
+    if (not isinstance(box, (list, tuple)) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)):
+        raise SvaiError(f"box must be [x0, y0, x1, y1] in photo pixels; got {box!r}")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0)
+    if side <= 0:
+        raise SvaiError(f"box {box}: x1 and y1 must be larger than x0 and y0")
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    square = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    return replace(photo, box=_checked_square(square, width, height, photo.name))
+
+
+def overlay_of(photo: Photo) -> dict:
+    """What the page draws over the photo (photo pixels): every face's square, which is
+    framed, the square the model sees, and the framed face's procedure regions as polygons."""
+    from svai.face import mesh
+
+    regions: dict[str, list] = {}
+    if photo.landmarks is not None:
+        for procedure in mesh.REGION_PROCEDURES:
+            regions[procedure] = [[[round(float(x), 1), round(float(y), 1)] for x, y in polygon]
+                                  for polygon in mesh.region_polygons(photo.landmarks, procedure)]
+    return {
+        "faces": [[round(v, 1) for v in found.square] for found in photo.faces],
+        "face": photo.face,
+        "box": list(photo.box),
+        "regions": regions,
+    }
 
 
 def model_input(photo: Photo, size: int) -> np.ndarray:
@@ -271,6 +366,6 @@ def pixels_sha256(pixels: np.ndarray) -> str:
 
 __all__ = [
     "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "VIEWS", "Photo", "PrivateFolder", "decode_upload", "difference",
-    "frame_photo", "model_input", "paste", "pixels_sha256", "region", "shrink", "simulated_photo",
-    "view_box",
+    "frame_photo", "model_input", "overlay_of", "paste", "pixels_sha256", "reframe", "region",
+    "remove_stale_folders", "shrink", "simulated_photo", "view_box",
 ]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from svai.composite import CompositeOptions
-from svai.data.dataset import procedure_vector
+from svai.data.dataset import procedure_vector, to_tensor
 from svai.errors import SvaiError
 from svai.generate import LoadedModel, translate_batch
 from svai.models.base import Request
@@ -48,6 +48,7 @@ class Controls:
     intensity: bool
     seed: bool
     composite: bool
+    reference: bool = False
 
 
 def controls_of(model: LoadedModel) -> Controls:
@@ -58,6 +59,7 @@ def controls_of(model: LoadedModel) -> Controls:
         intensity="intensity" in uses,
         seed="generator" in uses,
         composite=bool(default),
+        reference="reference" in uses,
     )
 
 
@@ -86,6 +88,7 @@ class ServedModel:
             "intensity": self.controls.intensity,
             "seed": self.controls.seed,
             "composite": self.controls.composite,
+            "reference": self.controls.reference,
         }
 
 
@@ -103,12 +106,19 @@ class Settings:
     intensity: float = 1.0
     composite: bool = False
     seed: int = 0
+    # One strength in [0, 1] per procedure, same order (1 each when not given).
+    strengths: tuple[float, ...] = ()
+    # The uploaded reference photo's token, for reference-guided models.
+    reference: str | None = None
+
+    def strength_of(self) -> dict[str, float]:
+        return dict(zip(self.procedures, self.strengths or (1.0,) * len(self.procedures)))
 
     def used_by(self, controls: Controls) -> dict[str, Any]:
         """The settings the model actually read (the audit records these)."""
         used: dict[str, Any] = {}
         if controls.procedures:
-            used["procedures"] = list(self.procedures)
+            used["procedures"] = self.strength_of()
         if controls.intensity:
             used["intensity"] = self.intensity
         if controls.seed:
@@ -121,8 +131,15 @@ def parse_settings(payload: dict[str, Any], controls: Controls) -> Settings:
     """Check the settings a page sent for a model with these controls; SvaiError naming the
     field and the fix. Missing fields take their defaults."""
     procedures = payload.get("procedures") or []
-    if not isinstance(procedures, list) or not all(isinstance(p, str) for p in procedures):
-        raise SvaiError(f"procedures: expected a list of names; got {procedures!r}")
+    if isinstance(procedures, list) and all(isinstance(p, str) for p in procedures):
+        procedures = {p: 1.0 for p in procedures}
+    if not isinstance(procedures, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in procedures.items()):
+        raise SvaiError(f"procedures: expected names, or names with strengths {{\"nose\": 0.5}}; got {procedures!r}")
+    bad = {k: v for k, v in procedures.items() if not 0.0 <= v <= 1.0}
+    if bad:
+        name = next(iter(bad))
+        raise SvaiError(f"procedures: the strength of {name} must be between 0 and 1; got {bad[name]!r}")
     if procedures and not controls.procedures:
         raise SvaiError("procedures: this model has no procedure control; untick them or choose another model")
     unknown = [p for p in procedures if p not in controls.procedures]
@@ -137,8 +154,13 @@ def parse_settings(payload: dict[str, Any], controls: Controls) -> Settings:
     seed = payload.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise SvaiError(f"seed must be a whole number from 0; got {seed!r}")
+    reference = payload.get("reference")
+    if reference is not None and not isinstance(reference, str):
+        raise SvaiError(f"reference must be an uploaded photo's id; got {reference!r}")
+    if reference is not None and not controls.reference:
+        raise SvaiError("reference: this model takes no reference photo; remove it or choose another model")
     ordered = tuple(p for p in controls.procedures if p in procedures)
-    return Settings(ordered, float(intensity), composite, seed)
+    return Settings(ordered, float(intensity), composite, seed, tuple(float(procedures[p]) for p in ordered), reference)
 
 
 def model_request(served: ServedModel, settings: Settings) -> Request:
@@ -146,7 +168,7 @@ def model_request(served: ServedModel, settings: Settings) -> Request:
     controls = served.controls
     request = Request()
     if controls.procedures:
-        request.procedures = procedure_vector({p: 1.0 for p in settings.procedures}, controls.procedures)[None]
+        request.procedures = procedure_vector(settings.strength_of(), controls.procedures)[None]
     if controls.intensity:
         request.intensity = settings.intensity
     if controls.seed:
@@ -166,6 +188,28 @@ class Simulation:
     patch: np.ndarray
     time: str
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def largest_change(self) -> int:
+        """The largest change of any pixel channel, in 8-bit grey levels."""
+        x0, y0, x1, y1 = self.photo.box
+        original = self.photo.pixels[y0:y1, x0:x1]
+        return int(np.abs(self.patch.astype(np.int16) - original).max()) if self.patch.size else 0
+
+    def no_change_reason(self) -> str | None:
+        """Why the simulation looks like the photo, when it changed no pixel by a grey level or
+        more; None when it changed something."""
+        if self.largest_change >= 1:
+            return None
+        controls, settings = self.served.controls, self.settings
+        if controls.procedures and not any(s > 0 for s in settings.strength_of().values()):
+            return "no procedure is ticked (or every strength is 0): tick one"
+        if controls.intensity and settings.intensity == 0:
+            return "the intensity is 0: raise it"
+        if settings.composite:
+            return ("the model's change was too small for the composite, which keeps the photo wherever the change "
+                    "is under its threshold: untick Composite to see it, or choose a stronger model or setting")
+        return "the model changed nothing at these settings: raise the intensity, or choose another model"
 
 
 def utc_now() -> str:
@@ -190,15 +234,19 @@ class Simulator:
             raise SvaiError(f"model {model_id!r}: not served; choose one of {', '.join(self.models)}")
         return served
 
-    def simulate(self, photo: Photo, model_id: str, settings: Settings) -> Simulation:
-        """Simulate `settings` on `photo` with a served model. A model that raises is a
-        `ModelFailed` naming the error; the model stays usable for the next request."""
+    def simulate(self, photo: Photo, model_id: str, settings: Settings, reference: Photo | None = None) -> Simulation:
+        """Simulate `settings` on `photo` with a served model (`reference`: the reference photo
+        of a reference-guided model). A model that raises is a `ModelFailed` naming the
+        error; the model stays usable for the next request."""
         served = self.model(model_id)
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        before = model_input(photo, served.model.config.data.image_size)
+        size = served.model.config.data.image_size
+        before = model_input(photo, size)
         timings["crop"] = time.perf_counter() - started
         request = model_request(served, settings)
+        if reference is not None:
+            request.reference = to_tensor(model_input(reference, size))[None]
         with self._lock:
             started = time.perf_counter()
             try:

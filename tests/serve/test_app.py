@@ -358,14 +358,16 @@ def test_the_audit_log_holds_one_line_per_simulation_and_no_image(
     records = [json.loads(line) for line in lines[1:]]
     run = str(app.state.consultation.simulator.models["1"].run.resolve())
     for record in records:
-        assert set(record) == {"time", "run", "model", "family", "step", "settings", "input_sha256", "input_size",
-                               "face_box", "output_sha256"}
+        assert set(record) == {"event", "time", "result", "run", "model", "family", "step", "settings",
+                               "input_sha256", "input_size", "face_box", "output_sha256"}
+        assert record["event"] == "simulate"
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])
         assert record["run"] == run and record["step"] == 2 and record["model"] == "pix2pix"
         assert record["input_sha256"] == hashlib.sha256(small_photo.data).hexdigest()
         assert record["input_size"] == [480, 640]
-    assert records[0]["settings"] == {"procedures": ["eyes", "nose"], "intensity": 0.25, "composite": True}
-    assert records[1]["settings"] == {"procedures": [], "intensity": 0.0, "composite": False}
+    assert records[0]["settings"] == {"procedures": {"eyes": 1.0, "nose": 1.0}, "intensity": 0.25, "composite": True}
+    assert records[1]["settings"] == {"procedures": {}, "intensity": 0.0, "composite": False}
+    assert [r["result"] for r in records] == [first["result"], second["result"]]
     simulation = held(app, first["result"])
     assert records[0]["output_sha256"] == pixels_sha256(simulated_photo(simulation.photo, simulation.patch))
     # Intensity 0 returns the photo, so the output's digest is that of the photo's own pixels.
@@ -408,7 +410,7 @@ def test_an_audit_file_that_cannot_be_written_is_refused(tmp_path: Path) -> None
 
 def test_save_exports_before_and_simulation_stamped_without_metadata(
         make_app: MakeApp, small_photo: FacePhoto) -> None:
-    from svai.serve.export import side_by_side
+    from svai.serve.export import caption_of, side_by_side
 
     app = make_app()
     client = client_for(app)
@@ -425,7 +427,14 @@ def test_save_exports_before_and_simulation_stamped_without_metadata(
     area = view_box(simulation.photo, "face")
     before, after = region(simulation.photo, area), region(simulation.photo, area, simulation.patch)
     pixels = np.asarray(image.convert("RGB"))
-    assert np.array_equal(pixels, side_by_side(before, after))
+    caption = caption_of("pix2pix", 2, {"procedures": {"jaw": 1.0}, "intensity": 1.0, "composite": False},
+                         simulation.time)
+    assert caption[:4] == ["Model: pix2pix, step 2", "Procedures: jaw 1.00", "Intensity: 1.00", "Composite: off"]
+    assert caption[4] == f"Simulated: {simulation.time[:10]} {simulation.time[11:16]} UTC"
+    assert np.array_equal(pixels, side_by_side(before, after, caption=caption))
+    # The caption is in the pixels: other settings give other pixels below the stamp.
+    other = side_by_side(before, after, caption=caption[:2] + ["Intensity: 0.50"] + caption[3:])
+    assert other.shape == pixels.shape and not np.array_equal(other, pixels)
     # The panels are the photos themselves (small enough not to be shrunk), side by side.
     height, width = before.shape[:2]
     before_at, after_at = find(pixels, before), find(pixels, after)
