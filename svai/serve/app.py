@@ -262,17 +262,26 @@ def _view(request: Request) -> str:
     return view
 
 
+def _megabytes(size: int) -> str:
+    """A byte count as MB with at most one decimal (bytes under 0.1 MB)."""
+    if size < 100 * 1024:
+        return f"{size} bytes"
+    return f"{size / 2**20:.1f}".rstrip("0").rstrip(".") + " MB"
+
+
 async def _body(request: Request, limit: int, what: str) -> bytes:
     """The request body, refused past `limit` bytes before it is all read."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, f"{what}: {int(declared) / 2**20:.0f} MB is over the {limit // 2**20} MB limit; "
+        over = int(declared) - limit
+        raise Problem(413, f"{what}: {_megabytes(int(declared))}, {over:,} byte{'s' if over != 1 else ''} over the "
+                           f"{_megabytes(limit)} limit; "
                            "export the photo at a smaller size")
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise Problem(413, f"{what}: over the {limit // 2**20} MB limit; export the photo at a smaller size")
+            raise Problem(413, f"{what}: over the {_megabytes(limit)} limit; export the photo at a smaller size")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -277,6 +277,13 @@ def test_an_oversized_upload_is_refused_before_it_is_read(
     monkeypatch.setattr("svai.serve.app.MAX_UPLOAD_BYTES", 1000)
     answer = upload(client_for(make_app()), small_photo.data)
     assert answer.status_code == 413 and "limit" in answer.json()["error"]
+    over = len(small_photo.data) - 1000
+    assert f"{over:,} bytes over the 1000 bytes limit" in answer.json()["error"]
+    # Just over 100 MB: the sizes in the message never read the same.
+    monkeypatch.setattr("svai.serve.app.MAX_UPLOAD_BYTES", 100 * 2**20)
+    big = client_for(make_app()).post("/api/photos", content=b"", headers={
+        "X-Filename": "big.jpg", "Content-Length": str(100 * 2**20 + 1)})
+    assert big.status_code == 413 and "100 MB, 1 byte over the 100 MB limit" in big.json()["error"]
 
 
 def test_uploads_leave_nothing_in_the_private_folder(
