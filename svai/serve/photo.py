@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from svai.composite import CompositeOptions, composite
+from svai.composite import CompositeOptions, composite, feather
 from svai.data.align import face_box, render
 from svai.data.images import UNSUPPORTED_EXTENSIONS, ImageProblem, load_rgb_image
 from svai.errors import SvaiError
@@ -274,8 +274,31 @@ def upsample(values: np.ndarray, side: int, resample: Image.Resampling) -> np.nd
     return np.stack(channels, axis=-1)
 
 
+# The side at which a composite's landmark region is drawn and feathered (then upsampled): fine
+# enough to follow the anatomy within a few pixels of a 12 MP photo, cheap to feather.
+REGION_SIDE = 256
+
+
+def square_region(photo: Photo, procedures: tuple[str, ...], size: int | None = None) -> np.ndarray | None:
+    """The union of `procedures`' landmark regions (none given: eyes, nose and jaw) in the face
+    square, drawn at `size` px (default: the square's side, at most `REGION_SIDE`): (size,
+    size) bool; None without landmarks or for a procedure the face mesh does not know."""
+    from svai.composite import union
+    from svai.data.layout import PROCEDURES
+    from svai.face import mesh
+
+    names = procedures or PROCEDURES
+    if photo.landmarks is None or any(name not in mesh.REGION_SHAPES for name in names):
+        return None
+    size = size or min(photo.side, REGION_SIDE)
+    x0, y0, _, _ = photo.box
+    points = (photo.landmarks - np.array([x0, y0])) * (size / photo.side)
+    return union(mesh.region_masks(points, names, size, size).values(), (size, size))
+
+
 def paste(photo: Photo, before: np.ndarray, predicted: np.ndarray,
-          options: CompositeOptions | None = None, full: np.ndarray | None = None) -> np.ndarray:
+          options: CompositeOptions | None = None, full: np.ndarray | None = None,
+          region: np.ndarray | None = None) -> np.ndarray:
     """The simulation inside the face square at full resolution: (side, side, 3) uint8.
 
     before: the model's input (S, S, 3) uint8 (`model_input`); predicted: its output, same
@@ -284,7 +307,9 @@ def paste(photo: Photo, before: np.ndarray, predicted: np.ndarray,
     applied to the full-resolution pixels, `svai.generate.translate_batch`), the change is
     full − the photo's pixels. With `options`, the change is weighted by the model's feathered
     change map (`svai.composite.composite`, found at the model's size and upsampled
-    bilinearly): where the weight is 0 the pixel is the photo's own, byte for byte.
+    bilinearly), or, given `region` (the chosen procedures' landmark regions in the square at
+    any size, `square_region`), by that region feathered at its own size and upsampled: where
+    the weight is 0 the pixel is the photo's own, byte for byte.
     """
     if before.shape != predicted.shape:
         raise ValueError(f"before {before.shape} and predicted {predicted.shape} differ")
@@ -295,7 +320,10 @@ def paste(photo: Photo, before: np.ndarray, predicted: np.ndarray,
         change = upsample(predicted.astype(np.float32) - before.astype(np.float32), photo.side,
                           Image.Resampling.BICUBIC)
     if options is not None:
-        _, weight = composite(before, predicted, None, options)
+        if region is None:
+            _, weight = composite(before, predicted, None, options)
+        else:
+            weight = feather(region, options.radius(*region.shape)) if options.feather > 0 else region.astype(np.float32)
         change *= np.clip(upsample(weight[..., None], photo.side, Image.Resampling.BILINEAR), 0.0, 1.0)
     change += photo.pixels[y0:y1, x0:x1]
     np.rint(change, out=change)

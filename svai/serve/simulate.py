@@ -25,7 +25,7 @@ from svai.data.dataset import procedure_vector, to_tensor
 from svai.errors import SvaiError
 from svai.generate import LoadedModel, translate_batch
 from svai.models.base import Request
-from svai.serve.photo import Photo, model_input, paste
+from svai.serve.photo import Photo, model_input, paste, square_region
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,11 @@ class Simulator:
                                   f"{error}); try again, or choose another model") from None
             timings["model"] = time.perf_counter() - started
         started = time.perf_counter()
-        patch = paste(photo, before, predicted, self.composite if settings.composite else None, full)
+        region = None
+        if settings.composite:
+            ticked = tuple(name for name, strength in settings.strength_of().items() if strength > 0)
+            region = square_region(photo, ticked)
+        patch = paste(photo, before, predicted, self.composite if settings.composite else None, full, region)
         timings["paste"] = time.perf_counter() - started
         return Simulation(uuid.uuid4().hex, photo, served, settings, patch, utc_now(), timings)
 

@@ -198,3 +198,25 @@ def test_a_reference_photo_guides_a_reference_model(reference_app) -> None:
     assert not np.array_equal(held(client.app, first["result"]).patch, held(client.app, second["result"]).patch)
     missing = simulate(client, photo, reference="not-a-photo")
     assert missing.status_code == 404 and "upload it again" in missing.json()["error"]
+
+
+def test_composite_keeps_the_ticked_procedures_landmark_region(make_app, use_face_weights) -> None:
+    from svai.face import FaceFinder
+    from svai.serve.photo import square_inside
+
+    client = client_for(make_app())
+    photo = upload(client, jpeg_of(data.astronaut()), "a.jpg").json()["photo"]
+    answer = simulate(client, photo, procedures={"nose": 1.0}, composite=True).json()
+    simulation = held(client.app, answer["result"])
+    x0, y0, x1, y1 = simulation.photo.box
+    with FaceFinder(use_face_weights) as finder:
+        face = finder.find(simulation.photo.pixels)[0]
+    assert square_inside(face.square, 512, 512) == (x0, y0, x1, y1)
+    nose = face.region_masks(512, 512, ["nose"])["nose"][y0:y1, x0:x1] > 0
+    changed = np.abs(simulation.patch.astype(int) - simulation.photo.pixels[y0:y1, x0:x1]).max(axis=2) > 0
+    assert changed.any()
+    # Nothing moves farther than the feather (3 % of the model's side, scaled up) from the nose.
+    from scipy import ndimage
+
+    reach = ndimage.binary_dilation(nose, iterations=int(0.05 * (x1 - x0)) + 2)
+    assert not (changed & ~reach).any()
