@@ -165,7 +165,8 @@ class Tracking:
             "mlflow": {"run_name": name},
         }
         if start_step:
-            init_kwargs["tensorboard"] = {"purge_step": start_step}
+            # Steps up to the checkpoint stand; what an earlier try logged after it is hidden.
+            init_kwargs["tensorboard"] = {"purge_step": start_step + 1}
         if self.accelerator.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
         try:
