@@ -210,6 +210,75 @@ def load_square(file: Path, size: int) -> torch.Tensor:
     return resize(pad_to_square(to_tensor(read_rgb(file))[None])[0], size)
 
 
+@dataclass
+class InputFolder:
+    """What generation reads about the photos besides their pixels, from the folder they come
+    from: each image's procedure strengths (a dataset split's manifest, for a model that reads
+    procedures and a request that names none) and where a composite's region comes from.
+
+    - labels: image id -> (P,) strengths, or None.
+    - wanted: the procedures the request asks for (their region is the composite's).
+    - lookup: where regions are found (`RegionLookup`, or any object with its `find`); None
+      without a composite.
+    - labelled: image id -> its labelled procedures, whose region is used when `wanted` is None.
+    """
+
+    labels: dict[str, torch.Tensor] | None = None
+    wanted: tuple[str, ...] | None = None
+    lookup: RegionLookup | None = None
+    labelled: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, model: LoadedModel, input_dir: Path, settings: Generation) -> "InputFolder":
+        request = settings.request
+        folder = cls()
+        if "procedures" in model.family.uses and request.procedures is None:
+            folder.labels = dataset_procedures(input_dir, model.family.procedures)
+        if settings.composite is not None:
+            # The region of the procedures asked for, else of each image's labels in the manifest.
+            folder.wanted = chosen_procedures(request.procedures, model.family.procedures)
+            folder.lookup = region_lookup(input_dir, settings.regions)
+            found = dataset_split(input_dir)
+            if folder.wanted is None and found is not None:
+                folder.labelled = {r.id: r.procedures for r in read_manifest(found[0]) if r.split == found[1]}
+        elif settings.regions is not None:
+            raise SvaiError("--regions steers a composite: add --composite")
+        return folder
+
+
+def simulate_photos(
+    model: LoadedModel,
+    photos: list[tuple[Path, np.ndarray]],
+    settings: Generation,
+    folder: InputFolder,
+    start: int = 0,
+    composited: dict[str, int] | None = None,
+) -> list[np.ndarray]:
+    """The after image of each (file, (H, W, 3) uint8 pixels) as `svai generate` makes it:
+    the request with each image's labels, its reference (`start` is the index of the first
+    photo among all inputs), the model, then the composite. `composited` counts where each
+    composite's region came from ("regions", "change map")."""
+    request = settings.request
+    if folder.labels is not None:
+        unlabelled = procedure_vector({}, model.family.procedures)
+        request = replace(request, procedures=torch.stack([folder.labels.get(file.stem, unlabelled)
+                                                            for file, _ in photos]))
+    if settings.references:
+        chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(photos)]
+        request = replace(request, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
+    predictions = translate_batch(model, [image for _, image in photos], request)
+    if folder.lookup is None or settings.composite is None:
+        return predictions
+    out = []
+    for (file, image), prediction in zip(photos, predictions):
+        region = folder.lookup.find(file, image.shape[:2], folder.wanted or folder.labelled.get(file.stem))
+        if composited is not None:
+            source = "change map" if region is None else "regions"
+            composited[source] = composited.get(source, 0) + 1
+        out.append(composite(image, prediction, region, settings.composite)[0])
+    return out
+
+
 def generate_folder(
     model: LoadedModel,
     input_dir: Path,
@@ -229,20 +298,7 @@ def generate_folder(
         raise SvaiError(f"--batch-size must be at least 1; got {settings.batch_size}")
     check_output_folder({"--input": input_dir}, output_dir)
     files = list_images(input_dir) if files is None else files
-    request = settings.request
-    labels = None
-    if "procedures" in model.family.uses and request.procedures is None:
-        labels = dataset_procedures(input_dir, model.family.procedures)
-    wanted, lookup, labelled = None, None, {}
-    if settings.composite is not None:
-        # The region of the procedures asked for, else of each image's labels in the manifest.
-        wanted = chosen_procedures(request.procedures, model.family.procedures)
-        lookup = region_lookup(input_dir, settings.regions)
-        found = dataset_split(input_dir)
-        if wanted is None and found is not None:
-            labelled = {r.id: r.procedures for r in read_manifest(found[0]) if r.split == found[1]}
-    elif settings.regions is not None:
-        raise SvaiError("--regions steers a composite: add --composite")
+    folder = InputFolder.read(model, input_dir, settings)
     report = GenerateReport()
     seen: dict[Path, Path] = {}
     queue: list[tuple[Path, np.ndarray]] = []
@@ -251,21 +307,8 @@ def generate_folder(
         # Photos of different sizes batch fine: each is padded and resized to the model size.
         if not queue:
             return
-        asked = request
-        if labels is not None:
-            unlabelled = procedure_vector({}, model.family.procedures)
-            asked = replace(asked, procedures=torch.stack([labels.get(file.stem, unlabelled) for file, _ in queue]))
-        if settings.references:
-            start = len(report.written)
-            chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(queue)]
-            asked = replace(asked, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
-        predictions = translate_batch(model, [image for _, image in queue], asked)
-        for (file, image), prediction in zip(queue, predictions):
-            if lookup is not None:
-                region = lookup.find(file, image.shape[:2], wanted or labelled.get(file.stem))
-                source = "change map" if region is None else "regions"
-                report.composited[source] = report.composited.get(source, 0) + 1
-                prediction, _ = composite(image, prediction, region, settings.composite)
+        predictions = simulate_photos(model, queue, settings, folder, len(report.written), report.composited)
+        for (file, _), prediction in zip(queue, predictions):
             target = output_path(input_dir, output_dir, file)
             write_png(target, prediction)
             report.written.append(target)
@@ -295,4 +338,5 @@ def generate_folder(
     return report
 
 
-__all__ = ["LoadedModel", "GenerateReport", "Generation", "load_model", "generate_folder", "parse_procedures"]
+__all__ = ["LoadedModel", "GenerateReport", "Generation", "InputFolder", "load_model", "generate_folder",
+           "parse_procedures", "simulate_photos"]
