@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,app,diffusion]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,app,diffusion,tensorboard]"
 	touch $(STAMP)
 
 test: $(STAMP)
