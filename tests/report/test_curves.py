@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from report.support import collect  # tests/report/support.py
 from svai import report
 from svai.cli import app
 from svai.report import curves
@@ -75,19 +75,6 @@ def test_histories_come_from_run_folders_only(runs: dict) -> None:
     assert curves.chart_keys([history]) == ["G_l1", "D", "lr_factor", "images_per_s"]
 
 
-class Page(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
 def environment_file(run: Path, **fields) -> None:
     base = {"svai_version": "0.1.0", "torch": "2.4.0", "accelerate": "1.0.0", "device": "cpu", "precision": "no",
             "seed": 0, "command": f"svai train --out {run.name}", "started": "2025-01-01T00:00:00Z"}
@@ -103,8 +90,7 @@ def test_the_report_draws_each_runs_curves_and_samples_over_training(runs: dict,
     path = tmp_path / "report.html"
     report.html_report(rows, report.comparison_table(rows), {}, path, histories=report.load_histories(rows))
     text = path.read_text(encoding="utf-8")
-    page = Page()
-    page.feed(text)
+    page = collect(text)
     svgs = re.findall(r"<svg .*?</svg>", text, flags=re.S)
     assert len(svgs) == 4  # G_l1, D, the learning-rate factor, images per second
     for svg in svgs:
