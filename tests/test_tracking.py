@@ -206,3 +206,9 @@ def test_values_are_averaged_over_processes(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[:3000]
     mean = json.loads(done.stdout.strip().splitlines()[-1])
     assert mean == {"step": 3, "loss": 1.5, "images_per_s": 15.0, "lr_factor": 1.0}
+
+
+def test_help_names_the_option_and_the_extra() -> None:
+    text = " ".join(invoke("train", "--help").stdout.replace("│", " ").split())
+    assert "--log-with TRACKER" in text and "pip install 'svai[tensorboard]'" in text
+    assert "--log-with tensorboard" in text  # the example

@@ -64,7 +64,7 @@ def train(
     log_with: Optional[list[str]] = typer.Option(
         None, "--log-with", metavar="TRACKER",
         help="Also log to an experiment tracker: tensorboard, wandb, mlflow, aim … (repeatable; needs its extra, "
-             "e.g. pip install 'svai[tensorboard]')."),
+             "e.g. pip install 'svai\\[tensorboard]')."),
     resume: bool = typer.Option(
         False, "--resume",
         help="Continue the run in --out from its latest intact checkpoint (or redo its cut-short evaluation)."),
