@@ -19,7 +19,7 @@ WEIGHTS := $(abspath $(VENV)/weights)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,app,diffusion,face]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,app,diffusion,face,tensorboard]"
 	# mediapipe pulls OpenCV's GUI build too; both write cv2/: keep only the headless one.
 	$(BIN)/python -m pip uninstall --quiet -y opencv-contrib-python opencv-python
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps opencv-contrib-python-headless

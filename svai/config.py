@@ -89,6 +89,9 @@ class TrainConfig:
     evaluate: bool = True
     grad_clip: float = 0.0
     grad_accumulation: int = 1
+    # Experiment trackers Accelerate supports (tensorboard, wandb, mlflow, aim …), fed at
+    # log_every and sample_every; see svai/tracking.py.
+    log_with: list[str] = field(default_factory=list)
 
 
 @dataclass

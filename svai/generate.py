@@ -167,18 +167,22 @@ def chosen_procedures(strengths: torch.Tensor | None, vocabulary: tuple[str, ...
 def region_lookup(input_dir: Path, regions: Path | None) -> RegionLookup:
     """Where composite regions come from: the dataset split's own regions, then `regions`,
     then each photo's landmarks when the face layer can run (else one warning saying why)."""
-    from svai import face
-
     found = dataset_split(input_dir)
     own = found[0] / found[1] / REGIONS_DIR if found else None
     dataset = index_regions(own, "regions folder") if own is not None and own.is_dir() else None
     folder = index_regions(regions, "--regions") if regions is not None else None
-    finder = None
+    return RegionLookup(input_dir, dataset, folder, regions_finder())
+
+
+def regions_finder():  # type: ignore[no-untyped-def]
+    """The face finder that draws composite regions from a photo's landmarks, or None (and one
+    warning saying why) when the face layer cannot run."""
+    from svai import face
+
     if face.finder.problem() is None:
-        finder = face.finder.shared_finder()
-    else:
-        face.finder.warn_missing_once(log, "composite regions come from --regions or the change map")
-    return RegionLookup(input_dir, dataset, folder, finder)
+        return face.finder.shared_finder()
+    face.finder.warn_missing_once(log, "composite regions come from --regions or the change map")
+    return None
 
 
 def output_path(input_dir: Path, output_dir: Path, file: Path) -> Path:
@@ -253,6 +257,80 @@ def load_square(file: Path, size: int) -> torch.Tensor:
     return resize(pad_to_square(to_tensor(read_rgb(file))[None])[0], size)
 
 
+@dataclass
+class InputFolder:
+    """What generation reads about the photos besides their pixels, from the folder they come
+    from: each image's procedure strengths (a dataset split's manifest, for a model that reads
+    procedures and a request that names none) and where a composite's region comes from.
+
+    - labels: image id -> (P,) strengths, or None.
+    - wanted: the procedures the request asks for (their region is the composite's).
+    - lookup: where regions are found (`RegionLookup`, or any object with its `find_with_source`); None
+      without a composite.
+    - labelled: image id -> its labelled procedures, whose region is used when `wanted` is None.
+    """
+
+    labels: dict[str, torch.Tensor] | None = None
+    wanted: tuple[str, ...] | None = None
+    lookup: RegionLookup | None = None
+    labelled: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, model: LoadedModel, input_dir: Path, settings: Generation) -> "InputFolder":
+        request = settings.request
+        folder = cls()
+        if "procedures" in model.family.uses and request.procedures is None:
+            folder.labels = dataset_procedures(input_dir, model.family.procedures)
+        if settings.composite is not None:
+            # The region of the procedures asked for, else of each image's labels in the manifest.
+            folder.wanted = chosen_procedures(request.procedures, model.family.procedures)
+            folder.lookup = region_lookup(input_dir, settings.regions)
+            found = dataset_split(input_dir)
+            if folder.wanted is None and found is not None:
+                folder.labelled = {r.id: r.procedures for r in read_manifest(found[0]) if r.split == found[1]}
+        elif settings.regions is not None:
+            raise SvaiError("--regions steers a composite: add --composite")
+        return folder
+
+
+def simulate_photos(
+    model: LoadedModel,
+    photos: list[tuple[Path, np.ndarray]],
+    settings: Generation,
+    folder: InputFolder,
+    start: int = 0,
+    composited: dict[str, int] | None = None,
+    squares: dict[Path, tuple[int, int, int, int]] | None = None,
+) -> list[np.ndarray]:
+    """The after image of each (file, (H, W, 3) uint8 pixels) as `svai generate` makes it:
+    the request with each image's labels, its reference (`start` is the index of the first
+    photo among all inputs), the model (on the photo's face square where `squares` names one,
+    pasted back), then the composite. `composited` counts where each composite's region came
+    from ("regions", "landmark regions", "change map")."""
+    squares = squares or {}
+    request = settings.request
+    if folder.labels is not None:
+        unlabelled = procedure_vector({}, model.family.procedures)
+        request = replace(request, procedures=torch.stack([folder.labels.get(file.stem, unlabelled)
+                                                            for file, _ in photos]))
+    if settings.references:
+        chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(photos)]
+        request = replace(request, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
+    predictions = translate_batch(model, [_model_view(file, image, squares) for file, image in photos], request)
+    predictions = [_paste_square(image, prediction, squares[file]) if file in squares else prediction
+                   for (file, image), prediction in zip(photos, predictions)]
+    if folder.lookup is None or settings.composite is None:
+        return predictions
+    out = []
+    for (file, image), prediction in zip(photos, predictions):
+        chosen = folder.wanted or folder.labelled.get(file.stem)
+        region, source = folder.lookup.find_with_source(file, image.shape[:2], chosen, image)
+        if composited is not None:
+            composited[source] = composited.get(source, 0) + 1
+        out.append(composite(image, prediction, region, settings.composite)[0])
+    return out
+
+
 def generate_folder(
     model: LoadedModel,
     input_dir: Path,
@@ -272,20 +350,7 @@ def generate_folder(
         raise SvaiError(f"--batch-size must be at least 1; got {settings.batch_size}")
     check_output_folder({"--input": input_dir}, output_dir)
     files = list_images(input_dir) if files is None else files
-    request = settings.request
-    labels = None
-    if "procedures" in model.family.uses and request.procedures is None:
-        labels = dataset_procedures(input_dir, model.family.procedures)
-    wanted, lookup, labelled = None, None, {}
-    if settings.composite is not None:
-        # The region of the procedures asked for, else of each image's labels in the manifest.
-        wanted = chosen_procedures(request.procedures, model.family.procedures)
-        lookup = region_lookup(input_dir, settings.regions)
-        found = dataset_split(input_dir)
-        if wanted is None and found is not None:
-            labelled = {r.id: r.procedures for r in read_manifest(found[0]) if r.split == found[1]}
-    elif settings.regions is not None:
-        raise SvaiError("--regions steers a composite: add --composite")
+    folder = InputFolder.read(model, input_dir, settings)
     report = GenerateReport()
     seen: dict[Path, Path] = {}
     queue: list[tuple[Path, np.ndarray]] = []
@@ -297,22 +362,8 @@ def generate_folder(
         # Photos of different sizes batch fine: each is padded and resized to the model size.
         if not queue:
             return
-        asked = request
-        if labels is not None:
-            unlabelled = procedure_vector({}, model.family.procedures)
-            asked = replace(asked, procedures=torch.stack([labels.get(file.stem, unlabelled) for file, _ in queue]))
-        if settings.references:
-            start = len(report.written)
-            chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(queue)]
-            asked = replace(asked, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
-        predictions = translate_batch(model, [_model_view(file, image, squares) for file, image in queue], asked)
-        for (file, image), prediction in zip(queue, predictions):
-            if file in squares:
-                prediction = _paste_square(image, prediction, squares[file])
-            if lookup is not None:
-                region, source = lookup.find_with_source(file, image.shape[:2], wanted or labelled.get(file.stem), image)
-                report.composited[source] = report.composited.get(source, 0) + 1
-                prediction, _ = composite(image, prediction, region, settings.composite)
+        predictions = simulate_photos(model, queue, settings, folder, len(report.written), report.composited, squares)
+        for (file, _), prediction in zip(queue, predictions):
             target = output_path(input_dir, output_dir, file)
             write_png(target, prediction)
             report.written.append(target)
@@ -369,4 +420,5 @@ def _paste_square(image: np.ndarray, square: np.ndarray, box: tuple[int, int, in
     return out
 
 
-__all__ = ["LoadedModel", "GenerateReport", "Generation", "load_model", "generate_folder", "parse_procedures"]
+__all__ = ["LoadedModel", "GenerateReport", "Generation", "InputFolder", "load_model", "generate_folder",
+           "parse_procedures", "simulate_photos"]

@@ -30,17 +30,19 @@ from svai.checkpoint import (
 from svai.config import RunConfig, load_run_config, resolve
 from svai.data.augment import augment_batch
 from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_uint8
+from svai.environment import ENVIRONMENT_FILE, environment_record, write_environment
 from svai.errors import SvaiError
 from svai.io import check_output_folder, write_atomic, write_png
 from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
 from svai.models.registry import make_family
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals
+from svai.tracking import TRACKERS_DIR, Tracking, check_trackers, flat_hparams, process_mean
 
 log = logging.getLogger(__name__)
 
 # What a run writes before its first checkpoint; a folder holding only these may start over.
-RESTARTABLE = frozenset({"config.yaml", "log.jsonl", "samples", "checkpoints"})
+RESTARTABLE = frozenset({"config.yaml", "log.jsonl", "samples", "checkpoints", ENVIRONMENT_FILE, TRACKERS_DIR})
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -117,6 +119,8 @@ class Trainer:
         train = config.train
         if train.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise SvaiError("--mixed-precision fp16 needs a CUDA GPU: use bf16 or no on this machine")
+        # A tracker that is not installed fails here, before anything is built.
+        train.log_with = check_trackers(train.log_with)
         # GAN phases freeze networks and call discriminators several times per step, so
         # DDP must tolerate parameters without gradients in a backward pass.
         # Accelerate keeps one process-wide state; a second run in the same process (a notebook,
@@ -131,7 +135,10 @@ class Trainer:
             cpu=on_cpu,
             mixed_precision=train.mixed_precision,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            log_with=train.log_with or None,
+            project_dir=str(self.run_dir / TRACKERS_DIR) if train.log_with else None,
         )
+        self.tracking = Tracking(self.accelerator, train.log_with, self.run_dir)
         if not config.data.root:
             raise SvaiError("--data is required: give a folder made by `svai prepare`")
         self.train_set = PairedImages(Path(config.data.root), "train", config.data.image_size,
@@ -250,6 +257,7 @@ class Trainer:
         total = config.train.steps
         if accelerator.is_main_process:
             self._truncate_log(self.start_step)
+        self.tracking.start(flat_hparams(config.to_dict()), self.start_step)
         images_per_step = config.train.batch_size * config.train.grad_accumulation * accelerator.num_processes
         step = self.start_step
         interrupted = False
@@ -277,7 +285,9 @@ class Trainer:
                         record = {"step": step, "lr_factor": factor,
                                   **{k: totals[k] / counts[k] for k in totals},
                                   "images_per_s": window_images / max(elapsed, 1e-9)}
+                        record = process_mean(accelerator, record)
                         self._log(record)
+                        self.tracking.log(record, self._learning_rates())
                         self.on_event({"event": "log", "step": step, "total": total, "logs": record})
                         window_start, window_images, totals, counts = time.perf_counter(), 0, {}, {}
                     else:
@@ -305,7 +315,9 @@ class Trainer:
         return TrainResult(self.run_dir, self.start_step, step, total, interrupted, checkpoint)
 
     def close(self) -> None:
-        """Let go of the run folder's lock, when `prepare_training` took it for this trainer."""
+        """Close the trackers, and let go of the run folder's lock when `prepare_training`
+        took it for this trainer."""
+        self.tracking.finish()
         lock, self._lock = getattr(self, "_lock", None), None
         if lock is not None:
             lock.release()
@@ -380,6 +392,17 @@ class Trainer:
         with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def _learning_rates(self) -> dict[str, float]:
+        """Each optimiser's current learning rate; one per parameter group when they differ."""
+        rates: dict[str, float] = {}
+        for name, optimizer in self.optimizers.items():
+            values = [group["lr"] for group in optimizer.param_groups]
+            if len(set(values)) == 1:
+                rates[name] = values[0]
+            else:
+                rates.update({f"{name}.{index}": value for index, value in enumerate(values)})
+        return rates
+
     def _truncate_log(self, step: int) -> None:
         """Drop log lines past the resumed step, so the log tells one consistent history."""
         path = self.run_dir / "log.jsonl"
@@ -405,7 +428,9 @@ class Trainer:
         rows = [np.concatenate(list(images), axis=1)
                 for images in zip(to_uint8(items["before"]), to_uint8(fake), to_uint8(items["after"]))]
         path = self.run_dir / "samples" / f"step-{step:08d}.png"
-        write_png(path, np.concatenate(rows, axis=0))
+        grid = np.concatenate(rows, axis=0)
+        write_png(path, grid)
+        self.tracking.log_image(grid, step)
         self.on_event({"event": "sample", "step": step, "path": str(path)})
 
     def _save(self, step: int) -> Path | None:
@@ -448,8 +473,11 @@ def prepare_training(
     on_event: EventCallback | None = None,
     should_stop: Callable[[int], bool] | None = None,
     lock: RunLock | None = None,
+    command: str | None = None,
 ) -> Trainer:
-    """Check everything, build the models and write the run's config; `run()` then trains.
+    """Check everything, build the models and write the run's config and environment record
+    (`svai.environment`; `command` is what started the run, by default this process's
+    command line); `run()` then trains.
 
     The main process locks the run folder (`svai.runlock`) so that no second run or resume
     writes into it; `run()` (or `close()`) lets go. A caller that must keep the folder longer
@@ -468,6 +496,11 @@ def prepare_training(
         if trainer.accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(run_dir / "config.yaml", config.to_yaml().encode())
+            accelerator = trainer.accelerator
+            write_environment(run_dir, environment_record(
+                device=accelerator.device, processes=accelerator.num_processes,
+                precision=config.train.mixed_precision, seed=config.train.seed, start_step=trainer.start_step,
+                command=command))
         trainer.accelerator.wait_for_everyone()
     except BaseException:
         if own and lock is not None:
@@ -488,9 +521,10 @@ def train(
     resume: bool = False,
     on_event: EventCallback | None = None,
     should_stop: Callable[[int], bool] | None = None,
+    command: str | None = None,
 ) -> TrainResult:
     """Train `config` into `run_dir` (new, or continued from its latest checkpoint)."""
-    trainer = prepare_training(config, run_dir, resume, on_event, should_stop)
+    trainer = prepare_training(config, run_dir, resume, on_event, should_stop, command=command)
     try:
         return trainer.run()
     finally:

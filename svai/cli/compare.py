@@ -23,7 +23,9 @@ from svai.errors import SvaiError
         "  svai compare runs/* --format markdown > results.md\n\n"
         "  svai compare runs/p2p runs/cyclegan --grid grid.png --rows 6 --report report.html\n\n"
         "Bold marks the best value of each column; † marks a model value worse than the baseline "
-        "(the unedited before image scored as the prediction)."
+        "(the unedited before image scored as the prediction). Below the table: what differs between the "
+        "runs' environment.json (versions, commit, device, precision, seed). The report also draws each "
+        "run's loss curves from its log.jsonl and its sample grids over training."
     ),
 )
 @user_errors
@@ -51,6 +53,10 @@ def compare(
     table = rp.comparison_table(loaded, sort=sort)
     if fmt == "table":
         _print_full_width(rp.rich_table(table))
+        differences = rp.environment_differences(loaded)
+        if differences:
+            console.print("runs differ in:\n" + "\n".join(f"  {line}" for line in differences),
+                          markup=False, highlight=False)
     else:
         typer.echo(rp.format_table(table, fmt), nl=False)
     warned: set[str] = set()
@@ -71,7 +77,7 @@ def compare(
         _done(f"wrote {grid} ({len(plan.ids)} image(s): {', '.join(plan.ids)})")
     if report is not None:
         grids = _report_grids(ordered, id_list, rows, before, cell, warned)
-        rp.html_report(loaded, table, grids, report)
+        rp.html_report(loaded, table, grids, report, histories=rp.load_histories(ordered))
         _done(f"wrote {report}")
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from svai.cli.app import app, console, user_errors
 
 
-@app.command(epilog="Examples:\n\n  svai models\n\n  svai models --json > models.json")
+@app.command(epilog=(
+    "Examples:\n\n  svai models\n\n  svai models --json > models.json\n\n"
+    "The table gives each model's total parameter count at its default image size, then its description "
+    "and the svai generate options it takes; --json adds the count of every network."))
 @user_errors
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the models `svai train --model` accepts, with their network sizes."""
@@ -40,13 +44,30 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     if as_json:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title="svai models")
-    for column in ("name", "family", "pairs", "controls", "parameters (at size)", "description"):
-        table.add_column(column)
+    console.print(_table(rows))
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+
+
+def _table(rows: list[dict]) -> Table:
+    """The table for people: it fits 80 columns without breaking a name, a number or an
+    option, and lets only the description wrap (at spaces). The per-network counts are in
+    --json."""
+    table = Table(title="svai models", title_justify="left", show_lines=True)
+    table.add_column("model", no_wrap=True)
+    table.add_column("pairs", no_wrap=True)
+    table.add_column("parameters", no_wrap=True, justify="right")
+    table.add_column("description / generate options", ratio=1, min_width=24)
     for row in rows:
-        params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in row["parameters"].items())
-        name = f"{row['name']} (recommended)" if row["recommended"] else row["name"]
-        table.add_row(name, row["family"], "yes" if row["paired"] else "no",
-                      " ".join(row["controls"]) or "-",
-                      f"{params} ({row['image_size']}px)", row["description"])
-    console.print(table)
+        name = escape(row["name"])
+        if row["family"] != row["name"]:
+            name += f"\n[dim]{escape(row['family'])} family[/]"
+        if row["recommended"]:
+            name += "\n[bold green]recommended[/]"
+        params = f"{_millions(sum(row['parameters'].values()))}\n[dim]at {row['image_size']} px[/]"
+        controls = " ".join(row["controls"]) or "-"
+        table.add_row(name, "yes" if row["paired"] else "no", params,
+                      f"{escape(row['description'])}\n[dim]{escape(controls)}[/]")
+    return table

@@ -44,6 +44,7 @@ def _summary(evaluation: dict[str, Any]) -> str:
         "  svai train --model pix2pix --data data/synth --out runs/p2p --steps 2000\n\n"
         "  svai train --model cyclegan-attn --data data/synth --out runs/cga --set model.attention_heads=4\n\n"
         "  svai train --out runs/p2p --resume --steps 4000      (continue a run up to step 4000)\n\n"
+        "  svai train --model pix2pix --data data/synth --out runs/p2p --log-with tensorboard\n\n"
         "  accelerate launch -m svai.cli train --model pix2pix ...   (several GPUs)\n\n"
         "Settings, lowest precedence first: model defaults < preset < --config < --set < flags."
     ),
@@ -60,6 +61,10 @@ def train(
     mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", metavar="no|fp16|bf16", help="Autocast precision (fp16 needs a CUDA GPU)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (weights, data order, dropout)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override any setting: --set model.lambda_l1=50 (repeatable)."),
+    log_with: Optional[list[str]] = typer.Option(
+        None, "--log-with", metavar="TRACKER",
+        help="Also log to an experiment tracker: tensorboard, wandb, mlflow, aim … (repeatable; needs its extra, "
+             "e.g. pip install 'svai\\[tensorboard]')."),
     resume: bool = typer.Option(
         False, "--resume",
         help="Continue the run in --out from its latest intact checkpoint (or redo its cut-short evaluation)."),
@@ -74,7 +79,7 @@ def train(
     flags = {
         "data.root": str(data) if data is not None else None,
         "train.steps": steps, "train.batch_size": batch_size, "data.image_size": image_size,
-        "train.mixed_precision": mixed_precision, "train.seed": seed,
+        "train.mixed_precision": mixed_precision, "train.seed": seed, "train.log_with": log_with,
     }
     if data is not None and not data.is_dir():
         raise SvaiError(f"--data {data}: folder not found (make one with `svai prepare`)")

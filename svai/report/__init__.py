@@ -8,11 +8,13 @@ One module per concern; everything public is importable from `svai.report`:
 - `formats`: markdown, CSV, JSON and the rich terminal table, and the one "mean ± std (n)"
   formatter every output uses;
 - `grid`: image grids (before | each model | real after);
+- `curves`: training histories (log.jsonl curves as inline SVG, sample grids over time);
 - `html`: the self-contained HTML page.
 """
 
 from __future__ import annotations
 
+from svai.report.curves import History, load_histories, training_html
 from svai.report.formats import (
     FORMATS,
     SummaryText,
@@ -28,7 +30,9 @@ from svai.report.formats import (
 )
 from svai.report.grid import GridPlan, fit_cell, image_grid, plan_grid, render_grid, save_png, spread, title_bar_height
 from svai.report.html import html_report, report_html
-from svai.report.results import RESULT_FILE, as_number, differing_settings, load_results, settings_rows
+from svai.report.results import (
+    RESULT_FILE, as_number, differing_settings, environment_differences, load_results, settings_rows,
+)
 from svai.report.table import (
     MISSING,
     PREFERRED_ORDER,
@@ -45,9 +49,10 @@ from svai.report.table import (
 
 __all__ = [
     "FORMATS", "MISSING", "PREFERRED_ORDER", "REGION_SUFFIXES", "RESULT_FILE", "VS_BASELINE", "WORSE_MARK",
-    "Cell", "Column", "ComparisonTable", "GridPlan", "SummaryText", "TableRow",
+    "Cell", "Column", "ComparisonTable", "GridPlan", "History", "SummaryText", "TableRow",
     "as_number", "cell_summary", "cell_text", "comparison_table", "csv_fields", "differing_settings", "fit_cell",
-    "format_number", "format_table", "html_report", "image_grid", "legend", "load_results", "ordered_metrics",
+    "environment_differences", "format_number", "format_table", "html_report", "image_grid", "legend",
+    "load_histories", "load_results", "ordered_metrics",
     "plan_grid", "render_grid", "report_html", "rich_table", "save_png", "settings_rows", "spread",
-    "summary_text", "table_dict", "title_bar_height",
+    "summary_text", "table_dict", "title_bar_height", "training_html",
 ]

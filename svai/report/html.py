@@ -13,8 +13,9 @@ from PIL import Image
 
 from svai import __version__
 from svai.io import png_bytes, write_atomic
+from svai.report.curves import History, training_html
 from svai.report.formats import cell_summary, legend
-from svai.report.results import settings_rows
+from svai.report.results import environment_differences, settings_rows
 from svai.report.table import MISSING, WORSE_MARK, Cell, Column, ComparisonTable
 
 _CSS = """
@@ -45,6 +46,13 @@ font-size:13px}
 table.settings td{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all;max-width:360px}
 table.settings th{background:#f0f0f3}
 table.settings tr.differs td{background:#fff1e0}
+div.differs{background:#fff1e0;border-radius:6px;padding:6px 14px;margin:8px 0}
+h3{font-size:15px;margin:20px 0 8px}
+.charts,.samples{display:flex;flex-wrap:wrap;gap:12px}
+svg.chart{background:#fff;border:1px solid #e5e5e5}
+svg.chart .title{font-size:13px;font-weight:600;fill:#1d1d1f}svg.chart .tick{font-size:11px;fill:#555}
+svg.chart .grid{stroke:#eee}svg.chart .axis{stroke:#999}
+.samples figure{margin:0}
 """
 
 
@@ -53,19 +61,23 @@ def html_report(
     table: ComparisonTable,
     grids: Mapping[str, Image.Image] | Sequence[Image.Image],
     path: Path,
+    histories: Sequence[History] = (),
 ) -> None:
-    """Write one self-contained HTML page: table, grids (embedded PNG), settings, warnings.
+    """Write one self-contained HTML page: table, grids (embedded PNG), training curves and
+    sample grids over time (`histories`, see `svai.report.curves`), settings, warnings.
 
     `grids` maps a caption to an image (a plain list gets no captions). Nothing is loaded from
-    elsewhere: styles are inline and images are data URIs, so the file can be mailed as is.
+    elsewhere: styles are inline, charts are inline SVG and images are data URIs, so the file
+    can be mailed as is.
     """
-    write_atomic(Path(path), report_html(rows, table, grids).encode("utf-8"))
+    write_atomic(Path(path), report_html(rows, table, grids, histories).encode("utf-8"))
 
 
 def report_html(
     rows: list[dict],
     table: ComparisonTable,
     grids: Mapping[str, Image.Image] | Sequence[Image.Image],
+    histories: Sequence[History] = (),
 ) -> str:
     """The page `html_report` writes, as text."""
     captioned = list(grids.items()) if isinstance(grids, Mapping) else [("", image) for image in grids]
@@ -88,9 +100,11 @@ def report_html(
     if captioned:
         parts.append("<h2>Images</h2>")
         parts += [_html_figure(caption, image) for caption, image in captioned]
+    parts.append(training_html(histories))
     if table.notes:
         parts += ["<h2>Notes</h2>", _html_list("notes", table.notes, "")]
-    parts += ["<h2>Settings and provenance</h2>", _html_settings(rows, table), "</main></body></html>"]
+    parts += ["<h2>Settings and provenance</h2>", _html_list("differs", environment_differences(rows), "Runs differ in"),
+              _html_settings(rows, table), "</main></body></html>"]
     return "\n".join(part for part in parts if part) + "\n"
 
 
@@ -148,7 +162,7 @@ def _html_figure(caption: str, image: Image.Image) -> str:
 
 
 # Keys that differ between rows by design; only the others are flagged when they differ.
-_PER_RUN_KEYS = frozenset({"role", "source", "pred", "before", "masks"})
+_PER_RUN_KEYS = frozenset({"role", "source", "pred", "before", "masks", "environment.command", "environment.started"})
 
 
 def _html_settings(rows: list[dict], table: ComparisonTable) -> str:

@@ -12,6 +12,9 @@ added, all starting with an underscore:
   share a name);
 - ``_baseline``: for a model, the ``_label`` of the baseline it is compared with, else None;
 - ``_notes``: extra remarks found while loading (for example two baselines that disagree).
+
+A model row read from a run folder also carries ``environment``: what the run's
+``environment.json`` says reproduces it (versions, commit, device, precision, seed, command).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
+from svai.environment import difference_lines, read_environment
 from svai.errors import SvaiError
 
 RESULT_FILE = "evaluation.json"
@@ -112,6 +116,8 @@ def _rows_from_result(data: dict, file: Path) -> list[dict]:
     row["name"] = str(data.get("name") or _default_name(file, row["role"]))
     row["_source"] = str(file)
     _resolve_dirs(row, file.parent)
+    if row["role"] == "model" and file.name == RESULT_FILE:
+        _attach_environment(row, file.parent)
     embedded = data.get("baseline")
     if embedded is None:
         return [row]
@@ -126,6 +132,23 @@ def _rows_from_result(data: dict, file: Path) -> list[dict]:
     _resolve_dirs(baseline, file.parent)
     row["_baseline_key"] = _dir_key(baseline)
     return [row, baseline]
+
+
+def _attach_environment(row: dict, run_dir: Path) -> None:
+    """The run's first start as `environment`; resumes are counted, not listed."""
+    record = read_environment(run_dir)
+    if record is None:
+        return
+    environment = {key: value for key, value in record.items() if key != "resumes"}
+    if record.get("resumes"):
+        environment["resumes"] = len(record["resumes"])
+    row["environment"] = environment
+
+
+def environment_differences(rows: list[dict]) -> list[str]:
+    """One line per reproducibility field (svai and library versions, commit, device,
+    precision, seed …) whose value differs between the model rows that record one."""
+    return difference_lines({row["_label"]: row.get("environment") for row in rows if row["role"] != "baseline"})
 
 
 def _default_name(file: Path, role: str) -> str:
@@ -248,7 +271,7 @@ def _provenance(row: dict) -> dict[str, str]:
     values.update({key: row[key] for key in DIRS if row.get(key)})
     if row.get("svai_version"):
         values["svai_version"] = row["svai_version"]
-    for section in ("settings", "weights", "versions"):
+    for section in ("settings", "weights", "versions", "environment"):
         values.update(_flatten(row.get(section), section))
     unmatched = row.get("unmatched") or {}
     for key in ("pred_only", "target_only"):

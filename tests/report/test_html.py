@@ -7,33 +7,18 @@ import io
 import json
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from report.support import Collector, collect  # tests/report/support.py
 from svai import report
 
 
-class Collector(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
 def parse(path: Path) -> Collector:
-    collector = Collector()
-    collector.feed(path.read_text(encoding="utf-8"))
-    return collector
+    return collect(path.read_text(encoding="utf-8"))
 
 
 def write_report(runs: dict, path: Path) -> tuple[Path, Image.Image]:

@@ -1,0 +1,397 @@
+"""The Python API: simulate a photo with a trained run, prepare data, train and evaluate.
+
+For notebooks and for software that embeds svai (a clinic's own viewer). Every function
+calls the library code the matching command calls, so results are the same as the CLI's:
+`Run.simulate` on a photo gives the pixels `svai generate` writes for it.
+
+The names in `__all__` are the stable surface: they keep their meaning and their parameters
+across versions (new parameters come as keyword arguments with defaults). Everything else in
+svai may change. Mistakes in what is passed raise `SvaiError` (one line naming the problem).
+`svai.load_run`, `svai.prepare`, `svai.evaluate` and `svai.Run` are these same objects;
+training is `svai.api.train`, because `svai.train` is the training loop's module.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from svai.errors import SvaiError
+
+# What `Run.simulate` accepts as a photo: a file, a Pillow image, or (H, W[, 3|4]) uint8 pixels.
+PhotoLike = Union[str, Path, Image.Image, np.ndarray]
+# Procedures: "nose+jaw" or "nose:0.5" as on the command line, ["nose", "jaw"], or {"nose": 0.5}.
+ProceduresLike = Union[str, Sequence[str], Mapping[str, float]]
+
+# The `Run.simulate` keyword that sets each request field a family may read.
+_KEYWORDS = {"procedures": "procedures", "intensity": "intensity", "reference": "reference", "generator": "seed",
+             "steps": "steps", "guidance": "guidance", "strength": "strength", "prompt": "prompt"}
+
+
+def _pixels(photo: PhotoLike, what: str = "image") -> tuple[np.ndarray, Path | None]:
+    """(H, W, 3) uint8 RGB and the file it came from (None for pixels in memory), decoded the
+    way `svai generate` decodes files: EXIF orientation applied, transparency on white."""
+    from svai.data.images import read_rgb, to_rgb_array
+
+    if isinstance(photo, (str, Path)):
+        return read_rgb(Path(photo)), Path(photo)
+    if isinstance(photo, Image.Image):
+        return to_rgb_array(ImageOps.exif_transpose(photo)), None
+    if isinstance(photo, np.ndarray):
+        if photo.dtype != np.uint8 or photo.ndim not in (2, 3) or (photo.ndim == 3 and photo.shape[2] not in (3, 4)):
+            raise SvaiError(f"{what}: expected (H, W), (H, W, 3) or (H, W, 4) uint8 pixels; "
+                            f"got {photo.dtype} {photo.shape}")
+        return to_rgb_array(Image.fromarray(np.ascontiguousarray(photo))), None
+    raise SvaiError(f"{what}: expected a file path, a PIL image or a numpy array; got {type(photo).__name__}")
+
+
+def _procedure_text(procedures: ProceduresLike) -> str:
+    if isinstance(procedures, str):
+        return procedures
+    if isinstance(procedures, Mapping):
+        return "+".join(f"{name}:{strength}" for name, strength in procedures.items())
+    return "+".join(str(name) for name in procedures)
+
+
+class _GivenRegions:
+    """Regions handed over in memory, {procedure: mask}, white (or True) = region; answers
+    `find` as `svai.composite.RegionLookup` does for files."""
+
+    def __init__(self, regions: Mapping[str, PhotoLike]) -> None:
+        self.masks = {}
+        for name, mask in regions.items():
+            if isinstance(mask, np.ndarray) and mask.dtype == bool:
+                self.masks[name] = mask
+            else:
+                self.masks[name] = _pixels(mask, f"regions[{name!r}]")[0].mean(axis=2) >= 128
+
+    def find_with_source(self, file: Any, shape: tuple[int, int], chosen: tuple[str, ...] | None,
+                         image: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
+        """The region of `chosen` from the masks given, else from the photo's own landmarks
+        (the face layer, as `svai generate` does), else None (the change map)."""
+        from svai.composite import landmark_region, union
+        from svai.data.regions import fit_region
+        from svai.generate import regions_finder
+
+        names = tuple(chosen) if chosen else tuple(self.masks)
+        if names and all(name in self.masks for name in names):
+            return union((fit_region(self.masks[name], *shape) for name in names), shape), "regions"
+        finder = regions_finder()
+        if finder is not None and image is not None:
+            region = landmark_region(finder, image, chosen)
+            if region is not None:
+                return region, "landmark regions"
+        return None, "change map"
+
+    def find(self, file: Any, shape: tuple[int, int], chosen: tuple[str, ...] | None) -> np.ndarray | None:
+        return self.find_with_source(file, shape, chosen)[0]
+
+
+class Run:
+    """A trained run, loaded once (its inference networks on `device`); `simulate` any number
+    of photos. Simulations run one at a time (they share the networks)."""
+
+    def __init__(self, path: Path, model: Any) -> None:
+        self.path = Path(path)
+        self._model = model
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The model or preset the run was trained as (`svai models`)."""
+        return self._model.config.name
+
+    @property
+    def family(self) -> str:
+        return self._model.config.family
+
+    @property
+    def step(self) -> int:
+        """The training step of the loaded checkpoint."""
+        return self._model.step
+
+    @property
+    def image_size(self) -> int:
+        """The size in pixels the model works at; photos of any size are accepted."""
+        return self._model.config.data.image_size
+
+    @property
+    def procedures(self) -> tuple[str, ...]:
+        """The procedures `simulate(procedures=...)` takes, in column order; () when the model
+        has no procedure control."""
+        family = self._model.family
+        return tuple(family.procedures) if "procedures" in family.uses else ()
+
+    @property
+    def controls(self) -> tuple[str, ...]:
+        """The `simulate` keywords this model reads (besides `composite` and `regions`)."""
+        return tuple(sorted(_KEYWORDS[field] for field in self._model.family.uses))
+
+    @property
+    def composite_default(self) -> bool:
+        """Whether `simulate` composites when `composite` is None (the run's generate.composite)."""
+        return bool(self._model.config.generate.composite)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, model={self.name!r}, step={self.step})"
+
+    def simulate(
+        self,
+        photo: PhotoLike,
+        procedures: ProceduresLike | None = None,
+        *,
+        intensity: float | None = None,
+        composite: bool | None = None,
+        regions: Mapping[str, PhotoLike] | None = None,
+        seed: int | None = None,
+        reference: PhotoLike | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        strength: float | None = None,
+        prompt: str | None = None,
+    ) -> Image.Image:
+        """The simulated after photo, at the photo's own size, as a new RGB `PIL.Image`.
+
+        - photo: a file path, a PIL image or (H, W, 3) uint8 pixels. A file inside a prepared
+          dataset split (`DATA/test/before/x.png`) is treated exactly as `svai generate`
+          treats it: its manifest labels and its regions count.
+        - procedures: "nose+jaw", "nose:0.5", ["nose", "jaw"] or {"nose": 0.5}, over
+          `self.procedures` (models with a procedure control).
+        - intensity: 0..1, how strong the change is (1 = as trained).
+        - composite: keep every pixel outside the procedures' region identical to the photo;
+          None = the run's default (`self.composite_default`).
+        - regions: {procedure: mask} drawn on this photo (white = region, any size) for the
+          composite; without them the model's own change map is the region.
+        - seed, reference, steps, guidance, strength, prompt: as `svai generate`'s options,
+          for the models that read them (`self.controls`).
+
+        Raises `SvaiError` for a keyword this model does not read or a value out of range.
+        """
+        import torch
+
+        from svai.composite import CompositeOptions
+        from svai.data.dataset import resize, to_tensor
+        from svai.generate import (
+            FACE_CROP_FACTOR, Generation, InputFolder, _face_finder, face_square_of, pad_to_square, parse_procedures,
+            simulate_photos,
+        )
+        from svai.models.base import Request
+
+        model = self._model
+        if intensity is not None and not 0.0 <= intensity <= 1.0:
+            raise SvaiError(f"intensity must be between 0 and 1; got {intensity}")
+        pixels, file = _pixels(photo, "photo")
+        request = Request(
+            procedures=parse_procedures(_procedure_text(procedures), model.family.procedures)
+            if procedures is not None else None,
+            intensity=intensity, generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+            steps=steps, guidance=guidance, strength=strength, prompt=prompt)
+        if reference is not None:
+            square = pad_to_square(to_tensor(_pixels(reference, "reference")[0])[None])[0]
+            request.reference = resize(square, self.image_size)
+        unused = [field for field in request.given() if field not in model.family.uses]
+        if unused:
+            raise SvaiError(f"{_KEYWORDS[unused[0]]}: {self.name} models do not use it "
+                            f"(they take {', '.join(self.controls) or 'no option'}); leave it out")
+        if composite is None:
+            composite = self.composite_default
+        if regions is not None and not composite:
+            raise SvaiError("regions steer a composite: pass composite=True")
+        settings = Generation(1, request=request, composite=CompositeOptions() if composite else None)
+        if file is not None:
+            folder = InputFolder.read(model, file.parent, settings)
+            if regions is not None:
+                folder.lookup = _GivenRegions(regions)
+        else:
+            file = Path("photo.png")  # a name for the lookups; nothing is read or written
+            folder = InputFolder(wanted=None, lookup=None)
+            if composite:
+                from svai.generate import chosen_procedures
+
+                folder.wanted = chosen_procedures(request.procedures, model.family.procedures)
+                folder.lookup = _GivenRegions(regions or {})
+        squares = {}
+        finder = _face_finder(None)
+        if finder is not None and max(pixels.shape[:2]) > FACE_CROP_FACTOR * self.image_size:
+            square, _ = face_square_of(pixels, finder)
+            if square is None:
+                raise SvaiError(f"no face found in the photo (the face layer looks for one in photos larger than "
+                                f"{FACE_CROP_FACTOR * self.image_size} px): crop it to the face first")
+            squares[file] = square
+        with self._lock:
+            [result] = simulate_photos(model, [(file, pixels)], settings, folder, squares=squares)
+        return Image.fromarray(result)
+
+
+def load_run(run: str | Path, *, checkpoint: str | int = "latest", device: str | None = None) -> Run:
+    """Load a run folder made by `svai train` (or `train`): its config and the weights of
+    `checkpoint` ("latest" or a step), on `device` ("cpu", "cuda"; default: cuda when present)."""
+    from svai.generate import load_model
+
+    return Run(Path(run), load_model(Path(run), checkpoint, device))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared dataset: its folder, pairs per split and how many inputs were skipped."""
+
+    path: Path
+    pairs: dict[str, int]
+    skipped: int = 0
+
+
+def prepare(
+    source: str | Path,
+    out: str | Path,
+    *,
+    size: int | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.1,
+    count: int = 300,
+    force: bool = False,
+    **options: Any,
+) -> Prepared:
+    """`svai prepare SOURCE OUT`: photos (a folder or a CSV of pairs) or "synthetic" faces into
+    a prepared dataset. `options` are `svai prepare`'s photo options by their Python names:
+    pairing, pairs_csv, order, labels, crop, align, workers, regions (see docs/data.md).
+    Size defaults to 512 for photos and 128 for synthetic faces; `count` is for synthetic."""
+    out = Path(out)
+    if str(source) == "synthetic":
+        from svai.data.prepare import prepare_synthetic
+
+        if options:
+            raise SvaiError(f"{sorted(options)[0]}: synthetic data takes only size, seed, test_fraction, count, force")
+        summary = prepare_synthetic(out, count=count, size=128 if size is None else size, seed=seed,
+                                    test_fraction=test_fraction, force=force)
+        if summary is None:
+            raise SvaiError(f"prepare was stopped; call it again to finish {out}")
+        return Prepared(out, dict(summary["pairs"]))
+    from dataclasses import fields
+
+    from svai.data.prepare import PrepareOptions, prepare_dataset
+
+    known = {f.name for f in fields(PrepareOptions)} - {"size", "seed", "test_fraction", "force", "max_pixels"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SvaiError(f"{unknown[0]}: not an option of prepare; use {', '.join(sorted(known))}")
+    settings = PrepareOptions(size=512 if size is None else size, seed=seed, test_fraction=test_fraction,
+                              force=force, **options)
+    report = prepare_dataset(Path(source), out, settings)
+    if report.interrupted:
+        raise SvaiError(f"prepare was stopped; call it again to finish {out}")
+    if report.total == 0:
+        raise SvaiError(f"no pair could be prepared from {source} ({len(report.skipped)} files skipped)")
+    return Prepared(out, dict(report.pairs), len(report.skipped))
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A finished (or stopped) training: the run folder, the step reached, the run's total,
+    whether a stop request cut it short, and the test-split evaluation (None when the
+    dataset has no test split, evaluation is off, or training was cut short)."""
+
+    path: Path
+    step: int
+    total_steps: int
+    interrupted: bool
+    evaluation: dict | None
+
+
+def train(
+    model: str | None,
+    data: str | Path | None,
+    out: str | Path,
+    *,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    image_size: int | None = None,
+    mixed_precision: str | None = None,
+    seed: int | None = None,
+    config: str | Path | None = None,
+    sets: Sequence[str] = (),
+    log_with: Sequence[str] = (),
+    resume: bool = False,
+) -> Trained:
+    """`svai train`: train `model` (a name from `svai models`) on a prepared dataset into the run
+    folder `out`, then evaluate the test split unless `train.evaluate` is off. `sets` are
+    `--set key=value` overrides, `log_with` tracker names (`--log-with`); `resume=True`
+    continues `out` (model and data may then be None)."""
+    from svai.checkpoint import find_checkpoint
+    from svai.pipeline import EVALUATION, evaluate_run
+    from svai.runlock import RunLock
+    from svai.train import resolve_for_run, train as train_loop
+
+    out = Path(out)
+    if data is not None and not Path(data).is_dir():
+        raise SvaiError(f"data {data}: folder not found (make one with prepare)")
+    flags = {
+        "data.root": str(data) if data is not None else None,
+        "train.steps": steps, "train.batch_size": batch_size, "data.image_size": image_size,
+        "train.mixed_precision": mixed_precision, "train.seed": seed, "train.log_with": list(log_with) or None,
+    }
+    resolved = resolve_for_run(out, resume, model, Path(config) if config else None, list(sets), flags)
+    if resolved.data.root and Path(resolved.data.root).is_dir():
+        resolved.data.root = str(Path(resolved.data.root).resolve())
+    arguments = {k: v for k, v in (("model", model), ("data", data), ("out", out), ("steps", steps),
+                                   ("batch_size", batch_size), ("image_size", image_size),
+                                   ("mixed_precision", mixed_precision), ("seed", seed), ("config", config),
+                                   ("sets", list(sets) or None), ("log_with", list(log_with) or None),
+                                   ("resume", resume or None)) if v is not None}
+    command = "svai.api.train(" + ", ".join(f"{k}={shlex.quote(str(v))}" for k, v in arguments.items()) + ")"
+    done = resume and find_checkpoint(out).step >= resolved.train.steps
+    if done and resolved.train.evaluate and not (out / EVALUATION).is_file():
+        # A resumed run already at its last step whose evaluation was cut short: only that is left.
+        step, interrupted = find_checkpoint(out).step, False
+    else:
+        result = train_loop(resolved, out, resume=resume, command=command)
+        step, interrupted = result.step, result.interrupted
+    evaluation = None
+    if resolved.train.evaluate and not interrupted:
+        with RunLock(out):
+            evaluation = evaluate_run(out)
+    return Trained(out, step, resolved.train.steps, interrupted, evaluation)
+
+
+def evaluate(
+    pred: str | Path,
+    target: str | Path,
+    *,
+    metrics: Sequence[str] | None = None,
+    baseline: str | Path | None = None,
+    masks: str | Path | None = None,
+    before: str | Path | None = None,
+    name: str | None = None,
+    json: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
+    lpips_net: str = "alex",
+    fid_dims: int = 2048,
+    weights_dir: str | Path | None = None,
+    use_cache: bool = True,
+) -> dict:
+    """`svai evaluate`: the metrics of the images in `pred` against `target` (paired by relative
+    path without extension), with the do-nothing `baseline` row when given; the same dict the
+    CLI writes with `--json` (written to `json` when given). See docs/metrics.md."""
+    from svai.metrics.evaluate import evaluate_folders, normalize_metrics, write_json
+
+    named = normalize_metrics(list(metrics)) if metrics else None
+
+    def path(value: str | Path | None) -> Path | None:
+        return Path(value) if value is not None else None
+
+    result = evaluate_folders(
+        Path(pred), Path(target), metrics=named, masks=path(masks), baseline=path(baseline), before=path(before),
+        name=name, lpips_net=lpips_net, fid_dims=fid_dims, weights_dir=path(weights_dir), batch_size=batch_size,
+        device=device, use_cache=use_cache)
+    if json is not None:
+        write_json(result, Path(json))
+    return result
+
+
+__all__ = ["PhotoLike", "Prepared", "ProceduresLike", "Run", "Trained", "evaluate", "load_run", "prepare", "train"]
