@@ -41,6 +41,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -171,6 +172,9 @@ class Problem(Exception):
         self.message = message
 
 
+_ENCODER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="svai-encode")
+
+
 def display(pixels: np.ndarray, view: str) -> np.ndarray:
     """A view's pixels at the size the page shows them."""
     return shrink(pixels, DISPLAY_SIDE[view], DISPLAY_REDUCING_GAP)
@@ -235,10 +239,11 @@ class HeldResult:
             display(region(photo, view_box(photo, view)), view)
         with self.lock:
             if (kind, view) not in self.pngs:
-                photo = self.simulation.photo
                 after = display(region(photo, view_box(photo, view), self.simulation.patch), view)
+                # zlib lets go of the interpreter while it compresses: both PNGs at once.
+                other = _ENCODER.submit(png_bytes, difference(before, after))
                 self.pngs[("after", view)] = png_bytes(after)
-                self.pngs[("difference", view)] = png_bytes(difference(before, after))
+                self.pngs[("difference", view)] = other.result()
             return self.pngs[(kind, view)]
 
     def export(self, view: str) -> bytes:
