@@ -15,6 +15,7 @@ same pass draws each pair's procedure regions from the before landmarks into
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -62,7 +63,7 @@ def read_landmarks(root: Path, split: str) -> SplitLandmarks:
     try:
         with np.load(path, allow_pickle=False) as data:
             ids, before, after, sha = (data[k] for k in ("ids", "before", "after", "sha256"))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         return SplitLandmarks()
     result = SplitLandmarks()
     for index, pair_id in enumerate(ids.tolist()):
@@ -74,9 +75,12 @@ def read_landmarks(root: Path, split: str) -> SplitLandmarks:
 def write_landmarks(root: Path, split: str, landmarks: SplitLandmarks) -> None:
     """Write a split's file atomically (rows sorted by id)."""
     ids = sorted(landmarks.rows)
-    stack = lambda k: np.stack([_MISSING if landmarks.rows[i][k] is None else  # noqa: E731
-                                np.asarray(landmarks.rows[i][k], np.float32) for i in ids]) if ids \
-        else np.zeros((0, mesh.POINTS, 2), np.float32)
+
+    def stack(side: int) -> np.ndarray:
+        rows = [landmarks.rows[i][side] for i in ids]
+        return np.stack([_MISSING if r is None else np.asarray(r, np.float32) for r in rows]) if rows \
+            else np.zeros((0, mesh.POINTS, 2), np.float32)
+
     buffer = io.BytesIO()
     np.savez(buffer, ids=np.array(ids, dtype=str), before=stack(0), after=stack(1),
              sha256=np.array([landmarks.digests.get(i, ("", "")) for i in ids], dtype=str).reshape(-1, 2))

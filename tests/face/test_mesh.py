@@ -81,3 +81,20 @@ def test_to_face_frame_round_trips() -> None:
 def test_wrong_shape_is_refused() -> None:
     with pytest.raises(ValueError, match="478"):
         mesh.frame_square(np.zeros((68, 2)))
+
+
+def test_landmark_files_round_trip_with_missing_faces(tmp_path) -> None:
+    from svai.face.store import SplitLandmarks, read_landmarks, write_landmarks
+
+    points = fake_mesh(6)
+    written = SplitLandmarks({"b": (points, None), "a": (points + 1, points + 2)}, {"a": ("x", "y"), "b": ("z", "")})
+    write_landmarks(tmp_path, "test", written)
+    back = read_landmarks(tmp_path, "test")
+    assert sorted(back.rows) == ["a", "b"] and back.found() == 1
+    assert back.before("a") == pytest.approx(points + 1, abs=1e-4) and back.after("b") is None
+    assert back.digests == {"a": ("x", "y"), "b": ("z", "")}
+    assert read_landmarks(tmp_path, "train").rows == {}
+    data = (tmp_path / "test" / "landmarks.npz").read_bytes()
+    for damaged in (b"not a zip", data[: len(data) // 2]):
+        (tmp_path / "test" / "landmarks.npz").write_bytes(damaged)
+        assert read_landmarks(tmp_path, "test").rows == {}
