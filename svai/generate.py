@@ -31,7 +31,7 @@ from svai.data.regions import index_regions
 from svai.errors import SvaiError
 from svai.io import check_output_folder, write_png
 from svai.models.base import ModelFamily, Networks, Request, eval_mode
-from svai.models.registry import make_family
+from svai.models.registry import build_on_meta, make_family
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | to
     config = resolve(base=load_run_config(run_dir))
     ref = find_checkpoint(run_dir, checkpoint)
     family = make_family(config)
-    with torch.device("meta"):
-        skeleton = family.build()
+    skeleton = build_on_meta(family)
     names = family.inference_networks()
     # Only the networks needed for inference are materialised; discriminators stay on meta.
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -33,7 +33,7 @@ from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_
 from svai.errors import SvaiError
 from svai.io import check_output_folder, write_atomic, write_png
 from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
-from svai.models.registry import make_family
+from svai.models.registry import build_on_meta, make_family
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals
 
@@ -148,6 +148,7 @@ class Trainer:
 
         set_seed(train.seed)
         self.family = make_family(config)
+        build_on_meta(self.family)  # refuses impossible or oversized widths before allocating
         self.nets: Networks = self.family.build()
         # Pretrained frozen weights load now, so a missing file fails before the first step.
         self.family.load_pretrained(self.nets, COMPUTE_DTYPES[train.mixed_precision])

@@ -91,10 +91,32 @@ def make_family(config: "RunConfig") -> ModelFamily:
     return families()[config.family](config.model, config.data.image_size, procedures)
 
 
+# More numbers than this in a model's networks (parameters and buffers) is a slip in its
+# widths, not a model: 2e9 float32 values take 8 GB before a single activation.
+MAX_MODEL_VALUES = 2_000_000_000
+
+
+def build_on_meta(family: ModelFamily) -> dict[str, torch.nn.Module]:
+    """The family's networks built on the meta device (no memory, no init cost), refused in one
+    line when their options make them impossible or larger than `MAX_MODEL_VALUES` numbers,
+    before anything real is allocated."""
+    try:
+        with torch.device("meta"):
+            nets = family.build()
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SvaiError(f"model {family.name}: its options give networks that cannot be built ({first}); "
+                        "check the widths and depths under model:") from None
+    total = sum(t.numel() for net in nets.values() for t in (*net.parameters(), *net.buffers()))
+    if total > MAX_MODEL_VALUES:
+        raise SvaiError(f"model {family.name}: its options give networks of {total:,} numbers, over the "
+                        f"{MAX_MODEL_VALUES:,} svai builds; check the widths and depths under model:")
+    return nets
+
+
 def parameter_counts(family: ModelFamily) -> dict[str, int]:
     """Parameters of each network that has any, built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        nets = family.build()
+    nets = build_on_meta(family)
     counts = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
     return {name: count for name, count in counts.items() if count}
 
