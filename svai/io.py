@@ -459,6 +459,7 @@ def check_writable(folder: Path, option: str = "--output", privacy: Privacy | No
 # ------------------------------------------------------------------------- svai's own files
 
 OWN_FILES = ".svai-files.json"
+PLANNED = 0  # the inode of a recorded path svai is about to write (no file has inode 0)
 
 
 class OwnFiles:
@@ -466,7 +467,8 @@ class OwnFiles:
 
     Each entry is a path relative to the folder with the inode svai's write gave it. A path
     counts as svai's own while it is still that file or folder (same inode, not a link): a
-    file the user put in its place, or anything never recorded, is never deleted. The record
+    file the user put in its place, or anything never recorded, is never deleted. A path
+    recorded before its write (`plan`) counts while it is a regular file. The record
     lives in the folder itself (`.svai-files.json`) and is saved with `save()`.
     """
 
@@ -504,6 +506,26 @@ class OwnFiles:
             if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
                 self.entries[key] = info.st_ino
 
+    def note_with_folders(self, *paths: Path) -> None:
+        """Record files svai wrote and the folders between them and the root it made for them."""
+        for path in paths:
+            path = Path(path)
+            self.note(path)
+            for folder in path.parents:
+                if folder == self.root or self._key(folder) is None:
+                    break
+                self.note(folder)
+
+    def plan(self, *paths: Path) -> None:
+        """Record files svai is about to write (by worker processes, say), before they exist:
+        until `note` gives one its inode, a regular file at that exact path counts as svai's.
+        A crash between the write and the next save of the record then leaves nothing that
+        cannot be cleaned up."""
+        for path in paths:
+            key = self._key(path)
+            if key is not None and key != "." and key not in self.entries:
+                self.entries[key] = PLANNED
+
     def forget(self, path: Path) -> None:
         key = self._key(path)
         if key is not None:
@@ -522,6 +544,8 @@ class OwnFiles:
             info = os.lstat(path)
         except OSError:
             return False
+        if self.entries[key] == PLANNED:
+            return stat.S_ISREG(info.st_mode)
         return not stat.S_ISLNK(info.st_mode) and info.st_ino == self.entries[key]
 
     def remove(self, path: Path) -> bool:
@@ -590,5 +614,10 @@ class OwnFiles:
         return found
 
     def save(self) -> None:
+        """Write the record (an empty record is no file at all, so a folder can go empty)."""
+        if not self.entries:
+            if self.path.is_file() and not self.path.is_symlink():
+                self.path.unlink()
+            return
         data = {"version": 1, "files": dict(sorted(self.entries.items()))}
         write_atomic(self.path, (json.dumps(data, indent=0) + "\n").encode())

@@ -46,8 +46,19 @@ def compare(
     """Compare evaluated models: one row per model plus the do-nothing baseline."""
     from svai import report as rp
 
+    from svai.io import OPEN, Privacy, check_output_file
+
     _check_options(fmt, grid, report, rows, cell, before)
     loaded = rp.load_results(results)
+    reads = rp.read_paths(loaded, before)
+    for option, output in (("--grid", grid), ("--report", report)):
+        if output is not None:
+            check_output_file(reads, output, option)
+    # Grids and the report show the photos: no more readable than the folders they come from.
+    privacy = OPEN
+    for path in reads.values():
+        if path.is_dir():
+            privacy &= Privacy.of(path)
     table = rp.comparison_table(loaded, sort=sort)
     if fmt == "table":
         _print_full_width(rp.rich_table(table))
@@ -67,11 +78,11 @@ def compare(
         plan = rp.plan_grid(ordered, ids=id_list, k=rows, before_dir=before)
         for line in plan.warnings:
             _warn(line, warned)
-        rp.save_png(rp.render_grid(plan, cell), grid)
+        rp.save_png(rp.render_grid(plan, cell), grid, privacy)
         _done(f"wrote {grid} ({len(plan.ids)} image(s): {', '.join(plan.ids)})")
     if report is not None:
         grids = _report_grids(ordered, id_list, rows, before, cell, warned)
-        rp.html_report(loaded, table, grids, report)
+        rp.html_report(loaded, table, grids, report, privacy)
         _done(f"wrote {report}")
 
 

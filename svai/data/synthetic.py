@@ -30,6 +30,7 @@ import numpy as np
 
 from svai.data.layout import PROCEDURES, DatasetWriter, PairRecord, split_subjects
 from svai.errors import SvaiError
+from svai.io import OwnFiles
 
 MIN_SIZE = 32
 MAX_SIZE = 512
@@ -1065,7 +1066,7 @@ def write_synthetic_dataset(
     _check_options(count, size, seed)
     subjects = [subject_id(k) for k in subject_indices(count, seed)]
     test_subjects = split_subjects(subjects, test_fraction, seed)
-    writer = DatasetWriter(Path(out))
+    writer = DatasetWriter(Path(out), own=OwnFiles(Path(out)))
     for done, pair in enumerate(generate_pairs(count, size, seed), start=1):
         index = int(pair.id.split("-")[1])
         source = f"synthetic:seed={seed}:index={index}"

@@ -28,7 +28,7 @@ from svai.report.formats import (
 )
 from svai.report.grid import GridPlan, fit_cell, image_grid, plan_grid, render_grid, save_png, spread, title_bar_height
 from svai.report.html import html_report, report_html
-from svai.report.results import RESULT_FILE, as_number, differing_settings, load_results, settings_rows
+from svai.report.results import RESULT_FILE, as_number, differing_settings, load_results, read_paths, settings_rows
 from svai.report.table import (
     MISSING,
     PREFERRED_ORDER,
@@ -47,7 +47,7 @@ __all__ = [
     "FORMATS", "MISSING", "PREFERRED_ORDER", "REGION_SUFFIXES", "RESULT_FILE", "VS_BASELINE", "WORSE_MARK",
     "Cell", "Column", "ComparisonTable", "GridPlan", "SummaryText", "TableRow",
     "as_number", "cell_summary", "cell_text", "comparison_table", "csv_fields", "differing_settings", "fit_cell",
-    "format_number", "format_table", "html_report", "image_grid", "legend", "load_results", "ordered_metrics",
+    "format_number", "format_table", "html_report", "image_grid", "legend", "load_results", "ordered_metrics", "read_paths",
     "plan_grid", "render_grid", "report_html", "rich_table", "save_png", "settings_rows", "spread",
     "summary_text", "table_dict", "title_bar_height",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from svai import __version__
-from svai.io import png_bytes, write_atomic
+from svai.io import Privacy, png_bytes, write_atomic
 from svai.report.formats import cell_summary, legend
 from svai.report.results import settings_rows
 from svai.report.table import MISSING, WORSE_MARK, Cell, Column, ComparisonTable
@@ -53,13 +53,15 @@ def html_report(
     table: ComparisonTable,
     grids: Mapping[str, Image.Image] | Sequence[Image.Image],
     path: Path,
+    privacy: Privacy | None = None,
 ) -> None:
     """Write one self-contained HTML page: table, grids (embedded PNG), settings, warnings.
 
     `grids` maps a caption to an image (a plain list gets no captions). Nothing is loaded from
     elsewhere: styles are inline and images are data URIs, so the file can be mailed as is.
+    `privacy`: that of the photos the grids show (`svai.io.Privacy`).
     """
-    write_atomic(Path(path), report_html(rows, table, grids).encode("utf-8"))
+    write_atomic(Path(path), report_html(rows, table, grids).encode("utf-8"), privacy)
 
 
 def report_html(
