@@ -177,6 +177,10 @@ class Privacy:
     def __and__(self, other: "Privacy") -> "Privacy":
         return Privacy(self.shared & other.shared)
 
+    def restricts(self) -> bool:
+        """Whether it keeps a file or folder from someone the umask alone would let read it."""
+        return self.file_mode() != default_file_mode() or self.folder_mode() != default_folder_mode()
+
     def file_mode(self) -> int:
         return default_file_mode() & (0o600 | (self.shared & 0o066))
 
@@ -340,7 +344,10 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def write_png(path: Path, image: np.ndarray, privacy: Privacy | None = None) -> None:
     """Encode `image` (uint8, (H, W[, 3])) as a metadata-free PNG and write it atomically."""
-    write_atomic(path, png_bytes(image), privacy)
+    if privacy is not None and privacy.restricts():
+        write_atomic(path, png_bytes(image), privacy)
+    else:
+        write_atomic(path, png_bytes(image))
 
 
 # ------------------------------------------------------------------------ where outputs may go
@@ -459,25 +466,27 @@ def check_writable(folder: Path, option: str = "--output", privacy: Privacy | No
 # ------------------------------------------------------------------------- svai's own files
 
 OWN_FILES = ".svai-files.json"
-PLANNED = 0  # the inode of a recorded path svai is about to write (no file has inode 0)
+PLANNED = (0, -1, -1)  # the entry of a path svai is about to write (no file has inode 0)
 
 
 class OwnFiles:
     """The record of what svai wrote under one output folder, so it deletes nothing else.
 
-    Each entry is a path relative to the folder with the inode svai's write gave it. A path
-    counts as svai's own while it is still that file or folder (same inode, not a link): a
-    file the user put in its place, or anything never recorded, is never deleted. A path
-    recorded before its write (`plan`) counts while it is a regular file. The record
-    lives in the folder itself (`.svai-files.json`) and is saved with `save()`.
+    Each entry is a path relative to the folder with the inode, size and modification time
+    svai's write gave it. A file counts as svai's own while it has that size and time (so a
+    copy that keeps times, `cp -a` or a backup, still does) and is not a link; a folder while
+    it is the same folder. A file the user put in its place, or anything never recorded, is
+    never deleted. A path recorded before its write (`plan`) counts while it is a regular file
+    or folder: what svai writes by worker processes, or appends to. The record lives in the
+    folder itself (`.svai-files.json`) and is saved with `save()`.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.path = self.root / OWN_FILES
-        self.entries: dict[str, int] = self._read()
+        self.entries: dict[str, tuple[int, int, int]] = self._read()
 
-    def _read(self) -> dict[str, int]:
+    def _read(self) -> dict[str, tuple[int, int, int]]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -485,7 +494,8 @@ class OwnFiles:
         files = data.get("files") if isinstance(data, dict) else None
         if not isinstance(files, dict):
             return {}
-        return {str(k): v for k, v in files.items() if isinstance(v, int) and not isinstance(v, bool)}
+        return {str(k): (v[0], v[1], v[2]) for k, v in files.items()
+                if isinstance(v, list) and len(v) == 3 and all(type(x) is int for x in v)}
 
     def _key(self, path: Path) -> str | None:
         try:
@@ -504,7 +514,7 @@ class OwnFiles:
             except OSError:
                 continue
             if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
-                self.entries[key] = info.st_ino
+                self.entries[key] = (info.st_ino, info.st_size, info.st_mtime_ns)
 
     def note_with_folders(self, *paths: Path) -> None:
         """Record files svai wrote and the folders between them and the root it made for them."""
@@ -523,7 +533,7 @@ class OwnFiles:
         cannot be cleaned up."""
         for path in paths:
             key = self._key(path)
-            if key is not None and key != "." and key not in self.entries:
+            if key is not None and key != ".":
                 self.entries[key] = PLANNED
 
     def forget(self, path: Path) -> None:
@@ -544,9 +554,14 @@ class OwnFiles:
             info = os.lstat(path)
         except OSError:
             return False
-        if self.entries[key] == PLANNED:
-            return stat.S_ISREG(info.st_mode)
-        return not stat.S_ISLNK(info.st_mode) and info.st_ino == self.entries[key]
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            return False
+        inode, size, mtime = self.entries[key]
+        if (inode, size, mtime) == PLANNED:
+            return True
+        if stat.S_ISDIR(info.st_mode):
+            return info.st_ino == inode  # a folder is only ever removed empty
+        return (info.st_size, info.st_mtime_ns) == (size, mtime)
 
     def remove(self, path: Path) -> bool:
         """Delete a file svai recorded; anything else stays. Whether it was deleted."""
@@ -619,5 +634,6 @@ class OwnFiles:
             if self.path.is_file() and not self.path.is_symlink():
                 self.path.unlink()
             return
-        data = {"version": 1, "files": dict(sorted(self.entries.items()))}
-        write_atomic(self.path, (json.dumps(data, indent=0) + "\n").encode())
+        data = {"version": 1, "files": {k: list(v) for k, v in sorted(self.entries.items())}}
+        # It names files made from photos, and nobody but svai needs to read it.
+        write_atomic(self.path, (json.dumps(data, indent=0) + "\n").encode(), PRIVATE)

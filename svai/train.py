@@ -31,7 +31,7 @@ from svai.data.augment import augment_batch
 from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_uint8
 from svai.errors import SvaiError
 from svai.io import (
-    OWN_FILES, OwnFiles, Privacy, check_output_folder, open_append, remove_stale_temporaries, write_atomic, write_png,
+    OWN_FILES, PLANNED, OwnFiles, Privacy, check_output_folder, open_append, remove_stale_temporaries, write_atomic, write_png,
 )
 from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
 from svai.models.registry import build_on_meta, make_family
@@ -47,6 +47,10 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 # The dtype mixed precision computes in: pretrained frozen networks are kept in it.
 COMPUTE_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Diverged(SvaiError):
+    """A loss that is no longer a finite number: the settings made training diverge."""
 
 
 @dataclass
@@ -302,9 +306,10 @@ class Trainer:
                     if stopping and step < total:
                         interrupted = True
                         break
-        except SvaiError:
-            # A dataset file that stops training (data.on_bad_file=error) loses no finished step.
-            if step > saved and step < total:
+        except SvaiError as error:
+            # A dataset file that stops training (data.on_bad_file=error) loses no finished step;
+            # diverged weights are not worth a checkpoint.
+            if step > saved and step < total and not isinstance(error, Diverged):
                 self._save(step)
             self.close()
             raise
@@ -341,7 +346,8 @@ class Trainer:
                     with self.accelerator.autocast():
                         loss, phase_logs = self.family.loss(phase.name, self.wrapped, part, ctx, step)
                     if not torch.isfinite(loss.detach()).all():
-                        raise FloatingPointError(f"{phase.name} loss is {loss.item()} at step {step}")
+                        raise Diverged(f"the {phase.name} loss is {loss.item()} at step {step + 1}: training diverged; "
+                                       "lower the learning rate or set train.grad_clip, then resume or start again")
                     self.accelerator.backward(loss / len(parts))
                 for key, value in phase_logs.items():
                     phase_totals[key] = phase_totals.get(key, 0.0) + float(value) / len(parts)
@@ -389,11 +395,12 @@ class Trainer:
             return
         record = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in record.items()}
         path = self.run_dir / "log.jsonl"
-        new = not path.exists()
+        if self.own.entries.get("log.jsonl") != PLANNED:
+            # Appended to all along: recorded as a path svai writes, not by size and time.
+            self.own.plan(path)
+            self.own.save()
         with open_append(path) as handle:
             handle.write((json.dumps(record) + "\n").encode("utf-8"))
-        if new:
-            self._record(path)
 
     def _record(self, *paths: Path) -> None:
         """Add files the run has just written to the run folder's record of its own files."""
@@ -418,7 +425,6 @@ class Trainer:
             if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
                 kept.append(line)
         write_atomic(path, ("\n".join(kept) + "\n" if kept else "").encode())
-        self._record(path)
 
     @torch.no_grad()
     def _sample(self, step: int) -> None:
@@ -436,6 +442,8 @@ class Trainer:
         rows = [np.concatenate(list(images), axis=1)
                 for images in zip(to_uint8(items["before"]), to_uint8(fake), to_uint8(items["after"]))]
         path = self.run_dir / "samples" / f"step-{step:08d}.png"
+        self.own.plan(path)
+        self.own.save()
         write_png(path, np.concatenate(rows, axis=0), self.privacy)
         self._record(path)
         self.on_event({"event": "sample", "step": step, "path": str(path)})
@@ -501,6 +509,9 @@ def prepare_training(
         if trainer.accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(run_dir / "config.yaml", config.to_yaml().encode())
+            # The log and the samples folder are recorded before the loop makes them, so a run
+            # killed in its first steps is still all svai's to start again.
+            trainer.own.plan(run_dir / "log.jsonl", run_dir / "samples")
             trainer._record(run_dir / "config.yaml")
         trainer.accelerator.wait_for_everyone()
     except BaseException:

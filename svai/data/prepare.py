@@ -494,7 +494,7 @@ def prepare_dataset(
     if options.regions is not None and _is_inside(options.regions, out):
         raise SvaiError(f"--regions {options.regions} is inside OUT {out}: copy the regions elsewhere first")
     # Everything prepare reads; OUT may overlap none of it, nor hold a link to anywhere.
-    reads = {"SOURCE": source if source.is_dir() else source.parent, "--pairs": options.pairs_csv,
+    reads = {"SOURCE": source, "--pairs": options.pairs_csv,
              "--labels": options.labels, "--regions": options.regions}
     check_output_folder({name: path for name, path in reads.items() if path is not None}, out, "OUT")
     created = not out.exists()

@@ -50,7 +50,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from svai.errors import SvaiError
-from svai.io import png_bytes
+from svai.io import describe_size, png_bytes
 from svai.serve.audit import AuditLog
 from svai.serve.export import export_png
 from svai.serve.photo import (
@@ -192,13 +192,13 @@ async def _body(request: Request, limit: int, what: str) -> bytes:
     """The request body, refused past `limit` bytes before it is all read."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Problem(413, f"{what}: {int(declared) / 2**20:.0f} MB is over the {limit // 2**20} MB limit; "
+        raise Problem(413, f"{what}: {describe_size(int(declared))} is over the {describe_size(limit)} limit; "
                            "export the photo at a smaller size")
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise Problem(413, f"{what}: over the {limit // 2**20} MB limit; export the photo at a smaller size")
+            raise Problem(413, f"{what}: over the {describe_size(limit)} limit; export the photo at a smaller size")
         chunks.append(chunk)
     return b"".join(chunks)
 

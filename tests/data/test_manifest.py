@@ -52,3 +52,13 @@ def test_the_vocabulary_extends_the_defaults_in_a_stable_order(tmp_path: Path) -
     assert data[0]["procedures"].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
     with pytest.raises(SvaiError, match="'facelift' is not among the run's procedures"):
         PairedImages(tmp_path, "train", 16, vocabulary=("eyes", "nose", "jaw", "lips"))
+
+
+def test_a_manifest_saved_as_latin1_is_one_line_and_a_bom_is_no_column(tiny_dataset: Path, tmp_path: Path) -> None:
+    text = (tiny_dataset / "manifest.csv").read_text(encoding="utf-8")
+    (tmp_path / "manifest.csv").write_bytes(text.replace(",s000,", ",Renée,", 1).encode("latin-1"))
+    with pytest.raises(SvaiError, match="not UTF-8") as caught:
+        read_manifest(tmp_path)
+    assert "\n" not in str(caught.value)
+    (tmp_path / "manifest.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_manifest(tmp_path) == read_manifest(tiny_dataset)
