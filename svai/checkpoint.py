@@ -71,7 +71,7 @@ def safetensors_problem(file: Path) -> str | None:
         return "missing"
     except OSError as error:
         return f"unreadable ({error.strerror})"
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return "not a safetensors file"
     if not isinstance(header, dict):
         return "not a safetensors file"
@@ -128,7 +128,7 @@ def checkpoint_problem(path: Path) -> str | None:
                 problem = None if isinstance(state, dict) and isinstance(state.get("step"), int) else "incomplete"
             except FileNotFoundError:
                 problem = "missing"
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 problem = "empty" if file.is_file() and file.stat().st_size == 0 else "not valid JSON"
         if problem is not None:
             return f"{name} {problem}"

@@ -489,7 +489,7 @@ class OwnFiles:
     def _read(self) -> dict[str, tuple[int, int, int]]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         files = data.get("files") if isinstance(data, dict) else None
         if not isinstance(files, dict):

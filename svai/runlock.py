@@ -41,7 +41,7 @@ def _describe(holder: dict) -> str:
 def _read_holder(path: Path) -> dict:
     try:
         holder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return holder if isinstance(holder, dict) else {}
 

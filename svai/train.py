@@ -420,7 +420,7 @@ class Trainer:
         for line in path.read_bytes().decode("utf-8", "replace").splitlines():
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
                 kept.append(line)

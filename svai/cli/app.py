@@ -109,11 +109,19 @@ def user_errors(function: F) -> F:
         except Exception as error:
             # safetensors' SafetensorError and zipfile's BadZipFile share no base class worth
             # importing here; anything else keeps its traceback.
+            if _out_of_memory(error):
+                raise _library_error(MemoryError()) from None
             if type(error).__name__ not in ("SafetensorError", "BadZipFile"):
                 raise
             raise _library_error(error) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """torch reports a failed allocation as a RuntimeError naming the allocator."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
 def _library_error(error: BaseException) -> BaseException:

@@ -97,8 +97,8 @@ def _check_options(
         raise SvaiError(f"--grid {grid}: the grid is written as PNG; give a file name ending in .png")
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise SvaiError(f"--report {report}: give a file name ending in .html")
-    if rows < 1:
-        raise SvaiError(f"--rows {rows}: give at least 1")
+    if not 1 <= rows <= 100:
+        raise SvaiError(f"--rows {rows}: give 1 to 100")
     if not 16 <= cell <= 1024:
         raise SvaiError(f"--cell {cell}: give a size from 16 to 1024 pixels")
     if before is not None and not before.is_dir():

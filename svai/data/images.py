@@ -96,15 +96,19 @@ def scan_images(root: Path) -> Listing:
     images: list[Path] = []
     passed: list[PassedOver] = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        linked = [d for d in dirs if not d.startswith(".") and (Path(folder) / d).is_symlink()]
+        passed += [PassedOver(Path(folder) / d, "linked folder", "a link to a folder is not followed: "
+                              "give the folder itself") for d in linked]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
         for name in sorted(files):
             if name.startswith(".") or name.casefold() in IGNORED_NAMES:
                 continue
             path = Path(folder) / name
             suffix = path.suffix.lower()
-            if suffix in IMAGE_EXTENSIONS:
-                if path.is_file():
-                    images.append(path)
+            if not path.is_file():  # a pipe, a device, a broken link: never opened (it could block)
+                passed.append(PassedOver(path, "not a file", "not a regular file (a pipe, device or broken link)"))
+            elif suffix in IMAGE_EXTENSIONS:
+                images.append(path)
             elif suffix in UNSUPPORTED_EXTENSIONS:
                 passed.append(PassedOver(path, "unsupported format", f"{suffix} is not supported: convert it to JPEG or PNG"))
             else:

@@ -48,6 +48,7 @@ REGIONS_DIR = "regions"
 PROCEDURE_SEPARATOR = "+"
 STRENGTH_SEPARATOR = ":"
 _PROCEDURE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_PAIR_ID = re.compile(r"^\w[\w-]*$")
 
 
 def check_procedure_name(name: str) -> str:
@@ -233,6 +234,13 @@ def read_manifest(root: Path) -> list[PairRecord]:
     except UnicodeDecodeError as error:
         raise SvaiError(f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); "
                         "save it as UTF-8 or prepare the dataset again") from None
+    try:
+        return _records(path, text)
+    except csv.Error as error:  # a field over the csv module's size limit, a stray quote
+        raise SvaiError(f"{path}: not a readable CSV ({error}); prepare the dataset again") from None
+
+
+def _records(path: Path, text: str) -> list[PairRecord]:
     with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in ("id", "split", "subject", "procedures") if c not in (reader.fieldnames or [])]
@@ -241,6 +249,10 @@ def read_manifest(root: Path) -> list[PairRecord]:
         records = []
         for line, row in enumerate(reader, start=2):
             values = {name: row.get(name, "") or "" for name in MANIFEST_COLUMNS}
+            if not _PAIR_ID.match(values["id"]):
+                # Ids become file names under the dataset: nothing that could leave it.
+                raise SvaiError(f"{path} line {line}: pair id {values['id']!r} is not a plain name "
+                                "(letters, digits, '-', '_'); prepare the dataset again")
             try:
                 strengths = parse_strengths(values["procedures"])
             except SvaiError as error:

@@ -163,14 +163,11 @@ def load_label_aliases(path: Path | None) -> dict[str, tuple[str, ...]]:
     if path is None:
         return aliases
     path = Path(path)
-    try:
-        import yaml
+    from svai.config import read_yaml_file  # bounded effort, YAML 1.2, as every config
 
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise SvaiError(f"--labels {path}: cannot read ({error.strerror or error})") from None
-    except Exception as error:  # yaml's errors have no common public base worth importing
-        raise SvaiError(f"--labels {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not path.is_file():
+        raise SvaiError(f"--labels {path}: file not found")
+    data = read_yaml_file(path, "--labels ")
     if data is None:
         return aliases
     if not isinstance(data, dict):
@@ -431,6 +428,13 @@ def _pairs_from_csv(csv_path: Path, root: Path, aliases: Mapping[str, tuple[str,
         text = csv_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise SvaiError(f"{csv_path}: cannot read the CSV ({error})") from None
+    try:
+        return _pairs_from_text(csv_path, text, root, aliases)
+    except csv.Error as error:  # a field over the csv module's size limit, a stray quote
+        raise SvaiError(f"{csv_path}: not a readable CSV ({error})") from None
+
+
+def _pairs_from_text(csv_path: Path, text: str, root: Path, aliases: Mapping[str, tuple[str, ...]]) -> PairingResult:
     reader = csv.DictReader(text.splitlines())
     columns = {name.strip().casefold(): name for name in (reader.fieldnames or []) if name}
     missing = [c for c in ("before", "after") if c not in columns]

@@ -296,7 +296,7 @@ def _read_state(out: Path, source_key: str, force: bool) -> dict | None:
     if state_path.is_file():
         try:
             state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             state = None
     # The state file is written before any image, so an unfinished run is recognised too.
     if not prepare_json.is_file() and not (isinstance(state, dict) and state.get("version") == STATE_VERSION):
@@ -685,12 +685,12 @@ def _is_synthetic(out: Path) -> bool:
         state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
         if isinstance(state, dict) and state.get("source") == "synthetic":
             return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
     try:
         summary = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
         return isinstance(summary, dict) and (summary.get("settings") or {}).get("source") == "synthetic"
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
 
 

@@ -81,7 +81,7 @@ def load(key: str) -> CachedFeatures | None:
         if features.ndim != 2 or features.shape[0] != len(meta["ids"]):
             raise ValueError("features and ids disagree")
         return CachedFeatures(features=features, ids=list(meta["ids"]), skipped=list(meta["skipped"]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile) as error:
         # A truncated or damaged entry is computed again, and the new one replaces it.
         logger.warning("ignoring unreadable cache entry %s (%s)", path, error)
         return None

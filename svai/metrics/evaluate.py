@@ -147,8 +147,8 @@ def _check_options(lpips_net: str, fid_dims: int, batch_size: int) -> None:
         raise SvaiError(f"--lpips-net {lpips_net!r} is not known: use alex, vgg or squeeze")
     if fid_dims not in FID_DIMS:
         raise SvaiError(f"--fid-dims {fid_dims} is not available: use one of {', '.join(map(str, FID_DIMS))}")
-    if batch_size < 1:
-        raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
+    if not 1 <= batch_size <= 4096:
+        raise SvaiError(f"--batch-size must be between 1 and 4096; got {batch_size}")
 
 
 @dataclass

@@ -91,9 +91,11 @@ def make_family(config: "RunConfig") -> ModelFamily:
     return families()[config.family](config.model, config.data.image_size, procedures)
 
 
-# More numbers than this in a model's networks (parameters and buffers) is a slip in its
-# widths, not a model: 2e9 float32 values take 8 GB before a single activation.
-MAX_MODEL_VALUES = 2_000_000_000
+# More numbers than this in what a model trains (parameters and buffers) is a slip in its
+# widths, not a model: 5e8 float32 values are 2 GB, and Adam and EMA copies triple that.
+MAX_MODEL_VALUES = 500_000_000
+# Frozen pretrained networks (a Stable Diffusion base is about 1.1e9) are only held.
+MAX_FROZEN_VALUES = 4_000_000_000
 
 
 def build_on_meta(family: ModelFamily) -> dict[str, torch.nn.Module]:
@@ -107,10 +109,12 @@ def build_on_meta(family: ModelFamily) -> dict[str, torch.nn.Module]:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise SvaiError(f"model {family.name}: its options give networks that cannot be built ({first}); "
                         "check the widths and depths under model:") from None
-    total = sum(t.numel() for net in nets.values() for t in (*net.parameters(), *net.buffers()))
-    if total > MAX_MODEL_VALUES:
-        raise SvaiError(f"model {family.name}: its options give networks of {total:,} numbers, over the "
-                        f"{MAX_MODEL_VALUES:,} svai builds; check the widths and depths under model:")
+    tensors = [t for net in nets.values() for t in (*net.parameters(), *net.buffers())]
+    trained = sum(t.numel() for t in tensors if t.requires_grad or not isinstance(t, torch.nn.Parameter))
+    frozen = sum(t.numel() for t in tensors) - trained
+    if trained > MAX_MODEL_VALUES or frozen > MAX_FROZEN_VALUES:
+        raise SvaiError(f"model {family.name}: its options give networks of {trained + frozen:,} numbers, over the "
+                        f"{MAX_MODEL_VALUES:,} svai trains; check the widths and depths under model:")
     return nets
 
 

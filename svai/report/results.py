@@ -75,8 +75,15 @@ def _result_file(path: Path) -> Path:
     return path
 
 
+# An evaluation JSON of thousands of images is a few MB; far more is not one.
+MAX_RESULT_BYTES = 256 << 20
+
+
 def _read_result(file: Path) -> dict:
     try:
+        if file.stat().st_size > MAX_RESULT_BYTES:
+            raise SvaiError(f"{file}: {file.stat().st_size} bytes is too big for an evaluation JSON; "
+                            "give the file `svai evaluate --json` wrote")
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SvaiError(f"{file}: cannot read it ({error}); give an evaluation JSON from `svai evaluate`") from None
@@ -86,6 +93,9 @@ def _read_result(file: Path) -> dict:
         raise SvaiError(
             f"{file}: not valid JSON (line {error.lineno}: {error.msg}); give an evaluation JSON from `svai evaluate`"
         ) from None
+    except RecursionError:
+        raise SvaiError(f"{file}: nested too deeply to be an evaluation JSON; give the file `svai evaluate --json` "
+                        "wrote") from None
     _check_result(data, file, "")
     if data.get("baseline") is not None:
         _check_result(data["baseline"], file, "baseline ")
@@ -158,7 +168,7 @@ def read_paths(rows: list[dict], before: Path | None = None) -> dict[str, Path]:
         paths[f"the result {row['_source']}"] = Path(row["_source"])
         for key in DIRS:
             if row.get(key):
-                paths[f"the {key} folder of {row['_label']}"] = Path(row[key])
+                paths[f"the {key} folder of {row['_label']!r}"] = Path(row[key])
     if before is not None:
         paths["--before"] = Path(before)
     return paths

@@ -334,6 +334,22 @@ def test_out_of_range_settings_are_one_line(dataset: Path, tmp_path: Path, extra
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["prepare", "synthetic", "{tmp}/s", "--count", "100000000000"], "--count"),
+    (["prepare", "{src}", "{tmp}/p", "--workers", "100000"], "--workers"),
+    (["evaluate", "--pred", "{data}/test/before", "--target", "{data}/test/after", "--batch-size", "100000000"],
+     "--batch-size"),
+    (["train", "--model", "cyclegan", "--data", "{data}", "--out", "{tmp}/r", "--set", "model.pool_size=1000000000"],
+     "model.pool_size"),
+    (["train", "--model", "stargan-v2", "--data", "{data}", "--out", "{tmp}/r", "--image-size", "32",
+      "--set", "model.max_conv_dim=100000000"], "over the"),
+])
+def test_other_counts_and_sizes_are_bounded(dataset: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
+    source = photos(tmp_path / "src", 2)
+    filled = [a.format(tmp=tmp_path, src=source, data=dataset) for a in args]
+    one_line(invoke(*filled), fragment)
+
+
 def test_a_yaml_alias_bomb_is_one_line_and_quick(dataset: Path, tmp_path: Path) -> None:
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for level, name in enumerate("bcdefghi"):

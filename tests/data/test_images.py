@@ -194,3 +194,19 @@ def test_every_file_passed_over_is_listed_with_its_reason(tmp_path: Path) -> Non
     assert listing.images == [tmp_path / "a.png"]
     assert [(p.path.relative_to(tmp_path).as_posix(), p.reason) for p in listing.passed_over] == [
         ("anim.gif", "unsupported format"), ("notes.txt", "not an image"), ("sub/IMG_1.HEIC", "unsupported format")]
+
+
+def test_pipes_broken_links_and_linked_folders_are_listed_never_opened(tmp_path: Path) -> None:
+    import os
+
+    from svai.data.images import scan_images
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would wait forever
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    listing = scan_images(tmp_path)
+    assert listing.images == [tmp_path / "a.png"]
+    assert [(p.path.name, p.reason) for p in listing.passed_over] == [
+        ("broken.jpg", "not a file"), ("linked", "linked folder"), ("pipe.png", "not a file")]

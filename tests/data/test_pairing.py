@@ -254,3 +254,13 @@ def test_pairs_sharing_a_photo_share_a_subject(tmp_path: Path) -> None:
     pairs = [Pair("p1", a, image("x1.png", 4), "s1"), Pair("p2", tmp_path / "a-link.png", image("x2.png", 5), "s2"),
              Pair("p3", copy, image("x3.png", 6), "s3"), Pair("p4", c, b, "s4"), Pair("p5", image("y.png", 7), c, "s5")]
     assert [p.subject for p in share_subjects(pairs)] == ["s1", "s1", "s3", "s3", "s3"]
+
+
+def test_a_labels_file_is_read_with_bounded_effort(tmp_path: Path) -> None:
+    lines = ["a: &a [eyes, eyes, eyes, eyes, eyes, eyes, eyes, eyes, eyes]"]
+    for level, name in enumerate("bcdefgh"):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{'abcdefgh'[level]}"] * 9) + "]")
+    path = tmp_path / "labels.yaml"
+    path.write_text("\n".join(lines))
+    with pytest.raises(SvaiError, match="--labels .*aliases"):
+        load_label_aliases(path)

@@ -108,3 +108,10 @@ def test_a_metric_entry_edited_into_another_shape_is_one_line(runs, tmp_path):
     edited.write_text(json.dumps(data))
     with pytest.raises(SvaiError, match='"mean" must be a number'):
         report.load_results([edited])
+
+
+def test_a_json_nested_too_deeply_is_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SvaiError, match="nested too deeply"):
+        report.load_results([deep])
