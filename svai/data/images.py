@@ -36,9 +36,9 @@ MAX_PIXELS: int = 16384 * 16384
 # A photo whose long side is more than this many times its short side is no photo of a face,
 # and padding it to a square (generate) would multiply its memory by that ratio.
 MAX_ASPECT: float = 10.0
-# The largest square a photo is padded to where it is padded (generate, 10000 x 10000): about
-# 1.2 GB as a float image, before the model's own activations.
-MAX_SQUARE_PIXELS: int = 10_000 * 10_000
+# The largest square a photo is padded to where it is padded (generate): 12288 x 12288 takes
+# a 108 MP phone photo (12000 x 9000); about 1.8 GB as a float image.
+MAX_SQUARE_PIXELS: int = 12_288 * 12_288
 
 
 class ImageProblem(SvaiError):
