@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import types
 import typing
@@ -29,6 +28,7 @@ import yaml
 from svai import __version__
 from svai.data.augment import AugmentOptions
 from svai.errors import SvaiError
+from svai.workers import MIN_WORKER_CAP, max_workers
 
 SECTIONS = ("model", "data", "train", "generate")
 
@@ -129,24 +129,6 @@ def parse_yaml(text: str) -> Any:
         raise SvaiError(f"the YAML text stands for more than {MAX_CONFIG_VALUES} values once its aliases (*name) are "
                         "expanded: write the values out, or use fewer aliases")
     return tree
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-# Worker processes are bounded by the CPUs, but a shared config asking for a few more than a
-# small machine has (the examples ask for 4) still runs.
-MIN_WORKER_CAP = 8
-
-
-def max_workers() -> int:
-    """The most worker processes any stage starts (data loading, prepare)."""
-    return max(available_cpus(), MIN_WORKER_CAP)
 
 
 @dataclass

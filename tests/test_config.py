@@ -92,7 +92,8 @@ def test_every_example_config_resolves_and_every_stargan_preset_has_one() -> Non
 
 # -- YAML 1.2 numbers, bounded effort, finite values and ranges ------------------------------
 
-from svai.config import MAX_CONFIG_VALUES, max_workers, parse_yaml  # noqa: E402
+from svai.config import MAX_CONFIG_VALUES, parse_yaml  # noqa: E402
+from svai.workers import max_workers  # noqa: E402
 
 
 @pytest.mark.parametrize(("text", "value"), [

@@ -40,10 +40,10 @@ from svai.data.layout import REGIONS_DIR, SPLITS, DatasetWriter, PairRecord, spl
 from svai.data.regions import fit_region, index_regions, read_region, region_key
 from svai.io import OPEN, OWN_FILES, OwnFiles, Privacy, check_output_folder, make_folder, remove_stale_temporaries, write_atomic
 from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases, share_subjects
-from svai.config import available_cpus, max_workers
 from svai.errors import SvaiError
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals, worker_setup
+from svai.workers import available_cpus, max_workers
 
 log = logging.getLogger(__name__)
 
