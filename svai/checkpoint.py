@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from svai.io import remove_stale_temporaries, write_atomic
+from svai.io import default_file_mode, remove_stale_temporaries, safetensors_reason, write_atomic
 from svai.errors import SvaiError
 
 log = logging.getLogger(__name__)
@@ -55,21 +55,6 @@ class CheckpointRef:
     step: int
 
 
-def _file_mode() -> int:
-    """The mode an ordinary new file gets here (0o666 less the umask)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    # Reading the umask means setting it; put it straight back.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def safetensors_problem(file: Path) -> str | None:
     """Why `file` is not a complete safetensors file, or None when its header and size agree."""
     try:
@@ -86,18 +71,48 @@ def safetensors_problem(file: Path) -> str | None:
         return "missing"
     except OSError as error:
         return f"unreadable ({error.strerror})"
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return "not a safetensors file"
     if not isinstance(header, dict):
         return "not a safetensors file"
-    ends = [entry.get("data_offsets", [0, 0])[1] for key, entry in header.items()
-            if key != "__metadata__" and isinstance(entry, dict)]
-    expected = 8 + length + max(ends, default=0)
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        span = _tensor_span(entry)
+        if span is None:
+            return "has a damaged header"
+        end = max(end, span)
+    expected = 8 + length + end
     if size < expected:
         return "truncated"
     if size > expected:
         return "has trailing bytes"
     return None
+
+
+# Bytes per element of the dtypes safetensors knows.
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _tensor_span(entry: Any) -> int | None:
+    """Where a header entry's data ends, or None when the entry does not describe a tensor
+    (its offsets, shape and dtype must agree)."""
+    if not isinstance(entry, dict):
+        return None
+    offsets, shape, dtype = entry.get("data_offsets"), entry.get("shape"), entry.get("dtype")
+    whole = (int,)
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not isinstance(shape, list)
+            or dtype not in _DTYPE_BYTES
+            or not all(isinstance(v, whole) and not isinstance(v, bool) and v >= 0 for v in [*offsets, *shape])):
+        return None
+    count = 1
+    for dim in shape:
+        count *= dim
+    if offsets[1] - offsets[0] != count * _DTYPE_BYTES[dtype]:
+        return None
+    return offsets[1]
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -113,7 +128,7 @@ def checkpoint_problem(path: Path) -> str | None:
                 problem = None if isinstance(state, dict) and isinstance(state.get("step"), int) else "incomplete"
             except FileNotFoundError:
                 problem = "missing"
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 problem = "empty" if file.is_file() and file.stat().st_size == 0 else "not valid JSON"
         if problem is not None:
             return f"{name} {problem}"
@@ -258,21 +273,12 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(network_tensors(nets, frozen), str(tmp / "weights.safetensors"))
-    optimizer_tensors, optimizer_meta = optimizer_payload(optimizers)
-    save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
-    rng_meta: dict[str, Any] = {}
-    for rank, (tensors, meta) in enumerate(rng_states or [rng_payload()]):
-        save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
-        rng_meta[str(rank)] = meta
-    state = {"step": step, "optimizers": optimizer_meta, "rng": rng_meta, **(extra or {})}
-    (tmp / "state.json").write_text(json.dumps(state) + "\n", encoding="utf-8")
-    mode = _file_mode()
-    for file in tmp.iterdir():
-        # safetensors creates its files owner-only; give them the mode of the run's other files.
-        os.chmod(file, mode)
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
+    try:
+        _write_folder(tmp, nets, optimizers, step, extra, rng_states, frozen)
+    except BaseException:
+        # A full disk or a stop half-way: the partial folder goes, the last checkpoint stays.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         # Re-saving the same step (an interrupt right after a scheduled save) replaces it whole.
         old = root / f".old-{step_name(step)}-{os.getpid()}"
@@ -287,8 +293,39 @@ def save_checkpoint(
     return final
 
 
+def _write_folder(
+    tmp: Path, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], step: int,
+    extra: dict[str, Any] | None, rng_states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None,
+    frozen: Frozen | None,
+) -> None:
+    """Every file of a checkpoint, written and synced into the (temporary) folder `tmp`."""
+    _save_tensors(network_tensors(nets, frozen), tmp / "weights.safetensors")
+    optimizer_tensors, optimizer_meta = optimizer_payload(optimizers)
+    _save_tensors(optimizer_tensors, tmp / "optimizer.safetensors")
+    rng_meta: dict[str, Any] = {}
+    for rank, (tensors, meta) in enumerate(rng_states or [rng_payload()]):
+        _save_tensors(tensors, tmp / f"rng-{rank}.safetensors")
+        rng_meta[str(rank)] = meta
+    state = {"step": step, "optimizers": optimizer_meta, "rng": rng_meta, **(extra or {})}
+    (tmp / "state.json").write_text(json.dumps(state) + "\n", encoding="utf-8")
+    mode = default_file_mode()
+    for file in tmp.iterdir():
+        # safetensors creates its files owner-only; give them the mode of the run's other files.
+        os.chmod(file, mode)
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """safetensors' save_file, its I/O failures (a full disk) turned into one line."""
+    try:
+        save_file(tensors, str(file))
+    except SafetensorError as error:
+        raise SvaiError(f"cannot write the checkpoint file {file}: {safetensors_reason(error)}") from None
+
+
 def _prune(root: Path, keep: int) -> None:
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    steps = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.startswith("step-"))
     for old in steps[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
 

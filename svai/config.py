@@ -15,6 +15,7 @@ A resolved configuration is a plain tree::
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -27,29 +28,107 @@ import yaml
 from svai import __version__
 from svai.data.augment import AugmentOptions
 from svai.errors import SvaiError
+from svai.workers import MIN_WORKER_CAP, max_workers
 
 SECTIONS = ("model", "data", "train", "generate")
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with the 1.2 booleans: only true/false are booleans.
+    """YAML with the 1.2 core schema's scalars: booleans, integers and floats.
 
-    YAML 1.1, PyYAML's default, also reads yes/no/on/off as booleans, so
-    `--set train.mixed_precision=no` would arrive as `false` instead of the choice "no".
+    YAML 1.1, PyYAML's default, also reads yes/no/on/off as booleans (so `--set
+    train.mixed_precision=no` would arrive as `false`), `010` as the octal 8, `1:30` as 90 and
+    dates as dates; here only true/false are booleans, `010` is ten, `0o10` is eight, and a
+    number is written as one (`1e3` included).
     """
 
 
+_REPLACED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+             "tag:yaml.org,2002:timestamp"}
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# Integers before floats: a resolver list is tried in order, and "10" matches both.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.Node) -> float:
+    text = str(loader.construct_scalar(node)).lower()
+    if text.endswith(".inf"):
+        return float("-inf") if text.startswith("-") else float("inf")
+    return float("nan") if text == ".nan" else float(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+# Bounds on the effort of reading a configuration: a file's size, and the number of values
+# once YAML aliases are expanded (a few hundred bytes of nested aliases can stand for
+# billions of values, which every later step would walk).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 10_000
+
+
+def _expanded_size(tree: Any) -> int:
+    """How many values `tree` holds with every alias expanded, stopping past the bound.
+
+    Shared (aliased) parts are sized once each, so this takes time in the size of the text.
+    A tree that contains itself has no finite size.
+    """
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in open_ids:
+            return MAX_CONFIG_VALUES + 1
+        open_ids.add(key)
+        children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_CONFIG_VALUES:
+                break
+        open_ids.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(tree)
 
 
 def parse_yaml(text: str) -> Any:
-    """Parse a YAML document the way every svai config layer does (YAML 1.2 booleans)."""
-    return yaml.load(text, Loader=_Loader)
+    """Parse a YAML document the way every svai config layer does (YAML 1.2 scalars), with
+    bounded effort: at most `MAX_CONFIG_BYTES` of text and `MAX_CONFIG_VALUES` values once
+    aliases are expanded. Raises `SvaiError` (too big) or `yaml.YAMLError` (not YAML)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise SvaiError(f"the YAML text is {len(text)} characters, over the {MAX_CONFIG_BYTES} a configuration may hold")
+    try:
+        tree = yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise SvaiError("the YAML text is nested too deeply to be a configuration") from None
+    if _expanded_size(tree) > MAX_CONFIG_VALUES:
+        raise SvaiError(f"the YAML text stands for more than {MAX_CONFIG_VALUES} values once its aliases (*name) are "
+                        "expanded: write the values out, or use fewer aliases")
+    return tree
 
 
 @dataclass
@@ -142,6 +221,12 @@ def to_plain(value: Any) -> Any:
 
 # -- type checking --------------------------------------------------------------------------
 
+# Every number in a configuration is bounded before any range check of its own: a 32-bit
+# integer and a float far from overflow (a learning rate of 1e300 is not a setting).
+MAX_INT = 2**31 - 1
+MAX_FLOAT = 1e12
+
+
 def _describe(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -189,10 +274,14 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         raise bad()
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                raise SvaiError(f"{key}: {value} is out of range (at most {MAX_INT} in size)")
             return value
         raise bad()
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or abs(value) > MAX_FLOAT:
+                raise SvaiError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         raise bad()
     if annotation is str:
@@ -266,6 +355,8 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
             value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except SvaiError as error:
+            raise SvaiError(f"--set {key}: {error}") from None
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
@@ -277,11 +368,18 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
 
 
 def read_yaml_file(path: Path, origin: str = "") -> Any:
-    """Parse a YAML file; text that is not UTF-8 or not YAML is an error naming the file."""
+    """Parse a YAML file; text that is not UTF-8, not YAML or too big is an error naming the file."""
     try:
-        return parse_yaml(path.read_text(encoding="utf-8")) or {}
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SvaiError(f"{origin}{path}: {path.stat().st_size} bytes is too big for a configuration "
+                            f"(at most {MAX_CONFIG_BYTES})")
+        return parse_yaml(path.read_bytes().decode("utf-8-sig")) or {}
     except UnicodeDecodeError:
         raise SvaiError(f"{origin}{path}: not a UTF-8 text file (is it a YAML config?)") from None
+    except SvaiError as error:
+        if str(error).startswith(f"{origin}{path}"):
+            raise
+        raise SvaiError(f"{origin}{path}: {error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -373,16 +471,24 @@ def validate(config: RunConfig) -> None:
     """Range checks that types alone cannot express."""
     checks = [
         (config.train.steps >= 1, "train.steps", "must be at least 1"),
+        (config.train.steps <= 10**9, "train.steps", "must be at most 1000000000"),
         (config.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
+        (config.train.batch_size <= 4096, "train.batch_size", "must be at most 4096"),
+        (config.train.seed >= 0, "train.seed", f"must be between 0 and {MAX_INT}"),
         (config.train.log_every >= 1, "train.log_every", "must be at least 1"),
         (config.train.sample_every >= 0, "train.sample_every", "must be 0 (off) or more"),
+        (0 <= config.train.sample_count <= 64, "train.sample_count", "must be between 0 and 64"),
         (config.train.checkpoint_every >= 0, "train.checkpoint_every", "must be 0 (only at the end) or more"),
         (config.train.keep_checkpoints >= 1, "train.keep_checkpoints", "must be at least 1"),
+        (config.train.keep_checkpoints <= 1000, "train.keep_checkpoints", "must be at most 1000"),
         (config.train.grad_clip >= 0, "train.grad_clip", "must be 0 (off) or more"),
         (config.train.grad_accumulation >= 1, "train.grad_accumulation", "must be at least 1"),
+        (config.train.grad_accumulation <= 1024, "train.grad_accumulation", "must be at most 1024"),
         (16 <= config.data.image_size <= 1024, "data.image_size", "must be between 16 and 1024"),
         (config.data.image_size % 16 == 0, "data.image_size", "must be a multiple of 16"),
         (config.data.num_workers >= 0, "data.num_workers", "must be 0 or more"),
+        (config.data.num_workers <= max_workers(), "data.num_workers",
+         f"must be at most {max_workers()} (the CPUs this machine gives svai, or {MIN_WORKER_CAP})"),
     ]
     for ok, key, message in checks:
         if not ok:

@@ -12,7 +12,9 @@ input's full resolution, inside the feathered region of the chosen procedures
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -25,13 +27,13 @@ from svai.checkpoint import find_checkpoint, load_networks
 from svai.composite import CompositeOptions, RegionLookup, composite
 from svai.config import RunConfig, load_run_config, resolve
 from svai.data.dataset import procedure_vector, resize, to_tensor, to_uint8
-from svai.data.images import list_images, read_rgb
+from svai.data.images import MAX_SQUARE_PIXELS, Listing, no_images, read_rgb, scan_images
 from svai.data.layout import PROCEDURE_SEPARATOR, PROCEDURES, REGIONS_DIR, SPLITS, parse_strengths, read_manifest
 from svai.data.regions import index_regions
 from svai.errors import SvaiError
-from svai.io import check_output_folder, write_png
+from svai.io import Privacy, check_output_folder, write_png
 from svai.models.base import ModelFamily, Networks, Request, eval_mode
-from svai.models.registry import make_family
+from svai.models.registry import build_on_meta, make_family
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,7 @@ def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | to
     config = resolve(base=load_run_config(run_dir))
     ref = find_checkpoint(run_dir, checkpoint)
     family = make_family(config)
-    with torch.device("meta"):
-        skeleton = family.build()
+    skeleton = build_on_meta(family)
     names = family.inference_networks()
     # Only the networks needed for inference are materialised; discriminators stay on meta.
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -257,6 +258,24 @@ def load_square(file: Path, size: int) -> torch.Tensor:
     return resize(pad_to_square(to_tensor(read_rgb(file))[None])[0], size)
 
 
+def generation_inputs(input_dir: Path, settings: Generation | None = None) -> dict[str, Path]:
+    """Everything generation reads, by the option that names it: the input folder, the
+    dataset it is a split of, the reference photos and the regions. No output may land in any."""
+    inputs = {"--input": Path(input_dir)}
+    found = dataset_split(input_dir)
+    if found is not None:
+        inputs["the dataset"] = found[0]
+    if settings is not None:
+        references = settings.references or []
+        if references:
+            # One photo, or the folder they were listed from.
+            inputs["--reference"] = references[0] if len(references) == 1 else Path(
+                os.path.commonpath([str(p) for p in references]))
+        if settings.regions is not None:
+            inputs["--regions"] = Path(settings.regions)
+    return inputs
+
+
 @dataclass
 class InputFolder:
     """What generation reads about the photos besides their pixels, from the folder they come
@@ -301,12 +320,14 @@ def simulate_photos(
     start: int = 0,
     composited: dict[str, int] | None = None,
     squares: dict[Path, tuple[int, int, int, int]] | None = None,
-) -> list[np.ndarray]:
+    skipped: list[tuple[Path, str]] | None = None,
+) -> list[np.ndarray | None]:
     """The after image of each (file, (H, W, 3) uint8 pixels) as `svai generate` makes it:
     the request with each image's labels, its reference (`start` is the index of the first
     photo among all inputs), the model (on the photo's face square where `squares` names one,
     pasted back), then the composite. `composited` counts where each composite's region came
-    from ("regions", "landmark regions", "change map")."""
+    from ("regions", "landmark regions", "change map"). A photo that does not fit in memory
+    even alone is None, and listed in `skipped` (without it, the memory error is raised)."""
     squares = squares or {}
     request = settings.request
     if folder.labels is not None:
@@ -316,13 +337,17 @@ def simulate_photos(
     if settings.references:
         chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(photos)]
         request = replace(request, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
-    predictions = translate_batch(model, [_model_view(file, image, squares) for file, image in photos], request)
-    predictions = [_paste_square(image, prediction, squares[file]) if file in squares else prediction
-                   for (file, image), prediction in zip(photos, predictions)]
+    views = [(file, _model_view(file, image, squares)) for file, image in photos]
+    predictions = _translate_each(model, views, request, skipped)
+    predictions = [_paste_square(image, prediction, squares[file]) if file in squares and prediction is not None
+                   else prediction for (file, image), prediction in zip(photos, predictions)]
     if folder.lookup is None or settings.composite is None:
         return predictions
-    out = []
+    out: list[np.ndarray | None] = []
     for (file, image), prediction in zip(photos, predictions):
+        if prediction is None:
+            out.append(None)
+            continue
         chosen = folder.wanted or folder.labelled.get(file.stem)
         region, source = folder.lookup.find_with_source(file, image.shape[:2], chosen, image)
         if composited is not None:
@@ -337,21 +362,27 @@ def generate_folder(
     output_dir: Path,
     settings: Generation | None = None,
     progress: Callable[[int], None] | None = None,
-    files: list[Path] | None = None,
+    listing: Listing | None = None,
 ) -> GenerateReport:
-    """Translate every image under `input_dir` into `output_dir`; unreadable files are skipped.
+    """Translate every image under `input_dir` into `output_dir`; unusable files are skipped.
 
-    `files` is the input listing when the caller already has it (`list_images(input_dir)`).
-    A model that reads procedure strengths, given none in the request, takes each image's own
-    labels from the dataset's manifest when `input_dir` is a split of a prepared dataset.
+    `listing` is the input folder's `scan_images` when the caller already has it; every file it
+    passed over is reported as skipped, with the reason prepare gives it. A model that reads
+    procedure strengths, given none in the request, takes each image's own labels from the
+    dataset's manifest when `input_dir` is a split of a prepared dataset. Each output is no
+    more readable than its input photo (`svai.io.Privacy`).
     """
     settings = settings or Generation()
     if settings.batch_size < 1:
         raise SvaiError(f"--batch-size must be at least 1; got {settings.batch_size}")
-    check_output_folder({"--input": input_dir}, output_dir)
-    files = list_images(input_dir) if files is None else files
+    check_output_folder(generation_inputs(input_dir, settings), output_dir)
+    listing = scan_images(input_dir) if listing is None else listing
+    if not listing.images:
+        raise no_images(Path(input_dir), listing)
+    files = listing.images
     folder = InputFolder.read(model, input_dir, settings)
     report = GenerateReport()
+    report.skipped.extend((p.path, f"{p.reason}: {p.detail}") for p in listing.passed_over)
     seen: dict[Path, Path] = {}
     queue: list[tuple[Path, np.ndarray]] = []
     squares: dict[Path, tuple[int, int, int, int]] = {}
@@ -362,10 +393,19 @@ def generate_folder(
         # Photos of different sizes batch fine: each is padded and resized to the model size.
         if not queue:
             return
-        predictions = simulate_photos(model, queue, settings, folder, len(report.written), report.composited, squares)
+        predictions = simulate_photos(model, queue, settings, folder, len(report.written), report.composited, squares,
+                                      report.skipped)
         for (file, _), prediction in zip(queue, predictions):
+            if prediction is None:
+                continue
             target = output_path(input_dir, output_dir, file)
-            write_png(target, prediction)
+            try:
+                write_png(target, prediction, Privacy.of(file, input_dir))
+            except OSError as error:
+                if error.errno not in _NAME_ERRNOS:
+                    raise  # a full disk or a lost permission stops the run: every later file would fail too
+                report.skipped.append((file, f"cannot write {target.name}: {os.strerror(error.errno)}"))
+                continue
             report.written.append(target)
         if progress is not None:
             progress(len(queue))
@@ -380,7 +420,8 @@ def generate_folder(
             continue
         seen[target] = file
         try:
-            image = read_rgb(file)
+            # Bounded before decoding: the photo is padded to a square of its long side.
+            image = read_rgb(file, max_pixels=MAX_SQUARE_PIXELS, square=True)
         except SvaiError as error:
             report.skipped.append((file, str(error).removeprefix(f"{file}: ")))
             if progress is not None:
@@ -418,6 +459,55 @@ def _paste_square(image: np.ndarray, square: np.ndarray, box: tuple[int, int, in
     out = image.copy()
     out[y0:y1, x0:x1] = square
     return out
+
+
+
+# Errors of one output's name (too long, not encodable here): that file is skipped, the rest written.
+_NAME_ERRNOS = {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and ("out of memory" in str(error) or "can't allocate memory" in str(error)))
+
+
+def _translate_each(
+    model: LoadedModel, queue: list[tuple[Path, np.ndarray]], request: Request,
+    skipped: list[tuple[Path, str]] | None,
+) -> list[np.ndarray | None]:
+    """The batch's predictions; when the batch does not fit in memory, each photo alone, and
+    a photo that does not fit even alone is listed in `skipped` (None) so the others are still
+    written; without `skipped` the memory error is raised."""
+    images = [image for _, image in queue]
+    try:
+        return translate_batch(model, images, request)
+    except (MemoryError, RuntimeError) as error:
+        if skipped is None or not _out_of_memory(error):
+            raise
+        if len(queue) == 1:
+            skipped.append((queue[0][0], "not enough memory to translate it"))
+            return [None]
+    outputs: list[np.ndarray | None] = []
+    for index, (file, image) in enumerate(queue):
+        single = _one_of(request, index, len(queue))
+        try:
+            outputs.append(translate_batch(model, [image], single)[0])
+        except (MemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise
+            skipped.append((file, "not enough memory to translate it"))
+            outputs.append(None)
+    return outputs
+
+
+def _one_of(request: Request, index: int, count: int) -> Request:
+    """The request of the `index`-th photo of a batch of `count` (its row of per-photo tensors)."""
+    def row(value: torch.Tensor | None) -> torch.Tensor | None:
+        if value is None or value.dim() == 0 or value.shape[0] != count:
+            return value
+        return value[index:index + 1]
+
+    return replace(request, procedures=row(request.procedures), reference=row(request.reference))
 
 
 __all__ = ["LoadedModel", "GenerateReport", "Generation", "InputFolder", "load_model", "generate_folder",

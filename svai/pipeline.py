@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from svai.errors import SvaiError
+from svai.io import OwnFiles
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,27 @@ def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | 
         log.info("no test split in %s: nothing to evaluate", data)
         return None
     predictions = run_dir / PREDICTIONS
-    # The folder is the run's own: predictions of an evaluation cut short (SIGTERM, a crash)
-    # are dropped, so the metrics never mix two checkpoints' images.
-    shutil.rmtree(predictions, ignore_errors=True)
+    # Predictions of an evaluation cut short (SIGTERM, a crash) are dropped, so the metrics
+    # never mix two checkpoints' images; only files the run's record proves svai wrote go.
+    own = OwnFiles(run_dir)
+    kept = own.remove_under(predictions)
+    if kept:
+        raise SvaiError(f"{predictions} holds files svai did not write (e.g. {kept[0]}): move them elsewhere, "
+                        f"then run `svai train --out {run_dir} --resume` to evaluate")
+    own.save()
     # As `svai generate` would run it: with the run's default composite.
     settings = Generation(composite=CompositeOptions() if model.config.generate.composite else None)
-    report = generate_folder(model, before, predictions, settings)
+    try:
+        report = generate_folder(model, before, predictions, settings)
+    finally:
+        own.note_with_folders(*(p for p in predictions.rglob("*") if not p.name.startswith(".")))
+        own.save()
     if report.skipped:
         raise SvaiError(f"{len(report.skipped)} test images could not be read, e.g. {report.skipped[0][0]}")
     result = evaluate_folders(predictions, after, baseline=before, name=model.config.name,
                               device=str(model.device))
     result["checkpoint_step"] = model.step
     write_json(result, run_dir / EVALUATION)
+    own.note(run_dir / EVALUATION)
+    own.save()
     return result

@@ -10,6 +10,7 @@ counts as stale.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from svai.errors import SvaiError
-from svai.io import USER_ERRNOS, process_alive
+from svai.io import USER_ERRNOS, Privacy, make_folder, process_alive
 
 try:
     import fcntl
@@ -28,6 +29,7 @@ except ImportError:  # not POSIX
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".svai.lock"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _describe(holder: dict) -> str:
@@ -39,7 +41,7 @@ def _describe(holder: dict) -> str:
 def _read_holder(path: Path) -> dict:
     try:
         holder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return holder if isinstance(holder, dict) else {}
 
@@ -51,8 +53,10 @@ class RunLock:
     process that holds the lock. Use as a context manager, or call `release()`.
     """
 
-    def __init__(self, folder: Path, what: str = "run folder") -> None:
+    def __init__(self, folder: Path, what: str = "run folder", privacy: Privacy | None = None) -> None:
         self.folder = Path(folder)
+        # The mode of the folder when the lock creates it (the privacy of what goes in it).
+        self.privacy = privacy
         self.path = self.folder / LOCK_FILE
         self.what = what
         self._fd: int | None = None
@@ -66,9 +70,11 @@ class RunLock:
         if self._fd is not None:
             return self
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_folder(self.folder, self.privacy)
             fd = self._lock_flock() if fcntl is not None else self._lock_exclusive()
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise self._link() from None
             hint = USER_ERRNOS.get(error.errno or 0, error.strerror or "cannot be written")
             raise SvaiError(f"{self.folder}: {hint}") from None
         self._fd = fd
@@ -86,9 +92,22 @@ class RunLock:
             f"(one writer per {self.what})"
         )
 
+    def _link(self) -> SvaiError:
+        return SvaiError(f"{self.path} is a symbolic link: svai never writes through a link it did not make; "
+                         "remove it (it is not svai's lock)")
+
+    def _open(self, flags: int) -> int:
+        """Open the lock file, never through a link, and never a file that has other names
+        (a hard link to a file of the user's, which the lock would truncate)."""
+        fd = os.open(self.path, flags | _NOFOLLOW, 0o600)
+        if os.fstat(fd).st_nlink > 1:
+            os.close(fd)
+            raise SvaiError(f"{self.path} has other names (a hard link): it is not svai's lock; remove it")
+        return fd
+
     def _lock_flock(self) -> int:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open(os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -110,7 +129,7 @@ class RunLock:
     def _lock_exclusive(self) -> int:
         for _ in range(2):
             try:
-                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                return self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 holder = _read_holder(self.path)
                 pid = holder.get("pid")
@@ -152,7 +171,7 @@ def lock_holder(folder: Path) -> dict | None:
         holder = _read_holder(path)
         return holder if isinstance(holder.get("pid"), int) and process_alive(holder["pid"]) else None
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except OSError:
         return None
     try:

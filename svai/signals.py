@@ -42,6 +42,24 @@ def stop_signals() -> Iterator[dict[str, Any]]:
             signal.signal(sig, old)
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt as Ctrl-C does, so clean-up code
+    (`finally`, `except KeyboardInterrupt`) runs for both; outside it, SIGTERM is as before."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals stay with the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def worker_setup(parent: int) -> None:
     """Worker-process initialiser: leave stopping to `parent`, and die with it.
 

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -32,9 +31,11 @@ from svai.data.augment import augment_batch
 from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_uint8
 from svai.environment import ENVIRONMENT_FILE, environment_record, write_environment
 from svai.errors import SvaiError
-from svai.io import check_output_folder, write_atomic, write_png
+from svai.io import (
+    OWN_FILES, PLANNED, OwnFiles, Privacy, check_output_folder, open_append, remove_stale_temporaries, write_atomic, write_png,
+)
 from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
-from svai.models.registry import make_family
+from svai.models.registry import build_on_meta, make_family
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals
 from svai.tracking import TRACKERS_DIR, Tracking, check_trackers, flat_hparams, process_mean
@@ -50,6 +51,10 @@ EventCallback = Callable[[dict[str, Any]], None]
 COMPUTE_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class Diverged(SvaiError):
+    """A loss that is no longer a finite number: the settings made training diverge."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -61,25 +66,30 @@ class TrainResult:
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to mix a new run into an old one, or to write a run over a file."""
+    """Refuse to mix a new run into an old one, to write a run over a file, or to delete
+    anything svai did not write there."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise SvaiError(f"--out {run_dir} is a file: give a folder for the run")
     if resume or not run_dir.exists():
         return
-    entries = {p.name for p in run_dir.iterdir()} - {LOCK_FILE}
+    entries = {p.name for p in run_dir.iterdir()} - {LOCK_FILE, OWN_FILES}
     if not entries:
         return
     if has_checkpoint(run_dir) or not entries <= RESTARTABLE:
-        raise SvaiError(f"--out {run_dir} already holds a run: add --resume to continue it, or choose a new folder")
+        raise SvaiError(f"--out {run_dir} already holds a run or other files: add --resume to continue a run, "
+                        "or choose a new folder")
+    remove_stale_temporaries(run_dir / "checkpoints")  # a first checkpoint cut short
+    own = OwnFiles(run_dir)
+    foreign = own.foreign(sorted(entries))
+    if foreign:
+        raise SvaiError(f"--out {run_dir} holds files svai did not write ({foreign[0]}"
+                        f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}): choose a new folder")
     # A run that stopped before its first checkpoint holds nothing worth keeping: start afresh.
     log.warning("%s: the earlier run stopped before its first checkpoint; starting it again", run_dir)
-    for name in entries:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+    for name in sorted(entries):
+        own.remove_under(run_dir / name)
+    own.save()
 
 
 def resolve_for_run(
@@ -113,6 +123,10 @@ class Trainer:
 
         self.config = config
         self.run_dir = Path(run_dir)
+        # What the run writes is recorded (so a restart deletes only that), and what it draws
+        # from the photos (samples) is no more readable than the dataset.
+        self.own = OwnFiles(self.run_dir)
+        self.privacy = Privacy.of(Path(config.data.root)) if config.data.root else None
         self.resume = resume
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda step: False)
@@ -155,6 +169,7 @@ class Trainer:
 
         set_seed(train.seed)
         self.family = make_family(config)
+        build_on_meta(self.family)  # refuses impossible or oversized widths before allocating
         self.nets: Networks = self.family.build()
         # Pretrained frozen weights load now, so a missing file fails before the first step.
         self.family.load_pretrained(self.nets, COMPUTE_DTYPES[train.mixed_precision])
@@ -301,9 +316,10 @@ class Trainer:
                     if stopping and step < total:
                         interrupted = True
                         break
-        except SvaiError:
-            # A dataset file that stops training (data.on_bad_file=error) loses no finished step.
-            if step > saved and step < total:
+        except SvaiError as error:
+            # A dataset file that stops training (data.on_bad_file=error) loses no finished step;
+            # diverged weights are not worth a checkpoint.
+            if step > saved and step < total and not isinstance(error, Diverged):
                 self._save(step)
             self.close()
             raise
@@ -342,7 +358,8 @@ class Trainer:
                     with self.accelerator.autocast():
                         loss, phase_logs = self.family.loss(phase.name, self.wrapped, part, ctx, step)
                     if not torch.isfinite(loss.detach()).all():
-                        raise FloatingPointError(f"{phase.name} loss is {loss.item()} at step {step}")
+                        raise Diverged(f"the {phase.name} loss is {loss.item()} at step {step + 1}: training diverged; "
+                                       "lower the learning rate or set train.grad_clip, then resume or start again")
                     self.accelerator.backward(loss / len(parts))
                 for key, value in phase_logs.items():
                     phase_totals[key] = phase_totals.get(key, 0.0) + float(value) / len(parts)
@@ -389,8 +406,18 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         record = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in record.items()}
-        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.run_dir / "log.jsonl"
+        if self.own.entries.get("log.jsonl") != PLANNED:
+            # Appended to all along: recorded as a path svai writes, not by size and time.
+            self.own.plan(path)
+            self.own.save()
+        with open_append(path) as handle:
+            handle.write((json.dumps(record) + "\n").encode("utf-8"))
+
+    def _record(self, *paths: Path) -> None:
+        """Add files the run has just written to the run folder's record of its own files."""
+        self.own.note_with_folders(*paths)
+        self.own.save()
 
     def _learning_rates(self) -> dict[str, float]:
         """Each optimiser's current learning rate; one per parameter group when they differ."""
@@ -404,12 +431,22 @@ class Trainer:
         return rates
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines past the resumed step, so the log tells one consistent history."""
+        """Drop log lines past the resumed step, so the log tells one consistent history.
+
+        A line that is not a JSON record (the last one cut short by a crash or a full disk)
+        is dropped with it.
+        """
         path = self.run_dir / "log.jsonl"
         if not path.is_file():
             return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int) and record.get("step", 0) <= step:
+                kept.append(line)
         write_atomic(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
     @torch.no_grad()
@@ -429,7 +466,10 @@ class Trainer:
                 for images in zip(to_uint8(items["before"]), to_uint8(fake), to_uint8(items["after"]))]
         path = self.run_dir / "samples" / f"step-{step:08d}.png"
         grid = np.concatenate(rows, axis=0)
-        write_png(path, grid)
+        self.own.plan(path)
+        self.own.save()
+        write_png(path, grid, self.privacy)
+        self._record(path)
         self.tracking.log_image(grid, step)
         self.on_event({"event": "sample", "step": step, "path": str(path)})
 
@@ -452,6 +492,7 @@ class Trainer:
             optimizers = {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}
             path = save_checkpoint(self.run_dir, step, self.nets, optimizers, extra, states,
                                    keep=self.config.train.keep_checkpoints, frozen=self.family.is_frozen)
+            self._record(path.parent)
             self.on_event({"event": "checkpoint", "step": step, "path": str(path)})
         accelerator.wait_for_everyone()
         return path
@@ -489,18 +530,23 @@ def prepare_training(
     created = not run_dir.exists()
     own = lock is None and os.environ.get("RANK", "0") == "0"
     if own:
-        lock = RunLock(run_dir).acquire()
+        lock = RunLock(run_dir, privacy=run_privacy(config)).acquire()
     try:
         check_run_dir(run_dir, resume)
         trainer = Trainer(config, run_dir, resume=resume, on_event=on_event, should_stop=should_stop)
         if trainer.accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(run_dir / "config.yaml", config.to_yaml().encode())
+            # The log and the samples folder are recorded before the loop makes them, so a run
+            # killed in its first steps is still all svai's to start again.
+            trainer.own.plan(run_dir / "log.jsonl", run_dir / "samples", run_dir / TRACKERS_DIR)
+            trainer._record(run_dir / "config.yaml")
             accelerator = trainer.accelerator
             write_environment(run_dir, environment_record(
                 device=accelerator.device, processes=accelerator.num_processes,
                 precision=config.train.mixed_precision, seed=config.train.seed, start_step=trainer.start_step,
                 command=command))
+            trainer._record(run_dir / "environment.json")
         trainer.accelerator.wait_for_everyone()
     except BaseException:
         if own and lock is not None:
@@ -513,6 +559,11 @@ def prepare_training(
         raise
     trainer._lock = lock if own else None
     return trainer
+
+
+def run_privacy(config: RunConfig) -> Privacy | None:
+    """The privacy a new run folder gets: that of the dataset it learns from."""
+    return Privacy.of(Path(config.data.root)) if config.data.root else None
 
 
 def train(
@@ -531,5 +582,5 @@ def train(
         trainer.close()
 
 
-__all__ = ["train", "prepare_training", "Trainer", "TrainResult", "resolve_for_run", "split_batch"]
+__all__ = ["train", "prepare_training", "run_privacy", "Trainer", "TrainResult", "resolve_for_run", "split_batch"]
 

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = "SVAI_WEIGHTS_DIR"
 
 _CHUNK = 1 << 20
+# The most a download of a file of unknown size may bring (the largest known one is 553 MB).
+MAX_DOWNLOAD = 2 << 30
 
 
 class MissingWeights(SvaiError):
@@ -389,6 +391,8 @@ def fetch(
         url: another source (a mirror, or a `file://` URL); default the publisher's URL.
         progress: called with (bytes so far, total bytes or None) after each chunk.
     """
+    from svai.io import describe_size  # numpy and PIL stay out of `svai weights`' import
+
     entry = spec(key)
     source = url or entry.url
     dest = Path(dest_dir).expanduser() if dest_dir is not None else search_dirs()[0]
@@ -407,8 +411,16 @@ def fetch(
                 with urllib.request.urlopen(source, timeout=60) as response:
                     length = response.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
+                    # A source may not send more than the file is: the known size, else a bound.
+                    most = entry.size if entry.size is not None else MAX_DOWNLOAD
+                    if total is not None and total > most:
+                        raise SvaiError(f"{source} offers {describe_size(total)}, more than the "
+                                        f"{describe_size(most)} {entry.filename} is; nothing was saved")
                     done = 0
                     for block in iter(lambda: response.read(_CHUNK), b""):
+                        if done + len(block) > most:
+                            raise SvaiError(f"{source} sent more than the {describe_size(most)} {entry.filename} "
+                                            "is: the source is wrong; nothing was saved")
                         handle.write(block)
                         digest.update(block)
                         done += len(block)

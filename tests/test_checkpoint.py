@@ -133,3 +133,48 @@ def test_frozen_entries_are_left_out_and_not_expected_back(tmp_path: Path) -> No
     # Without the predicate the same file is short of the frozen entries: a one-line error.
     with pytest.raises(SvaiError, match=r"weights of 'G' do not fit the configured model \(missing '0.weight'\)"):
         load_networks(path, nets())
+
+
+def _rewrite_header(file: Path, change) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import struct
+
+    data = file.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    change(header[next(k for k in header if k != "__metadata__" and header[k]["shape"])])
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(length)
+    assert len(text) == length
+    file.write_bytes(data[:8] + text + data[8 + length:])
+
+
+@pytest.mark.parametrize("change", [
+    lambda entry: entry.__setitem__("data_offsets", None),
+    lambda entry: entry.__setitem__("data_offsets", "0,4"),
+    lambda entry: entry.__setitem__("shape", [True] * len(entry["shape"])),
+    lambda entry: entry.__setitem__("dtype", 5),
+    lambda entry: entry.pop("shape"),
+])
+def test_a_tampered_header_is_a_damaged_checkpoint_not_a_crash(run: Path, change) -> None:  # type: ignore[no-untyped-def]
+    file = step_dir(run, 2) / "weights.safetensors"
+    _rewrite_header(file, change)
+    assert safetensors_problem(file) in ("has a damaged header", "not a safetensors file")
+    assert find_checkpoint(run).step == 1  # the older, intact checkpoint
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_folder(
+        run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors import SafetensorError
+
+    from svai.generate import load_model
+
+    model = load_model(run)
+
+    def full(tensors, filename, metadata=None):  # type: ignore[no-untyped-def]
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr("svai.checkpoint.save_file", full)
+    with pytest.raises(SvaiError, match="no space left"):
+        save_checkpoint(run, 3, model.nets, {})
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")) == []

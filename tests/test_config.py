@@ -88,3 +88,70 @@ def test_every_example_config_resolves_and_every_stargan_preset_has_one() -> Non
         config = resolve(config_file=path, flags={"data.root": "somewhere"})
         assert config.name == path.stem, path
     assert {p for p in presets() if p.startswith("stargan")} <= {p.stem for p in configs}
+
+
+# -- YAML 1.2 numbers, bounded effort, finite values and ranges ------------------------------
+
+from svai.config import MAX_CONFIG_VALUES, parse_yaml  # noqa: E402
+from svai.workers import max_workers  # noqa: E402
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("010", 10), ("0o10", 8), ("0x1F", 31), ("-7", -7), ("1e3", 1000.0), ("1.5", 1.5),
+    ("1:30", "1:30"), ("1_000", "1_000"), ("2024-01-02", "2024-01-02"), ("no", "no"), ("true", True),
+])
+def test_yaml_scalars_follow_yaml_1_2(text: str, value: object) -> None:
+    parsed = parse_yaml(f"v: {text}")["v"]
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_an_alias_bomb_is_refused_before_anything_walks_it() -> None:
+    lines = ["a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]"]
+    for level, name in enumerate("bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{'abcdefghi'[level]}"] * 9) + "]")
+    with pytest.raises(SvaiError, match="aliases"):
+        parse_yaml("\n".join(lines))
+    assert parse_yaml("a: &x [1, 2]\nb: *x") == {"a": [1, 2], "b": [1, 2]}  # a few aliases are fine
+    assert MAX_CONFIG_VALUES >= 1000
+
+
+def test_a_config_that_contains_itself_is_refused() -> None:
+    with pytest.raises(SvaiError, match="aliases"):
+        parse_yaml("a: &a [1, *a]")
+
+
+def test_a_huge_config_file_is_refused_by_its_size(tmp_path: Path) -> None:
+    from svai.config import load_yaml
+
+    path = tmp_path / "big.yaml"
+    path.write_text("model:\n  name: pix2pix\n# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(SvaiError, match="too big"):
+        load_yaml(path)
+
+
+@pytest.mark.parametrize(("sets", "fragment"), [
+    (["model.lr=.inf"], "model.lr: expected a finite number"),
+    (["model.lr=.nan"], "model.lr: expected a finite number"),
+    (["train.grad_clip=1e300"], "train.grad_clip"),
+    (["train.seed=-1"], "train.seed must be between 0"),
+    (["train.steps=99999999999999999"], "train.steps"),
+    (["data.num_workers=100000"], "data.num_workers must be at most"),
+    (["model.ngf=100000000"], "model.ngf must be between 1 and 1024"),
+    (["train.batch_size=100000"], "train.batch_size must be at most"),
+])
+def test_numbers_out_of_range_name_the_key(sets: list[str], fragment: str) -> None:
+    with pytest.raises(SvaiError, match=fragment.replace(".", r"\.")):
+        resolve("pix2pix", sets=sets)
+
+
+def test_workers_may_use_the_cpus_or_a_few() -> None:
+    assert resolve("pix2pix", sets=[f"data.num_workers={max_workers()}"]).data.num_workers == max_workers()
+    assert max_workers() >= 8
+
+
+def test_a_model_too_big_to_build_is_one_line_before_any_allocation() -> None:
+    from svai.models.registry import build_on_meta, make_family
+
+    config = resolve("stargan-v2", sets=["model.max_conv_dim=1000000", "model.hidden_dim=1000000"])
+    with pytest.raises(SvaiError, match="numbers, over the"):
+        build_on_meta(make_family(config))

@@ -72,3 +72,18 @@ def test_releasing_twice_is_harmless(tmp_path: Path) -> None:
     started = time.monotonic()
     RunLock(tmp_path).acquire().release()
     assert time.monotonic() - started < 1
+
+
+def test_a_lock_file_that_is_a_link_or_has_other_names_is_refused(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".svai.lock").symlink_to(precious)
+    with pytest.raises(SvaiError, match="symbolic link"):
+        RunLock(folder).acquire()
+    (folder / ".svai.lock").unlink()
+    os.link(precious, folder / ".svai.lock")
+    with pytest.raises(SvaiError, match="hard link"):
+        RunLock(folder).acquire()
+    assert precious.read_text() == "mine"

@@ -241,3 +241,12 @@ def test_fetch_defaults_to_the_published_url_and_first_search_dir(
     assert requested == ["https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"]
     assert path == clean_env / "torch" / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
     assert weights.locate("squeezenet") == path
+
+
+def test_fetch_stops_a_source_that_sends_more_than_the_file_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    endless = write(tmp_path / "mirror" / "blob", b"\0" * (3 << 20))
+    entry = weights.REGISTRY["alexnet"]
+    monkeypatch.setitem(weights.REGISTRY, "alexnet", dataclasses.replace(entry, size=1 << 20))
+    with pytest.raises(SvaiError, match="more than the 1.0 MB|more than the 1 MB"):
+        weights.fetch("alexnet", tmp_path / "dest", url=endless.as_uri())
+    assert list((tmp_path / "dest").iterdir()) == []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import logging
+import sys
 from typing import Any, Callable, TypeVar
 
 import typer
@@ -52,6 +54,33 @@ if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "displ
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
+# What the symbols svai prints become on a terminal that cannot show them (an ASCII locale).
+_ASCII = {"→": "->", "←": "<-", "±": "+/-", "↑": "^", "↓": "v", "†": "+", "×": "x", "—": "-", "–": "-",
+          "…": "...", "·": ".", "≥": ">=", "≤": "<=", "✓": "ok"}
+
+
+def _ascii_fallback(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start:error.end]
+    return "".join(_ASCII.get(char, "?") for char in text), error.end
+
+
+codecs.register_error("svai-ascii", _ascii_fallback)
+
+
+def terminal_safe_streams() -> None:
+    """Let stdout and stderr print every symbol svai uses, spelled in ASCII where the
+    terminal's encoding has no such character, instead of failing on the first arrow."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        try:
+            "".join(_ASCII).encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors="svai-ascii")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -75,15 +104,34 @@ def user_errors(function: F) -> F:
             return function(*args, **kwargs)
         except SvaiError as error:
             raise fail(str(error)) from None
-        except OSError as error:
-            from svai.io import describe_os_error  # numpy and PIL stay out of `svai --help`
-
-            message = describe_os_error(error)
-            if message is None:
+        except (OSError, UnicodeDecodeError, MemoryError) as error:
+            raise _library_error(error) from None
+        except Exception as error:
+            # safetensors' SafetensorError and zipfile's BadZipFile share no base class worth
+            # importing here; anything else keeps its traceback.
+            if _out_of_memory(error):
+                raise _library_error(MemoryError()) from None
+            if type(error).__name__ not in ("SafetensorError", "BadZipFile"):
                 raise
-            raise fail(message) from None
+            raise _library_error(error) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """torch reports a failed allocation as a RuntimeError naming the allocator."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _library_error(error: BaseException) -> BaseException:
+    """The one-line exit for what the libraries raise about the machine or a file, else the error."""
+    if isinstance(error, MemoryError):
+        return fail("not enough memory for this command: use smaller images, a smaller --batch-size or fewer workers")
+    from svai.io import describe_library_error  # numpy and PIL stay out of `svai --help`
+
+    message = describe_library_error(error)
+    return error if message is None else fail(message)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -104,4 +152,5 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details on stderr."),
 ) -> None:
     """Simulate the outcome of facial plastic surgery."""
+    terminal_safe_streams()
     setup_logging(verbose)

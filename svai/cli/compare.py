@@ -48,8 +48,19 @@ def compare(
     """Compare evaluated models: one row per model plus the do-nothing baseline."""
     from svai import report as rp
 
+    from svai.io import OPEN, Privacy, check_output_file
+
     _check_options(fmt, grid, report, rows, cell, before)
     loaded = rp.load_results(results)
+    reads = rp.read_paths(loaded, before)
+    for option, output in (("--grid", grid), ("--report", report)):
+        if output is not None:
+            check_output_file(reads, output, option)
+    # Grids and the report show the photos: no more readable than the folders they come from.
+    privacy = OPEN
+    for path in reads.values():
+        if path.is_dir():
+            privacy &= Privacy.of(path)
     table = rp.comparison_table(loaded, sort=sort)
     if fmt == "table":
         _print_full_width(rp.rich_table(table))
@@ -73,11 +84,11 @@ def compare(
         plan = rp.plan_grid(ordered, ids=id_list, k=rows, before_dir=before)
         for line in plan.warnings:
             _warn(line, warned)
-        rp.save_png(rp.render_grid(plan, cell), grid)
+        rp.save_png(rp.render_grid(plan, cell), grid, privacy)
         _done(f"wrote {grid} ({len(plan.ids)} image(s): {', '.join(plan.ids)})")
     if report is not None:
         grids = _report_grids(ordered, id_list, rows, before, cell, warned)
-        rp.html_report(loaded, table, grids, report, histories=rp.load_histories(ordered))
+        rp.html_report(loaded, table, grids, report, privacy, histories=rp.load_histories(ordered))
         _done(f"wrote {report}")
 
 
@@ -92,8 +103,8 @@ def _check_options(
         raise SvaiError(f"--grid {grid}: the grid is written as PNG; give a file name ending in .png")
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise SvaiError(f"--report {report}: give a file name ending in .html")
-    if rows < 1:
-        raise SvaiError(f"--rows {rows}: give at least 1")
+    if not 1 <= rows <= 100:
+        raise SvaiError(f"--rows {rows}: give 1 to 100")
     if not 16 <= cell <= 1024:
         raise SvaiError(f"--cell {cell}: give a size from 16 to 1024 pixels")
     if before is not None and not before.is_dir():

@@ -115,9 +115,14 @@ def evaluate(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the target features even when cached."),
 ) -> None:
     """Measure generated images against targets: SSIM, PSNR, LPIPS (also per region), FID, KID, IS."""
+    from svai.io import check_output_file
     from svai.metrics.evaluate import evaluate_folders, normalize_metrics, write_json
 
     named = normalize_metrics(metrics) if metrics else []
+    if json_path is not None:
+        # Before any work: the results may not replace a file this command reads.
+        check_output_file({"--pred": pred, "--target": target, "--masks": masks or target.parent / "masks",
+                           "--baseline": baseline, "--before": before}, json_path, "--json")
     with Progress(
         TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err_console, transient=True,

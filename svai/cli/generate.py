@@ -82,25 +82,37 @@ def generate(
     import torch
 
     from svai.composite import CompositeOptions
-    from svai.data.images import list_images
+    from svai.config import MAX_INT
+    from svai.data.images import list_images, no_images, scan_images
     from svai.data.regions import index_regions
-    from svai.generate import Generation, generate_folder, load_model, parse_procedures
-    from svai.io import check_output_folder, check_writable
+    from svai.generate import Generation, generate_folder, generation_inputs, load_model, parse_procedures
+    from svai.io import Privacy, check_output_folder, check_writable
     from svai.models.base import Request
 
-    files = list_images(input)
-    total = len(files)
-    check_output_folder({"--input": input}, output)
+    listing = scan_images(input)
+    if not listing.images:
+        raise no_images(input, listing)
+    total = len(listing.images) + len(listing.passed_over)
     if intensity is not None and not 0.0 <= intensity <= 1.0:
         raise SvaiError(f"--intensity must be between 0 and 1; got {intensity}")
-    if batch_size < 1:
-        raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
+    if not 1 <= batch_size <= 4096:
+        raise SvaiError(f"--batch-size must be between 1 and 4096; got {batch_size}")
+    if seed is not None and not 0 <= seed <= MAX_INT:
+        raise SvaiError(f"--seed must be between 0 and {MAX_INT}; got {seed}")
+    if steps is not None and not 1 <= steps <= 1000:
+        raise SvaiError(f"--steps must be between 1 and 1000; got {steps}")
+    if guidance is not None and not 0.0 <= guidance <= 100.0:
+        raise SvaiError(f"--guidance must be between 0 and 100; got {guidance}")
+    if strength is not None and not 0.0 <= strength <= 1.0:
+        raise SvaiError(f"--strength must be between 0 and 1; got {strength}")
     references = None
     if reference is not None:
         try:
             references = [reference] if reference.is_file() else list_images(reference)
         except SvaiError as error:
             raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
+    # Every path generation reads is known now: no output may land in one, before anything loads.
+    check_output_folder(generation_inputs(input, Generation(references=references, regions=regions)), output)
     if regions is not None:
         if composite is False:
             raise SvaiError("--regions steers a composite: drop --no-composite")
@@ -111,7 +123,7 @@ def generate(
         composite = model.config.generate.composite
     if regions is not None and not composite:
         raise SvaiError("--regions steers a composite: add --composite")
-    check_writable(output)
+    check_writable(output, privacy=Privacy.of(input))
     request = Request(procedures=parse_procedures(procedures, model.family.procedures), intensity=intensity,
                       generator=torch.Generator().manual_seed(seed) if seed is not None else None,
                       steps=steps, guidance=guidance, strength=strength, prompt=prompt)
@@ -120,9 +132,9 @@ def generate(
                           composite=CompositeOptions() if composite else None, regions=regions, face_crop=face_crop)
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as progress:
-        task = progress.add_task("generate", total=total)
+        task = progress.add_task("generate", total=len(listing.images))
         report = generate_folder(model, input, output, settings,
-                                 progress=lambda n: progress.advance(task, n), files=files)
+                                 progress=lambda n: progress.advance(task, n), listing=listing)
     for file, note in report.notes:
         console.print(f"note: {file}: {note}", highlight=False, markup=False)
     for file, reason in report.skipped:

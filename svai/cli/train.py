@@ -72,7 +72,7 @@ def train(
     """Train an image-to-image model; Ctrl-C saves a checkpoint and stops cleanly."""
     from svai.errors import SvaiError
     from svai.io import check_output_folder
-    from svai.train import prepare_training, resolve_for_run
+    from svai.train import prepare_training, resolve_for_run, run_privacy
 
     if mixed_precision is not None and mixed_precision not in PRECISIONS:
         raise SvaiError(f"--mixed-precision {mixed_precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -87,8 +87,11 @@ def train(
     if resolved.data.root and Path(resolved.data.root).is_dir():
         # Stored absolute, so a resumed run or its evaluation finds the data from any folder.
         resolved.data.root = str(Path(resolved.data.root).resolve())
-    check_output_folder({"--data": Path(resolved.data.root)} if resolved.data.root else {}, out, "--out")
-    with _main_process_lock(out) as lock:
+    reads = {"--data": Path(resolved.data.root)} if resolved.data.root else {}
+    if config is not None:
+        reads["--config"] = config
+    check_output_folder(reads, out, "--out")
+    with _main_process_lock(out, run_privacy(resolved)) as lock:
         if resume and _only_evaluation_left(out, resolved):
             _evaluate(out)
             return
@@ -97,8 +100,9 @@ def train(
 
 
 @contextlib.contextmanager
-def _main_process_lock(out: Path) -> Iterator[Any]:
-    """The run folder's lock, held by the main process from set-up through the evaluation."""
+def _main_process_lock(out: Path, privacy: Any) -> Iterator[Any]:
+    """The run folder's lock, held by the main process from set-up through the evaluation;
+    a run folder it creates gets `privacy` (that of the dataset)."""
     import os
 
     from svai.runlock import RunLock
@@ -107,7 +111,7 @@ def _main_process_lock(out: Path) -> Iterator[Any]:
         yield None
         return
     created = not out.exists()
-    with RunLock(out) as lock:
+    with RunLock(out, privacy=privacy) as lock:
         try:
             yield lock
         except BaseException:
@@ -162,21 +166,17 @@ def _train(trainer: Any, resolved: Any, out: Path) -> None:
 
 def _evaluate(out: Path) -> None:
     """The end-of-training evaluation; Ctrl-C or SIGTERM leaves it to be redone with --resume."""
-    import signal
-
     from svai.pipeline import evaluate_run
+    from svai.signals import sigterm_as_interrupt
 
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        with err_console.status("evaluating the test split"):
+        with sigterm_as_interrupt(), err_console.status("evaluating the test split"):
             evaluation = evaluate_run(out)
     except KeyboardInterrupt:
         err_console.print(f"evaluation stopped; redo it with: svai train --out {out} --resume")
         raise typer.Exit(code=130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if evaluation is not None:
-        console.print(f"test split: {_summary(evaluation)} -> {out / 'evaluation.json'}")
+    if evaluation is None:
+        err_console.print("note: the dataset has no test split, so nothing was evaluated "
+                          "(prepare it with --test-fraction above 0 to get one)")
+        return
+    console.print(f"test split: {_summary(evaluation)} -> {out / 'evaluation.json'}")

@@ -11,8 +11,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from svai import weights as registry
-from svai.cli.app import app, console, user_errors
+from svai.cli.app import app, console, fail, user_errors
 from svai.errors import SvaiError
+from svai.signals import sigterm_as_interrupt
 
 weights_app = typer.Typer(
     help=(
@@ -123,7 +124,11 @@ def fetch_weights(
             def report(done: int, total: Optional[int], task: int = task) -> None:
                 progress.update(task, completed=done, total=total or entry.size)
 
-            path = registry.fetch(key, weights_dir, url=url, progress=report)
+            try:
+                with sigterm_as_interrupt():
+                    path = registry.fetch(key, weights_dir, url=url, progress=report)
+            except KeyboardInterrupt:
+                raise fail(f"{key}: download stopped; nothing was saved") from None
         console.print(f"{key}: saved and verified {path}", highlight=False)
 
 

@@ -9,9 +9,9 @@ from typing import Callable, Iterator, Mapping, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
+from svai.data.images import read_rgb
 from svai.data.layout import PROCEDURES, PairRecord, read_manifest
 from svai.data.layout import vocabulary as dataset_vocabulary
 from svai.errors import SvaiError
@@ -98,12 +98,19 @@ class PairedImages(Dataset):
                 raise BadFile(f"{path} is missing: the dataset at {self.root} is incomplete; prepare it again")
         else:
             try:
-                with Image.open(path) as image:
-                    array = np.asarray(image.convert("L" if kind == "masks" else "RGB"))
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                raise BadFile(f"{path} cannot be read ({error}): replace it or prepare the dataset again") from None
-            tensor = torch.from_numpy(array.copy())
-            tensor = tensor[None] if kind == "masks" else tensor.permute(2, 0, 1)
+                # The decoder prepare uses: 16-bit scaled (never clipped), EXIF, alpha, bounds.
+                array = read_rgb(path)
+            except SvaiError as error:
+                raise BadFile(f"{path} cannot be read ({str(error).removeprefix(f'{path}: ')}): "
+                              "replace it or prepare the dataset again") from None
+            # A file replaced by one of another shape is cut to its centre square, as prepare
+            # frames photos, rather than squashed.
+            height, width = array.shape[:2]
+            side = min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            array = array[top:top + side, left:left + side]
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+            tensor = tensor[None, ..., 0] if kind == "masks" else tensor.permute(2, 0, 1)
             if tuple(tensor.shape[-2:]) != (self.image_size, self.image_size):
                 resized = resize(tensor[None].float(), self.image_size)[0]
                 tensor = resized.round().clamp(0, 255).to(torch.uint8)

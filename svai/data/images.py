@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,23 @@ from svai.errors import SvaiError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
 
-# Formats users meet that Pillow cannot decode without extra plug-ins: named in the skip reason.
-UNSUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heif", ".avif", ".cr2", ".nef", ".arw", ".dng"})
+# Photo formats users meet that svai does not read (HEIC and raw need plug-ins; GIF is not a
+# photo format): listed with the reason "unsupported format" wherever they are passed over.
+UNSUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
+    {".heic", ".heif", ".avif", ".cr2", ".nef", ".arw", ".dng", ".gif"})
+
+# Files every OS leaves around; passed over without a word, like hidden files.
+IGNORED_NAMES: frozenset[str] = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
 
 # Pillow's own limit warns at ~89 Mpx and raises at twice that; we refuse anything over it
 # explicitly so that a decompression bomb is a skipped file, not a warning or a crash.
 MAX_PIXELS: int = 16384 * 16384
+# A photo whose long side is more than this many times its short side is no photo of a face,
+# and padding it to a square (generate) would multiply its memory by that ratio.
+MAX_ASPECT: float = 10.0
+# The largest square a photo is padded to where it is padded (generate): 12288 x 12288 takes
+# a 108 MP phone photo (12000 x 9000); about 1.8 GB as a float image.
+MAX_SQUARE_PIXELS: int = 12_288 * 12_288
 
 
 class ImageProblem(SvaiError):
@@ -53,29 +65,93 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def list_images(root: Path) -> list[Path]:
-    """Every image file under `root`, recursively, sorted; hidden files and folders skipped.
+@dataclass(frozen=True)
+class PassedOver:
+    """A file under an input folder that is not read as an image, and why (a short reason code
+    shared by every command: "unsupported format", "not an image")."""
 
-    A missing folder, a file given instead of a folder, or a folder without images is an
-    error naming the folder.
+    path: Path
+    reason: str
+    detail: str
+
+
+@dataclass
+class Listing:
+    """What a folder of photos holds: the images to read, sorted, and every other visible file."""
+
+    images: list[Path]
+    passed_over: list[PassedOver]
+
+
+def scan_images(root: Path) -> Listing:
+    """Every file under `root`, recursively: image files to read, and the others passed over
+    with a reason. Hidden files and folders (starting with ".") and OS clutter are ignored
+    silently; links to folders are not followed. `root` must be a folder (an error otherwise).
     """
     root = Path(root)
     if not root.exists():
         raise SvaiError(f"{root} does not exist: give a folder of images")
     if not root.is_dir():
         raise SvaiError(f"{root} is not a folder: give a folder of images")
-    found = sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not found:
-        raise SvaiError(
-            f"{root} holds no images ({', '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})"
-        )
-    return found
+    images: list[Path] = []
+    passed: list[PassedOver] = []
+    for folder, dirs, files in os.walk(root):
+        linked = [d for d in dirs if not d.startswith(".") and (Path(folder) / d).is_symlink()]
+        passed += [PassedOver(Path(folder) / d, "linked folder", "a link to a folder is not followed: "
+                              "give the folder itself") for d in linked]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in linked)
+        for name in sorted(files):
+            if name.startswith(".") or name.casefold() in IGNORED_NAMES:
+                continue
+            path = Path(folder) / name
+            suffix = path.suffix.lower()
+            if not path.is_file():  # a pipe, a device, a broken link: never opened (it could block)
+                passed.append(PassedOver(path, "not a file", "not a regular file (a pipe, device or broken link)"))
+            elif suffix in IMAGE_EXTENSIONS:
+                images.append(path)
+            elif suffix in UNSUPPORTED_EXTENSIONS:
+                passed.append(PassedOver(path, "unsupported format", f"{suffix} is not supported: convert it to JPEG or PNG"))
+            else:
+                passed.append(PassedOver(path, "not an image", f"{suffix or 'no extension'} is not an image extension"))
+    return Listing(sorted(images), sorted(passed, key=lambda p: p.path))
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+def list_images(root: Path) -> list[Path]:
+    """Every image file under `root`, recursively, sorted (see `scan_images`).
+
+    A missing folder, a file given instead of a folder, or a folder without images is an
+    error naming the folder (and the files it passed over).
+    """
+    listing = scan_images(root)
+    if not listing.images:
+        raise no_images(Path(root), listing)
+    return listing.images
+
+
+def no_images(root: Path, listing: Listing) -> SvaiError:
+    """The error for a folder without images, naming a few of the files it passed over."""
+    kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+    left = "; ".join(f"{p.path.relative_to(root).as_posix()}: {p.reason}" for p in listing.passed_over[:3])
+    more = f" and {len(listing.passed_over) - 3} more" if len(listing.passed_over) > 3 else ""
+    return SvaiError(f"{root} holds no images ({kinds})" + (f"; passed over {left}{more}" if left else ""))
+
+
+def check_dimensions(path: Path, width: int, height: int, max_pixels: int = MAX_PIXELS, square: bool = False) -> None:
+    """Refuse, before any pixel is decoded, a photo whose memory would be out of bounds: over
+    `max_pixels` (counted on the square it is padded to when `square`), or with one side more
+    than `MAX_ASPECT` times the other."""
+    if min(width, height) < 1:
+        raise ImageProblem(path, "unreadable", f"the header gives a size of {width}x{height}")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageProblem(path, "extreme shape",
+                           f"{width}x{height}: one side is more than {MAX_ASPECT:g} times the other")
+    pixels = max(width, height) ** 2 if square else width * height
+    if pixels > max_pixels:
+        what = f"padded to a square ({max(width, height)} px a side)" if square else f"{width}x{height}"
+        raise ImageProblem(path, "too large", f"{what} exceeds the safe limit of {max_pixels} pixels")
+
+
+def _open(path: Path, max_pixels: int, square: bool = False) -> Image.Image:
     """Open the header only; classify every failure into an `ImageProblem`."""
     try:
         size = path.stat().st_size
@@ -94,12 +170,11 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise ImageProblem(path, "not an image", "not an image Pillow can decode") from None
     except Exception as error:  # noqa: BLE001 - a malformed file can make any decoder step fail
         raise ImageProblem(path, "unreadable", f"cannot read image ({type(error).__name__}: {error})") from None
-    if image.width * image.height > max_pixels:
+    try:
+        check_dimensions(path, image.width, image.height, max_pixels, square)
+    except ImageProblem:
         image.close()
-        raise ImageProblem(
-            path, "too large",
-            f"{image.width}x{image.height} exceeds the safe limit of {max_pixels} pixels",
-        )
+        raise
     return image
 
 
@@ -125,6 +200,7 @@ def read_rgb(
     path: Path,
     min_size: tuple[int, int] | None = None,
     max_pixels: int = MAX_PIXELS,
+    square: bool = False,
 ) -> np.ndarray:
     """Decode an image file as (H, W, 3) uint8 RGB, EXIF orientation applied, alpha on white.
 
@@ -133,19 +209,21 @@ def read_rgb(
     never smaller than `min_size` on either axis, but may be smaller than the file.
 
     Raises `ImageProblem` (an `SvaiError`) naming the file when it is empty, unreadable,
-    truncated, not an image or larger than `max_pixels`.
+    truncated, not an image, larger than `max_pixels` (counted on the square it will be
+    padded to when `square`) or of an extreme shape (`check_dimensions`).
     """
-    return to_rgb_array(load_rgb_image(path, min_size, max_pixels))
+    return to_rgb_array(load_rgb_image(path, min_size, max_pixels, square))
 
 
 def load_rgb_image(
     path: Path,
     min_size: tuple[int, int] | None = None,
     max_pixels: int = MAX_PIXELS,
+    square: bool = False,
 ) -> Image.Image:
     """Like `read_rgb`, but returns a Pillow image in mode "RGB" (metadata dropped)."""
     path = Path(path)
-    image = _open(path, max_pixels)
+    image = _open(path, max_pixels, square)
     try:
         with image, warnings.catch_warnings():
             # Pillow warns about odd EXIF blocks and the like; a photo either decodes or is skipped.

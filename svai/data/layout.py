@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -32,7 +33,7 @@ import numpy as np
 
 from svai import __version__
 from svai.errors import SvaiError
-from svai.io import png_bytes, write_atomic
+from svai.io import OwnFiles, Privacy, png_bytes, write_atomic
 
 # The default procedure vocabulary. A dataset whose labels name more procedures (through
 # `--labels`, e.g. lips or facelift) extends it: see `vocabulary`.
@@ -47,6 +48,7 @@ REGIONS_DIR = "regions"
 PROCEDURE_SEPARATOR = "+"
 STRENGTH_SEPARATOR = ":"
 _PROCEDURE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_PAIR_ID = re.compile(r"^\w[\w-]*$")
 
 
 def check_procedure_name(name: str) -> str:
@@ -136,13 +138,29 @@ class PairRecord:
 
 @dataclass
 class DatasetWriter:
-    """Writes pairs into the prepared layout; `close()` writes manifest.csv and prepare.json."""
+    """Writes pairs into the prepared layout; `close()` writes manifest.csv and prepare.json.
+
+    `privacy`: the mode every file gets (that of the photos it comes from; `svai.io.Privacy`).
+    `own`: the dataset's record of svai's own files, which every write is added to (saved
+    every few seconds and at `close()`); None when the caller records them itself.
+    """
 
     root: Path
     records: list[PairRecord] = field(default_factory=list)
+    privacy: Privacy | None = None
+    own: OwnFiles | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        self._saved = time.monotonic()
+
+    def _written(self, *paths: Path, last: bool = False) -> None:
+        if self.own is None:
+            return
+        self.own.note_with_folders(*paths)
+        if last or time.monotonic() - self._saved > 2.0:
+            self.own.save()
+            self._saved = time.monotonic()
 
     def add(
         self,
@@ -158,21 +176,25 @@ class DatasetWriter:
         if record.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {record.split!r}")
         folder = self.root / record.split
+        written = []
         for procedure, region in (regions or {}).items():
             check_procedure_name(procedure)
             if region.shape != before.shape[:2] or region.dtype != np.uint8:
                 raise ValueError(f"region {procedure!r} of {record.id}: expected {before.shape[:2]} uint8; "
                                  f"got {region.shape} {region.dtype}")
-            write_atomic(region_path(self.root, record.split, procedure, record.id), png_bytes(region))
+            written.append(region_path(self.root, record.split, procedure, record.id))
+            write_atomic(written[-1], png_bytes(region), self.privacy)
         for kind, image in (("before", before), ("after", after), ("masks", mask)):
             if image is None:
                 continue
             data = png_bytes(image)
-            write_atomic(folder / kind / f"{record.id}.png", data)
+            written.append(folder / kind / f"{record.id}.png")
+            write_atomic(written[-1], data, self.privacy)
             digest = hashlib.sha256(data).hexdigest()
             setattr(record, {"before": "sha256_before", "after": "sha256_after",
                              "masks": "sha256_mask"}[kind], digest)
         self.records.append(record)
+        self._written(*written)
 
     def close(self, settings: dict, extra: dict | None = None) -> dict:
         """Write manifest.csv (sorted by split, id) and prepare.json; return the summary."""
@@ -182,7 +204,7 @@ class DatasetWriter:
         writer.writeheader()
         for record in records:
             writer.writerow(record.row())
-        write_atomic(self.root / "manifest.csv", buffer.getvalue().encode())
+        write_atomic(self.root / "manifest.csv", buffer.getvalue().encode(), self.privacy)
         counts = {split: sum(r.split == split for r in records) for split in SPLITS}
         subjects = {split: len({r.subject for r in records if r.split == split}) for split in SPLITS}
         summary = {
@@ -193,7 +215,8 @@ class DatasetWriter:
             "procedures": {p: sum(p in r.procedures for r in records) for p in vocabulary(records)},
             **(extra or {}),
         }
-        write_atomic(self.root / "prepare.json", (json.dumps(summary, indent=2) + "\n").encode())
+        write_atomic(self.root / "prepare.json", (json.dumps(summary, indent=2) + "\n").encode(), self.privacy)
+        self._written(self.root / "manifest.csv", self.root / "prepare.json", last=True)
         return summary
 
 
@@ -205,7 +228,20 @@ def read_manifest(root: Path) -> list[PairRecord]:
             f"{path} not found: {root} is not a prepared dataset "
             "(make one with `svai prepare synthetic OUT` or `svai prepare SOURCE OUT`)"
         )
-    with open(path, newline="", encoding="utf-8") as handle:
+    try:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name.
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise SvaiError(f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); "
+                        "save it as UTF-8 or prepare the dataset again") from None
+    try:
+        return _records(path, text)
+    except csv.Error as error:  # a field over the csv module's size limit, a stray quote
+        raise SvaiError(f"{path}: not a readable CSV ({error}); prepare the dataset again") from None
+
+
+def _records(path: Path, text: str) -> list[PairRecord]:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in ("id", "split", "subject", "procedures") if c not in (reader.fieldnames or [])]
         if missing:
@@ -213,6 +249,10 @@ def read_manifest(root: Path) -> list[PairRecord]:
         records = []
         for line, row in enumerate(reader, start=2):
             values = {name: row.get(name, "") or "" for name in MANIFEST_COLUMNS}
+            if not _PAIR_ID.match(values["id"]):
+                # Ids become file names under the dataset: nothing that could leave it.
+                raise SvaiError(f"{path} line {line}: pair id {values['id']!r} is not a plain name "
+                                "(letters, digits, '-', '_'); prepare the dataset again")
             try:
                 strengths = parse_strengths(values["procedures"])
             except SvaiError as error:

@@ -23,11 +23,11 @@ import os
 import re
 import unicodedata
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from svai.data.images import IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS, ImageProblem, probe
+from svai.data.images import ImageProblem, probe, scan_images
 from svai.data.layout import PROCEDURES, check_procedure_name, order_procedures
 from svai.errors import SvaiError
 
@@ -48,8 +48,6 @@ _TOKEN_PATTERN = re.compile(
     r"^(?P<base>.+?)[_\-. ](?P<token>" + "|".join(sorted(_ROLE_TOKENS, key=len, reverse=True)) + r")$",
     re.IGNORECASE,
 )
-# Files every OS leaves around; not worth a line in the skip report.
-_IGNORED_NAMES: frozenset[str] = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
 
 # Folder names that label a pair's procedures, compared after `normalize_label`.
 DEFAULT_LABEL_ALIASES: dict[str, tuple[str, ...]] = {
@@ -60,6 +58,8 @@ DEFAULT_LABEL_ALIASES: dict[str, tuple[str, ...]] = {
     "mandible": ("jaw",), "턱": ("jaw",),
 }
 
+# Bytes (UTF-8) of a pair id: with ".png" and a temporary prefix it stays far below the
+# 255-byte name limit of common file systems.
 MAX_ID_LENGTH = 120
 
 
@@ -121,12 +121,18 @@ def safe_id_part(text: str) -> str:
 
 
 def make_id(parts: Iterable[str]) -> str:
-    """Join path parts into a filesystem-safe pair id: ("clinicA", "eyes", "0012") -> "clinicA-eyes-0012"."""
+    """Join path parts into a filesystem-safe pair id: ("clinicA", "eyes", "0012") -> "clinicA-eyes-0012".
+
+    An id longer than `MAX_ID_LENGTH` bytes in UTF-8 (file systems count bytes: a Hangul
+    letter takes three) is cut at a letter boundary and made unique with a digest.
+    """
     pieces = [p for p in (safe_id_part(part) for part in parts) if p]
     pair_id = "-".join(pieces) or "pair"
-    if len(pair_id) > MAX_ID_LENGTH:
-        digest = hashlib.sha256(pair_id.encode()).hexdigest()[:10]
-        pair_id = f"{pair_id[:MAX_ID_LENGTH - 11]}-{digest}"
+    encoded = pair_id.encode("utf-8")
+    if len(encoded) > MAX_ID_LENGTH:
+        digest = hashlib.sha256(encoded).hexdigest()[:10]
+        head = encoded[:MAX_ID_LENGTH - 11].decode("utf-8", "ignore").rstrip("-_")
+        pair_id = f"{head}-{digest}"
     return pair_id
 
 
@@ -157,14 +163,11 @@ def load_label_aliases(path: Path | None) -> dict[str, tuple[str, ...]]:
     if path is None:
         return aliases
     path = Path(path)
-    try:
-        import yaml
+    from svai.config import read_yaml_file  # bounded effort, YAML 1.2, as every config
 
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise SvaiError(f"--labels {path}: cannot read ({error.strerror or error})") from None
-    except Exception as error:  # yaml's errors have no common public base worth importing
-        raise SvaiError(f"--labels {path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not path.is_file():
+        raise SvaiError(f"--labels {path}: file not found")
+    data = read_yaml_file(path, "--labels ")
     if data is None:
         return aliases
     if not isinstance(data, dict):
@@ -207,29 +210,10 @@ def _display(path: Path, root: Path) -> str:
 
 
 def scan_files(root: Path) -> tuple[list[Path], list[Skip]]:
-    """Every image file under `root` (sorted) and a `Skip` for every other visible file.
-
-    Hidden files and folders (starting with ".") and OS clutter are ignored silently.
-    """
-    images: list[Path] = []
-    skipped: list[Skip] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or name.casefold() in _IGNORED_NAMES:
-                continue
-            path = Path(folder) / name
-            suffix = path.suffix.lower()
-            if suffix in IMAGE_EXTENSIONS:
-                images.append(path)
-            elif suffix in UNSUPPORTED_EXTENSIONS:
-                skipped.append(Skip(_display(path, root), "unsupported format",
-                                    f"{suffix} is not supported: convert it to JPEG or PNG"))
-            else:
-                skipped.append(Skip(_display(path, root), "not an image",
-                                    f"{suffix or 'no extension'} is not an image extension"))
-    images.sort()
-    return images, skipped
+    """Every image file under `root` (sorted) and a `Skip` for every other visible file
+    (`svai.data.images.scan_images`, the listing every command shares)."""
+    listing = scan_images(root)
+    return listing.images, [Skip(_display(p.path, root), p.reason, p.detail) for p in listing.passed_over]
 
 
 def _composite_or_skip(path: Path, root: Path) -> tuple[bool, Skip | None]:
@@ -346,6 +330,54 @@ def _pairs_from_folder(root: Path, pairing: str, order: str, aliases: Mapping[st
     return _dedupe(pairs, skipped, root)
 
 
+def share_subjects(pairs: list[Pair]) -> list[Pair]:
+    """Pairs that share a photo (the same file under two names through a hard or symbolic link,
+    or a byte-identical copy) get one subject, so a split by subject keeps them on one side.
+
+    Files are told apart by device and inode first, then, among files of equal size, by
+    content; only files whose size another file shares are read.
+    """
+    identities: dict[Path, tuple] = {}
+    by_size: dict[int, list[Path]] = defaultdict(list)
+    for path in sorted({p for pair in pairs for p in pair.files}):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        identities[path] = ("inode", info.st_dev, info.st_ino)
+        by_size[info.st_size].append(path)
+    for paths in by_size.values():
+        distinct = {identities[p] for p in paths}
+        if len(distinct) < 2:
+            continue
+        for path in paths:
+            try:
+                identities[path] = ("content", hashlib.sha256(path.read_bytes()).hexdigest())
+            except OSError:
+                continue
+    # Union of pairs through the photos they share; each group takes its smallest subject.
+    parent: dict[str, str] = {}
+
+    def find(subject: str) -> str:
+        while parent.setdefault(subject, subject) != subject:
+            parent[subject] = parent[parent[subject]]
+            subject = parent[subject]
+        return subject
+
+    first_with: dict[tuple, str] = {}
+    for pair in pairs:
+        for path in pair.files:
+            identity = identities.get(path)
+            if identity is None:
+                continue
+            other = first_with.setdefault(identity, pair.subject)
+            a, b = find(other), find(pair.subject)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return [pair if find(pair.subject) == pair.subject else replace(pair, subject=find(pair.subject))
+            for pair in pairs]
+
+
 def _dedupe(pairs: list[Pair], skipped: list[Skip], root: Path) -> PairingResult:
     pairs = sorted(pairs, key=lambda p: (p.id.casefold(), str(p.before)))
     seen: dict[str, Pair] = {}
@@ -396,6 +428,13 @@ def _pairs_from_csv(csv_path: Path, root: Path, aliases: Mapping[str, tuple[str,
         text = csv_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise SvaiError(f"{csv_path}: cannot read the CSV ({error})") from None
+    try:
+        return _pairs_from_text(csv_path, text, root, aliases)
+    except csv.Error as error:  # a field over the csv module's size limit, a stray quote
+        raise SvaiError(f"{csv_path}: not a readable CSV ({error})") from None
+
+
+def _pairs_from_text(csv_path: Path, text: str, root: Path, aliases: Mapping[str, tuple[str, ...]]) -> PairingResult:
     reader = csv.DictReader(text.splitlines())
     columns = {name.strip().casefold(): name for name in (reader.fieldnames or []) if name}
     missing = [c for c in ("before", "after") if c not in columns]

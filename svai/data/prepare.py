@@ -40,11 +40,12 @@ from svai.data.images import MAX_PIXELS, ImageProblem, draft_size, load_rgb_imag
 from svai.data.layout import REGIONS_DIR, SPLITS, DatasetWriter, PairRecord, read_manifest, split_subjects
 from svai.face.store import LANDMARKS_FILE
 from svai.data.regions import fit_region, index_regions, read_region, region_key
-from svai.io import write_atomic
-from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases
+from svai.io import OPEN, OWN_FILES, OwnFiles, Privacy, check_output_folder, make_folder, remove_stale_temporaries, write_atomic
+from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases, share_subjects
 from svai.errors import SvaiError
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals, worker_setup
+from svai.workers import available_cpus, max_workers
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +142,7 @@ class _Outcome:
 
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cpus()
 
 
 # ------------------------------------------------------------------------------- one pair (worker)
@@ -271,11 +269,11 @@ def process_pair(job: _Job) -> _Outcome:
         id=pair.id, split=job.split, subject=pair.subject, procedures=pair.procedures,
         source_before=_display(pair.before, job.root), source_after=_display(pair.after, job.root),
     )
-    # A region gone from --regions since the last run must not outlive it.
-    for stale in (job.out / job.split / REGIONS_DIR).glob(f"*/{pair.id}.png"):
-        if stale.parent.name not in regions:
-            stale.unlink()
-    DatasetWriter(job.out).add(record, before, after, regions=regions)
+    # No more readable than the photos (and region drawings) the pair comes from.
+    privacy = OPEN
+    for path in (*pair.files, *(path for _, path in job.regions)):
+        privacy &= Privacy.of(path, job.root)
+    DatasetWriter(job.out, privacy=privacy).add(record, before, after, regions=regions)
     outcome.record = record
     outcome.regions = sorted(regions)
     return outcome
@@ -314,14 +312,14 @@ def _read_state(out: Path, source_key: str, force: bool) -> dict | None:
         return None
     if not out.is_dir():
         raise SvaiError(f"{out} is a file: give a folder for OUT")
-    if not any(p.name != LOCK_FILE for p in out.iterdir()):
+    if not any(p.name not in (LOCK_FILE, OWN_FILES) for p in out.iterdir()):
         return None
     state_path, prepare_json = out / STATE_FILE, out / "prepare.json"
     state = None
     if state_path.is_file():
         try:
             state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             state = None
     # The state file is written before any image, so an unfinished run is recognised too.
     if not prepare_json.is_file() and not (isinstance(state, dict) and state.get("version") == STATE_VERSION):
@@ -338,47 +336,82 @@ def _read_state(out: Path, source_key: str, force: bool) -> dict | None:
     return state
 
 
-def _write_state(out: Path, source_key: str, settings: dict, pairs: dict[str, dict],
+@dataclass
+class _Out:
+    """OUT as one run writes it: the folder, the privacy of what goes in it (that of SOURCE)
+    and the record of the files svai wrote there (`svai.io.OwnFiles`), saved with the state."""
+
+    root: Path
+    privacy: Privacy
+    own: OwnFiles
+
+    def write(self, name: str, data: bytes) -> None:
+        write_atomic(self.root / name, data, self.privacy)
+        self.own.note(self.root / name)
+
+
+def _write_state(out: _Out, source_key: str, settings: dict, pairs: dict[str, dict],
                  failures: dict[str, list], complete: bool) -> None:
     state = {"version": STATE_VERSION, "source": source_key, "image_settings": settings, "complete": complete,
              "pairs": dict(sorted(pairs.items())), "failures": dict(sorted(failures.items()))}
-    write_atomic(out / STATE_FILE, (json.dumps(state, indent=1) + "\n").encode())
+    out.write(STATE_FILE, (json.dumps(state, indent=1) + "\n").encode())
+    out.own.save()
 
 
-def _move_outputs(out: Path, pair_id: str, old: str, new: str) -> None:
-    for kind in _KINDS:
-        src = out / old / kind / f"{pair_id}.png"
-        if src.is_file():
-            (out / new / kind).mkdir(parents=True, exist_ok=True)
-            os.replace(src, out / new / kind / f"{pair_id}.png")
-    for src in (out / old / REGIONS_DIR).glob(f"*/{pair_id}.png"):
-        target = out / new / REGIONS_DIR / src.parent.name / src.name
-        target.parent.mkdir(parents=True, exist_ok=True)
+def _pair_outputs(out: Path, split: str, pair_id: str) -> list[Path]:
+    """The files one pair has in OUT under one split: before, after, mask and regions."""
+    files = [out / split / kind / f"{pair_id}.png" for kind in _KINDS]
+    return [p for p in files if p.is_file()] + sorted((out / split / REGIONS_DIR).glob(f"*/{pair_id}.png"))
+
+
+def _move_outputs(out: _Out, pair_id: str, old: str, new: str) -> None:
+    for src in _pair_outputs(out.root, old, pair_id):
+        if not out.own.owns(src):
+            continue  # not svai's: left where it is (the pair's own file is written anew)
+        target = out.root / new / src.relative_to(out.root / old)
+        make_folder(target.parent, out.privacy)
         os.replace(src, target)
+        out.own.moved(src, target)
+        out.own.note_with_folders(target)
 
 
-def _sweep(out: Path, expected: set[tuple[str, str]]) -> None:
-    """Delete outputs of pairs no longer in the dataset (and temp files of an interrupted run)."""
+def _adopt_layout(out: _Out) -> None:
+    """Record, once, the files of an OUT that `svai prepare` made before it kept a record of
+    its own files (its state file proves OUT is prepare's): the PNGs of the dataset layout
+    and the files prepare names. Nothing else in OUT is ever taken for svai's."""
+    files = [out.root / name for name in _OWN_FILES]
     for split in SPLITS:
-        regions = out / split / REGIONS_DIR
-        folders = [out / split / kind for kind in _KINDS]
+        folders = [out.root / split / kind for kind in _KINDS]
+        regions = out.root / split / REGIONS_DIR
+        folders += sorted(p for p in regions.iterdir() if p.is_dir()) if regions.is_dir() else []
+        files += [p for folder in folders if folder.is_dir() and not folder.is_symlink()
+                  for p in folder.iterdir() if p.suffix == ".png"]
+    out.own.note_with_folders(*(p for p in files if p.is_file() and not p.is_symlink()))
+
+
+def _sweep(out: _Out, expected: set[tuple[str, str]]) -> None:
+    """Delete outputs of pairs no longer in the dataset (and temp files of an interrupted run):
+    only files the record proves svai wrote; anything else in OUT stays."""
+    for split in SPLITS:
+        regions = out.root / split / REGIONS_DIR
+        folders = [out.root / split / kind for kind in _KINDS]
         folders += sorted(p for p in regions.iterdir() if p.is_dir()) if regions.is_dir() else []
         for folder in folders:
-            if not folder.is_dir():
+            if not folder.is_dir() or folder.is_symlink():
                 continue
-            for path in folder.iterdir():
-                stale_temp = path.name.startswith(".") and ".tmp" in path.name
-                if stale_temp or (path.suffix == ".png" and (split, path.stem) not in expected):
-                    path.unlink()
+            remove_stale_temporaries(folder)
+            for path in sorted(folder.iterdir()):
+                if path.suffix == ".png" and (split, path.stem) not in expected:
+                    out.own.remove(path)
 
 
-def _write_skipped(out: Path, skipped: list[Skip]) -> None:
+def _write_skipped(out: _Out, skipped: list[Skip]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "reason", "detail"])
     for skip in skipped:
         writer.writerow([skip.file, skip.reason, skip.detail])
-    write_atomic(out / SKIPPED_FILE, buffer.getvalue().encode("utf-8"))
+    out.write(SKIPPED_FILE, buffer.getvalue().encode("utf-8"))
 
 
 def _run_jobs(
@@ -452,8 +485,9 @@ def _check_options(options: PrepareOptions) -> None:
         raise SvaiError(f"--pairing must be one of {', '.join(PAIRING_MODES)}; got {options.pairing!r}")
     if options.order not in ORDERS:
         raise SvaiError(f"--order must be one of {', '.join(ORDERS)}; got {options.order!r}")
-    if options.workers is not None and options.workers < 1:
-        raise SvaiError(f"--workers must be at least 1; got {options.workers}")
+    if options.workers is not None and not 1 <= options.workers <= max_workers():
+        raise SvaiError(f"--workers must be between 1 and {max_workers()} (the CPUs this machine gives svai, "
+                        f"or 8); got {options.workers}")
     if not 0.0 <= options.test_fraction < 1.0:
         raise SvaiError(f"--test-fraction must be in [0, 1); got {options.test_fraction}")
 
@@ -482,8 +516,12 @@ def prepare_dataset(
         raise SvaiError(f"{out} is a file: give a folder for OUT")
     if options.regions is not None and _is_inside(options.regions, out):
         raise SvaiError(f"--regions {options.regions} is inside OUT {out}: copy the regions elsewhere first")
+    # Everything prepare reads; OUT may overlap none of it, nor hold a link to anywhere.
+    reads = {"SOURCE": source, "--pairs": options.pairs_csv,
+             "--labels": options.labels, "--regions": options.regions}
+    check_output_folder({name: path for name, path in reads.items() if path is not None}, out, "OUT")
     created = not out.exists()
-    lock = RunLock(out, "prepared dataset").acquire()
+    lock = RunLock(out, "prepared dataset", privacy=Privacy.of(source)).acquire()
     try:
         return _prepare_locked(source, out, options, progress)
     except BaseException:
@@ -500,11 +538,14 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
     root = source if source.is_dir() else source.parent
     source_key = str(source.resolve())
     state = _read_state(out, source_key, options.force) or {}
+    target = _Out(out, Privacy.of(source), OwnFiles(out))
 
     aliases = load_label_aliases(options.labels)
     found = find_pairs(source, options.pairing, pairs_csv=options.pairs_csv, order=options.order, aliases=aliases)
     if not found.pairs and not found.skipped:
         raise SvaiError(f"{source} holds no image files")
+    # The same photo in two pairs (a hard link, a copy) keeps both on one side of the split.
+    found.pairs = share_subjects(found.pairs)
     inside_out = [p for pair in found.pairs for p in pair.files if _is_inside(p, out)]
     if inside_out:
         raise SvaiError(f"{inside_out[0]} lies inside OUT {out}: keep source photos outside the output folder")
@@ -547,9 +588,19 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
         jobs.append(_Job(pair, split, out, root, options.size, options.crop, options.align, options.max_pixels,
                          regions))
 
-    out.mkdir(parents=True, exist_ok=True)
+    made_before = (out / STATE_FILE).is_file() or (out / "prepare.json").is_file()
+    if made_before and not target.own.path.exists():
+        _adopt_layout(target)  # _read_state has checked that OUT is prepare's
+    for split in SPLITS:
+        for kind in ("before", "after"):
+            make_folder(out / split / kind, target.privacy)  # workers then write into folders of SOURCE's privacy
+            target.own.note_with_folders(out / split / kind)
+    # The workers' files are recorded before they are written (saved with the state below).
+    for job in jobs:
+        target.own.plan(*(out / job.split / kind / f"{job.pair.id}.png" for kind in ("before", "after")),
+                        *(out / job.split / REGIONS_DIR / name / f"{job.pair.id}.png" for name, _ in job.regions))
     # Written before any image: it marks OUT as ours, so an interrupted run is resumed, not refused.
-    _write_state(out, source_key, settings, new_state, failures, complete=False)
+    _write_state(target, source_key, settings, new_state, failures, complete=False)
     workers = options.workers or default_workers()
     log.info("%d pairs found, %d to process with %d workers", len(found.pairs), len(jobs), workers)
     processed = written_now = 0
@@ -566,6 +617,11 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
         else:
             record = outcome.record
             records.append(record)
+            target.own.note_with_folders(*_pair_outputs(out, record.split, record.id))
+            # A region gone from --regions since the last run must not outlive it.
+            for stale in (out / record.split / REGIONS_DIR).glob(f"*/{record.id}.png"):
+                if stale.parent.name not in outcome.regions:
+                    target.own.remove(stale)
             new_state[record.id] = {
                 "fingerprint": fingerprint, "split": record.split,
                 "sha256_before": record.sha256_before, "sha256_after": record.sha256_after,
@@ -573,7 +629,7 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
                 "regions": outcome.regions,
             }
         if time.monotonic() - last_save > SAVE_EVERY_S:
-            _write_state(out, source_key, settings, new_state, failures, complete=False)
+            _write_state(target, source_key, settings, new_state, failures, complete=False)
             last_save = time.monotonic()
 
     try:
@@ -582,12 +638,12 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
     except BaseException:
         # Whatever stopped the run (a full disk, a crash in a worker), keep what is done.
         try:
-            _write_state(out, source_key, settings, new_state, failures, complete=False)
+            _write_state(target, source_key, settings, new_state, failures, complete=False)
         except OSError:
             pass
         raise
     if stopped:
-        _write_state(out, source_key, settings, new_state, failures, complete=False)
+        _write_state(target, source_key, settings, new_state, failures, complete=False)
         counts = {split: sum(r.split == split for r in records) for split in SPLITS}
         return PrepareReport(out, written=written_now, kept=len(records) - written_now, removed=0, pairs=counts,
                              skipped=skipped, interrupted=True, processed=processed, to_process=len(jobs))
@@ -597,7 +653,7 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
     for record in records:
         split = "test" if record.subject in test_subjects else "train"
         if split != record.split:
-            _move_outputs(out, record.id, record.split, split)
+            _move_outputs(target, record.id, record.split, split)
             record.split = split
         new_state[record.id]["split"] = split
     for pair_id, entry in new_state.items():
@@ -607,10 +663,10 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
             alignments[pair_id] = {"error_before": entry["alignment"]["error_before"],
                                    "error_after": entry["alignment"]["error_after"]}
 
-    _sweep(out, {(r.split, r.id) for r in records})
+    _sweep(target, {(r.split, r.id) for r in records})
     removed = len(set(state.get("pairs", {})) - {r.id for r in records})
     skipped.sort(key=lambda s: (s.file, s.reason))
-    writer = DatasetWriter(out)
+    writer = DatasetWriter(out, privacy=target.privacy, own=target.own)
     writer.records = records
     run_settings = {
         "kind": "photos", "source": source_key, **settings, "order": options.order, "pairing": options.pairing,
@@ -632,12 +688,13 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
             "pairs": dict(sorted(alignments.items())),
         }
     marks = add_landmarks(out, records, options.landmarks, progress, draw_regions=True,
-                          user_regions={i: e.get("regions", []) for i, e in new_state.items()})
+                          user_regions={i: e.get("regions", []) for i, e in new_state.items()},
+                          own=target.own, privacy=target.privacy)
     if marks is not None:
         extra["landmarks"] = marks
     summary = writer.close(run_settings, extra)
-    _write_skipped(out, skipped)
-    _write_state(out, source_key, settings, new_state, failures, complete=True)
+    _write_skipped(target, skipped)
+    _write_state(target, source_key, settings, new_state, failures, complete=True)
     processed_ids = {job.pair.id for job in jobs}
     written = sum(r.id in processed_ids for r in records)
     counts = {split: sum(r.split == split for r in records) for split in SPLITS}
@@ -647,9 +704,11 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
 
 
 def add_landmarks(out: Path, records: list[PairRecord], wanted: bool | None, progress: Progress | None, *,
-                  draw_regions: bool, user_regions: dict[str, list[str]] | None = None) -> dict | None:
-    """Store every pair's landmarks (and, for real photos, regions drawn from them) in OUT;
-    the summary for prepare.json, or None when not wanted.
+                  draw_regions: bool, user_regions: dict[str, list[str]] | None = None,
+                  own: OwnFiles | None = None, privacy: Privacy | None = None) -> dict | None:
+    """Store every pair's landmarks (and, for real photos, regions drawn from them) in OUT,
+    with the photos' `privacy`, recorded in `own` (or OUT's record of svai's files); the
+    summary for prepare.json, or None when not wanted.
 
     wanted None: when the face layer can run (else one warning saying why); True: the face
     layer must run (else a one-line error); False: never."""
@@ -665,8 +724,11 @@ def add_landmarks(out: Path, records: list[PairRecord], wanted: bool | None, pro
 
     total = len(records)
     report = landmark_dataset(out, records, face.finder.shared_finder(), draw_regions=draw_regions,
-                              user_regions=user_regions,
+                              user_regions=user_regions, privacy=privacy,
                               progress=None if progress is None else lambda done: progress(done, total))
+    own = own or OwnFiles(out)
+    own.note_with_folders(*report.written)
+    own.save()
     if report.missing:
         log.warning("no face found in %d of %d pairs (listed in prepare.json under landmarks.missing): "
                     "their landmarks and landmark regions are left out", len(report.missing), total)
@@ -683,29 +745,28 @@ def _is_synthetic(out: Path) -> bool:
         state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
         if isinstance(state, dict) and state.get("source") == "synthetic":
             return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
     try:
         summary = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
         return isinstance(summary, dict) and (summary.get("settings") or {}).get("source") == "synthetic"
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
 
 
 def _clear_own_outputs(out: Path) -> None:
-    """Remove what svai prepare writes in OUT (never anything else)."""
-    import shutil
-
+    """Remove what svai prepare wrote in OUT, as its record of its own files proves (never
+    anything else)."""
+    own = OwnFiles(out)
+    if not own.path.exists():
+        _adopt_layout(_Out(out, OPEN, own))  # drawn before svai kept a record of its own files
     for split in SPLITS:
         for kind in (*_KINDS, REGIONS_DIR):
-            shutil.rmtree(out / split / kind, ignore_errors=True)
-        try:
-            (out / split).rmdir()
-        except OSError:
-            pass
-        (out / split / LANDMARKS_FILE).unlink(missing_ok=True)
+            remove_stale_temporaries(out / split / kind)
+        own.remove_under(out / split)
     for name in _OWN_FILES:
-        (out / name).unlink(missing_ok=True)
+        own.remove(out / name)
+    own.save()
 
 
 def prepare_synthetic(
@@ -753,7 +814,7 @@ def _draw_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: 
                     progress: Callable[[int], None] | None) -> dict | None:
     from svai.data.synthetic import write_synthetic_dataset
 
-    if any(p.name != LOCK_FILE for p in out.iterdir()):
+    if any(p.name not in (LOCK_FILE, OWN_FILES) for p in out.iterdir()):
         unfinished = not (out / "prepare.json").is_file()
         if not _is_synthetic(out) or not (unfinished or force):
             hint = " or add --force to draw it again" if _is_synthetic(out) else ""
@@ -762,6 +823,9 @@ def _draw_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: 
     # Marks OUT as an unfinished draw until prepare.json exists.
     marker = {"version": STATE_VERSION, "source": "synthetic", "complete": False}
     write_atomic(out / STATE_FILE, (json.dumps(marker) + "\n").encode())
+    own = OwnFiles(out)
+    own.note(out / STATE_FILE)
+    own.save()
     with stop_signals() as signals:
         def step(done: int) -> None:
             if signals["signal"] is not None:
@@ -774,5 +838,7 @@ def _draw_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: 
                                               test_fraction=test_fraction, progress=step)
         except PrepareStopped:
             return None
-    (out / STATE_FILE).unlink()
+    own = OwnFiles(out)
+    own.remove(out / STATE_FILE)
+    own.save()
     return summary

@@ -30,8 +30,11 @@ import numpy as np
 
 from svai.data.layout import PROCEDURES, DatasetWriter, PairRecord, split_subjects
 from svai.errors import SvaiError
+from svai.io import OwnFiles
 
 MIN_SIZE = 32
+# A million pairs is days of drawing and tens of GB; more is a slip of the keyboard.
+MAX_COUNT = 1_000_000
 MAX_SIZE = 512
 
 # Photos per subject and their probabilities: about two photos per subject on average, so a
@@ -986,12 +989,12 @@ def _regions_on(frame: _Frame, face: Face) -> dict[str, np.ndarray]:
 
 
 def _check_options(count: int, size: int, seed: int) -> None:
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-        raise SvaiError(f"--count must be a whole number of at least 1; got {count!r}")
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= MAX_COUNT:
+        raise SvaiError(f"--count must be a whole number from 1 to {MAX_COUNT}; got {count!r}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
         raise SvaiError(f"--size must be a whole number from {MIN_SIZE} to {MAX_SIZE}; got {size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise SvaiError(f"--seed must be a whole number of at least 0; got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise SvaiError(f"--seed must be a whole number from 0 to {2**63 - 1}; got {seed!r}")
 
 
 def subject_indices(count: int, seed: int) -> list[int]:
@@ -1065,7 +1068,7 @@ def write_synthetic_dataset(
     _check_options(count, size, seed)
     subjects = [subject_id(k) for k in subject_indices(count, seed)]
     test_subjects = split_subjects(subjects, test_fraction, seed)
-    writer = DatasetWriter(Path(out))
+    writer = DatasetWriter(Path(out), own=OwnFiles(Path(out)))
     for done, pair in enumerate(generate_pairs(count, size, seed), start=1):
         index = int(pair.id.split("-")[1])
         source = f"synthetic:seed={seed}:index={index}"

@@ -72,7 +72,7 @@ def read_landmarks(root: Path, split: str) -> SplitLandmarks:
     return result
 
 
-def write_landmarks(root: Path, split: str, landmarks: SplitLandmarks) -> None:
+def write_landmarks(root: Path, split: str, landmarks: SplitLandmarks, privacy=None) -> None:  # type: ignore[no-untyped-def]
     """Write a split's file atomically (rows sorted by id)."""
     ids = sorted(landmarks.rows)
 
@@ -84,7 +84,7 @@ def write_landmarks(root: Path, split: str, landmarks: SplitLandmarks) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, ids=np.array(ids, dtype=str), before=stack(0), after=stack(1),
              sha256=np.array([landmarks.digests.get(i, ("", "")) for i in ids], dtype=str).reshape(-1, 2))
-    write_atomic(landmarks_path(root, split), buffer.getvalue())
+    write_atomic(landmarks_path(root, split), buffer.getvalue(), privacy)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -99,6 +99,7 @@ class LandmarkReport:
     found: int = 0
     missing: list[str] = field(default_factory=list)
     regions: int = 0
+    written: list[Path] = field(default_factory=list)  # every file the pass wrote
 
     def summary(self) -> dict:
         return {"found": self.found, "missing": sorted(self.missing), "regions_drawn": self.regions}
@@ -112,12 +113,15 @@ def landmark_dataset(
     draw_regions: bool = False,
     user_regions: dict[str, list[str]] | None = None,
     progress: Callable[[int], None] | None = None,
+    privacy=None,  # type: ignore[no-untyped-def]
 ) -> LandmarkReport:
     """Compute (or reuse) every pair's landmarks and write each split's file.
 
     finder: a `svai.face.FaceFinder`. With `draw_regions`, each pair's procedure regions
     (the default procedures and those of its labels that the mesh knows) are drawn from its
     before landmarks, except the procedures `user_regions[id]` lists (the user gave those).
+    Files are written with `privacy` (`svai.io.Privacy`: landmarks are as personal as the
+    photos they come from) and listed in the report's `written`.
     """
     root = Path(root)
     records = sorted(records, key=lambda r: (r.split, r.id))
@@ -140,12 +144,15 @@ def landmark_dataset(
             else:
                 report.found += 1
             if draw_regions and before is not None:
-                report.regions += _draw_regions(root, record, before, (user_regions or {}).get(record.id, ()))
+                drawn = _draw_regions(root, record, before, (user_regions or {}).get(record.id, ()), privacy)
+                report.regions += len(drawn)
+                report.written += drawn
             done += 1
             if progress is not None:
                 progress(done)
         if new.rows or landmarks_path(root, split).exists():
-            write_landmarks(root, split, new)
+            write_landmarks(root, split, new, privacy)
+            report.written.append(landmarks_path(root, split))
     return report
 
 
@@ -154,12 +161,13 @@ def _first_face(finder, path: Path) -> np.ndarray | None:  # type: ignore[no-unt
     return faces[0].landmarks if faces else None
 
 
-def _draw_regions(root: Path, record: PairRecord, before: np.ndarray, given: Iterable[str]) -> int:
-    """Write a pair's landmark regions but those in `given`; how many were written."""
+def _draw_regions(root: Path, record: PairRecord, before: np.ndarray, given: Iterable[str],
+                  privacy=None) -> list[Path]:  # type: ignore[no-untyped-def]
+    """Write a pair's landmark regions but those in `given`; the files written."""
     with Image.open(root / record.split / "before" / f"{record.id}.png") as image:
         width, height = image.size
     wanted = [p for p in dict.fromkeys((*PROCEDURES, *record.procedures)) if p in mesh.REGION_SHAPES and p not in given]
-    for procedure in wanted:
-        write_atomic(region_path(root, record.split, procedure, record.id),
-                     png_bytes(mesh.region_mask(before, procedure, width, height)))
-    return len(wanted)
+    paths = [region_path(root, record.split, procedure, record.id) for procedure in wanted]
+    for procedure, path in zip(wanted, paths):
+        write_atomic(path, png_bytes(mesh.region_mask(before, procedure, width, height)), privacy)
+    return paths

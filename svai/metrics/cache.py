@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def load(key: str) -> CachedFeatures | None:
         if features.ndim != 2 or features.shape[0] != len(meta["ids"]):
             raise ValueError("features and ids disagree")
         return CachedFeatures(features=features, ids=list(meta["ids"]), skipped=list(meta["skipped"]))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile) as error:
+        # A truncated or damaged entry is computed again, and the new one replaces it.
         logger.warning("ignoring unreadable cache entry %s (%s)", path, error)
         return None
 

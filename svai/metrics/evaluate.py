@@ -148,8 +148,8 @@ def _check_options(lpips_net: str, fid_dims: int, batch_size: int) -> None:
         raise SvaiError(f"--lpips-net {lpips_net!r} is not known: use alex, vgg or squeeze")
     if fid_dims not in FID_DIMS:
         raise SvaiError(f"--fid-dims {fid_dims} is not available: use one of {', '.join(map(str, FID_DIMS))}")
-    if batch_size < 1:
-        raise SvaiError(f"--batch-size must be at least 1; got {batch_size}")
+    if not 1 <= batch_size <= 4096:
+        raise SvaiError(f"--batch-size must be between 1 and 4096; got {batch_size}")
 
 
 @dataclass
@@ -182,6 +182,7 @@ class _Folders:
     mask_files: dict[str, Path]
     before: Path | None  # recorded for grids, never read here
     candidates: list[_Candidate]  # the model first, then the baseline when there is one
+    passed_over: dict[str, str] = field(default_factory=dict)  # target and mask files not read as images
 
 
 def _mask_source(folders: "_Folders") -> str | None:
@@ -197,8 +198,11 @@ def _index_folders(
 ) -> _Folders:
     """Resolve and index the folders; `masks` None looks for `target/../masks`."""
     pred, target = Path(pred).resolve(), Path(target).resolve()
-    pred_files = index_folder(pred)
-    target_files = index_folder(target)
+    # Files a folder holds that are not read as images are reported, never passed over silently.
+    passed_pred: dict[str, str] = {}
+    passed: dict[str, str] = {}
+    pred_files = index_folder(pred, passed_pred)
+    target_files = index_folder(target, passed)
     mask_files: dict[str, Path] = {}
     if masks is None:
         guess = target.parent / "masks"
@@ -215,19 +219,22 @@ def _index_folders(
         masks = Path(masks).resolve()
         if not masks.is_dir():
             raise SvaiError(f"--masks {masks} is not a folder: give the folder of masks (255 = changed region)")
-        mask_files = index_folder(masks)
+        mask_files = index_folder(masks, passed)
     if baseline is not None:
         baseline = Path(baseline).resolve()
         before = before if before is not None else baseline
     before = Path(before).resolve() if before is not None else None
 
-    candidates = [_Candidate("model", name or pred.name, pred, pred_files, pair_ids(pred_files, target_files, pred, target))]
+    candidates = [_Candidate("model", name or pred.name, pred, pred_files, pair_ids(pred_files, target_files, pred, target),
+                             skipped=passed_pred)]
     if baseline is not None:
-        baseline_files = index_folder(baseline)
+        passed_baseline: dict[str, str] = {}
+        baseline_files = index_folder(baseline, passed_baseline)
         candidates.append(
-            _Candidate("baseline", "baseline", baseline, baseline_files, pair_ids(baseline_files, target_files, baseline, target))
+            _Candidate("baseline", "baseline", baseline, baseline_files, pair_ids(baseline_files, target_files, baseline, target),
+                       skipped=passed_baseline)
         )
-    return _Folders(target, target_files, masks, mask_files, before, candidates)
+    return _Folders(target, target_files, masks, mask_files, before, candidates, passed)
 
 
 def _check_pairs(folders: _Folders, requested: list[str]) -> None:
@@ -856,7 +863,7 @@ class _Evaluation:
         if self.sets_active:
             metrics_out.update(_set_metrics(candidate, target_matrix, requested, own_unavailable, self.options.fid_dims))
         skipped = dict(candidate.skipped)
-        for file, reason in [*self.target_skipped.items(), *self.mask_skipped.items()]:
+        for file, reason in [*self.target_skipped.items(), *self.mask_skipped.items(), *folders.passed_over.items()]:
             skipped.setdefault(file, reason)
         return {
             "svai_version": __version__,

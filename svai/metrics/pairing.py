@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from svai.data.images import list_images
+from svai.data.images import no_images, scan_images
 from svai.errors import SvaiError
 
 
@@ -18,15 +18,21 @@ def image_id(path: Path, root: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
-def index_folder(root: Path) -> dict[str, Path]:
+def index_folder(root: Path, passed_over: dict[str, str] | None = None) -> dict[str, Path]:
     """Every image under `root` by id. Missing or empty folders and ambiguous ids are errors.
 
     Two files with one id (`a.png` and `a.jpg`) cannot be paired unambiguously, so the
-    error names both.
+    error names both. The files the listing passes over (`scan_images`) are added to
+    `passed_over` (file -> reason) when it is given.
     """
     root = Path(root)
+    listing = scan_images(root)
+    if not listing.images:
+        raise no_images(root, listing)
+    if passed_over is not None:
+        passed_over.update({str(p.path): f"{p.reason}: {p.detail}" for p in listing.passed_over})
     found: dict[str, Path] = {}
-    for path in list_images(root):
+    for path in listing.images:
         key = image_id(path, root)
         if key in found:
             raise SvaiError(f"{found[key]} and {path} share the id {key!r}: keep one of them")

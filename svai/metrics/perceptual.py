@@ -10,6 +10,7 @@ also returns the spatial map, so one backbone pass serves the image value and re
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from svai.errors import SvaiError
+
+logger = logging.getLogger(__name__)
 
 LPIPS_NETS: tuple[str, ...] = ("alex", "vgg", "squeeze")
 # `svai.weights` keys of the torchvision ImageNet backbones each LPIPS variant uses.
@@ -135,7 +138,11 @@ def load_lpips(net: str = "alex", weights_dir: Path | None = None, device: str |
         raise SvaiError(f"--lpips-net {net!r} is not known: use one of {', '.join(LPIPS_NETS)}")
     from svai import weights
 
-    path = weights.require(LPIPS_WEIGHT_KEYS[net], weights_dir)
+    key = LPIPS_WEIGHT_KEYS[net]
+    path = weights.require(key, weights_dir)
+    if not weights.verify(key, path):
+        logger.warning("%s does not match the published %s weights: LPIPS values are not comparable with "
+                       "published ones (delete it and run `svai weights fetch %s`)", path, key, key)
     return build_lpips(net, path, device), path
 
 

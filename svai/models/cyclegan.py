@@ -39,7 +39,7 @@ from svai.models.layers import (
     linear_decay_factor,
     patch_output_size,
 )
-from svai.models.options import GanOptions, Norm, check_at_least
+from svai.models.options import GanOptions, Norm, check_at_least, check_between
 from svai.models.registry import register_family
 
 GENERATORS: tuple[str, ...] = ("G_AB", "G_BA")
@@ -77,9 +77,11 @@ class CycleGANOptions(GanOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.n_blocks is not None:
-            check_at_least("n_blocks", self.n_blocks, 0)
-        for key in ("lambda_cycle", "lambda_identity", "pool_size"):
+            check_between("n_blocks", self.n_blocks, 0, 64)
+        for key in ("lambda_cycle", "lambda_identity"):
             check_at_least(key, getattr(self, key), 0)
+        # The pool is allocated at its full size on first use: 1000 images is 20x the reference.
+        check_between("pool_size", self.pool_size, 0, 1000)
 
 
 @register_family

@@ -198,7 +198,7 @@ def read_architecture(folder: Path) -> Architecture:
         path = folder / part / "config.json"
         try:
             parts[part] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             raise SvaiError(f"{path}: cannot read the {part} config ({error})") from None
     return Architecture(**parts)
 

@@ -16,6 +16,9 @@ from typing import Literal
 
 from svai.errors import SvaiError
 
+# The widest first layer a family takes (the references use 64; 1024 is already 16x that).
+MAX_WIDTH = 1024
+
 Norm = Literal["batch", "instance", "none"]
 """Normalisation layer: batch norm (affine, running statistics), instance norm (neither), none."""
 
@@ -104,8 +107,8 @@ class GanOptions(OutputOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("ngf", "ndf", "n_layers_d", "attention_heads"):
-            check_at_least(key, getattr(self, key), 1)
+        for key, most in (("ngf", MAX_WIDTH), ("ndf", MAX_WIDTH), ("n_layers_d", 12), ("attention_heads", 64)):
+            check_between(key, getattr(self, key), 1, most)
         check_in_unit_interval("dropout", self.dropout, closed=False)
         check_positive("lr", self.lr)
         # β = 1 would freeze Adam's moment estimates at their initial zeros.
@@ -120,6 +123,12 @@ def check_at_least(key: str, value: float, minimum: float) -> None:
     """Raise SvaiError naming ``model.<key>`` unless ``value >= minimum``."""
     if not value >= minimum:
         raise SvaiError(f"model.{key} must be at least {minimum}; got {value!r}")
+
+
+def check_between(key: str, value: float, low: float, high: float) -> None:
+    """Raise SvaiError naming ``model.<key>`` unless ``low <= value <= high``."""
+    if not low <= value <= high:
+        raise SvaiError(f"model.{key} must be between {low} and {high}; got {value!r}")
 
 
 def check_positive(key: str, value: float) -> None:

@@ -91,10 +91,36 @@ def make_family(config: "RunConfig") -> ModelFamily:
     return families()[config.family](config.model, config.data.image_size, procedures)
 
 
+# More numbers than this in what a model trains (parameters and buffers) is a slip in its
+# widths, not a model: 5e8 float32 values are 2 GB, and Adam and EMA copies triple that.
+MAX_MODEL_VALUES = 500_000_000
+# Frozen pretrained networks (a Stable Diffusion base is about 1.1e9) are only held.
+MAX_FROZEN_VALUES = 4_000_000_000
+
+
+def build_on_meta(family: ModelFamily) -> dict[str, torch.nn.Module]:
+    """The family's networks built on the meta device (no memory, no init cost), refused in one
+    line when their options make them impossible or larger than `MAX_MODEL_VALUES` numbers,
+    before anything real is allocated."""
+    try:
+        with torch.device("meta"):
+            nets = family.build()
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SvaiError(f"model {family.name}: its options give networks that cannot be built ({first}); "
+                        "check the widths and depths under model:") from None
+    tensors = [t for net in nets.values() for t in (*net.parameters(), *net.buffers())]
+    trained = sum(t.numel() for t in tensors if t.requires_grad or not isinstance(t, torch.nn.Parameter))
+    frozen = sum(t.numel() for t in tensors) - trained
+    if trained > MAX_MODEL_VALUES or frozen > MAX_FROZEN_VALUES:
+        raise SvaiError(f"model {family.name}: its options give networks of {trained + frozen:,} numbers, over the "
+                        f"{MAX_MODEL_VALUES:,} svai trains; check the widths and depths under model:")
+    return nets
+
+
 def parameter_counts(family: ModelFamily) -> dict[str, int]:
     """Parameters of each network that has any, built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
-        nets = family.build()
+    nets = build_on_meta(family)
     counts = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
     return {name: count for name, count in counts.items() if count}
 

@@ -31,7 +31,7 @@ from svai.report.formats import (
 from svai.report.grid import GridPlan, fit_cell, image_grid, plan_grid, render_grid, save_png, spread, title_bar_height
 from svai.report.html import html_report, report_html
 from svai.report.results import (
-    RESULT_FILE, as_number, differing_settings, environment_differences, load_results, settings_rows,
+    RESULT_FILE, as_number, differing_settings, environment_differences, load_results, read_paths, settings_rows,
 )
 from svai.report.table import (
     MISSING,
@@ -52,7 +52,7 @@ __all__ = [
     "Cell", "Column", "ComparisonTable", "GridPlan", "History", "SummaryText", "TableRow",
     "as_number", "cell_summary", "cell_text", "comparison_table", "csv_fields", "differing_settings", "fit_cell",
     "environment_differences", "format_number", "format_table", "html_report", "image_grid", "legend",
-    "load_histories", "load_results", "ordered_metrics",
+    "load_histories", "load_results", "ordered_metrics", "read_paths",
     "plan_grid", "render_grid", "report_html", "rich_table", "save_png", "settings_rows", "spread",
     "summary_text", "table_dict", "title_bar_height", "training_html",
 ]

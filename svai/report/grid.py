@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from svai.data.images import IMAGE_EXTENSIONS, list_images, read_rgb
 from svai.errors import SvaiError
-from svai.io import write_png
+from svai.io import Privacy, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,7 @@ def image_grid(
     return render_grid(plan, cell)
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write a grid as a metadata-free PNG atomically: a crash leaves the old file or the new one."""
-    write_png(Path(path), np.asarray(image))
+def save_png(image: Image.Image, path: Path, privacy: Privacy | None = None) -> None:
+    """Write a grid as a metadata-free PNG atomically: a crash leaves the old file or the new one.
+    `privacy`: that of the photos it shows (`svai.io.Privacy`)."""
+    write_png(Path(path), np.asarray(image), privacy)

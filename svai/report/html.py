@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from svai import __version__
-from svai.io import png_bytes, write_atomic
+from svai.io import Privacy, png_bytes, write_atomic
 from svai.report.curves import History, training_html
 from svai.report.formats import cell_summary, legend
 from svai.report.results import environment_differences, settings_rows
@@ -61,6 +61,7 @@ def html_report(
     table: ComparisonTable,
     grids: Mapping[str, Image.Image] | Sequence[Image.Image],
     path: Path,
+    privacy: Privacy | None = None,
     histories: Sequence[History] = (),
 ) -> None:
     """Write one self-contained HTML page: table, grids (embedded PNG), training curves and
@@ -68,9 +69,9 @@ def html_report(
 
     `grids` maps a caption to an image (a plain list gets no captions). Nothing is loaded from
     elsewhere: styles are inline, charts are inline SVG and images are data URIs, so the file
-    can be mailed as is.
+    can be mailed as is. `privacy`: that of the photos the grids show (`svai.io.Privacy`).
     """
-    write_atomic(Path(path), report_html(rows, table, grids, histories).encode("utf-8"))
+    write_atomic(Path(path), report_html(rows, table, grids, histories).encode("utf-8"), privacy)
 
 
 def report_html(

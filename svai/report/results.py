@@ -79,8 +79,15 @@ def _result_file(path: Path) -> Path:
     return path
 
 
+# An evaluation JSON of thousands of images is a few MB; far more is not one.
+MAX_RESULT_BYTES = 256 << 20
+
+
 def _read_result(file: Path) -> dict:
     try:
+        if file.stat().st_size > MAX_RESULT_BYTES:
+            raise SvaiError(f"{file}: {file.stat().st_size} bytes is too big for an evaluation JSON; "
+                            "give the file `svai evaluate --json` wrote")
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SvaiError(f"{file}: cannot read it ({error}); give an evaluation JSON from `svai evaluate`") from None
@@ -90,10 +97,35 @@ def _read_result(file: Path) -> dict:
         raise SvaiError(
             f"{file}: not valid JSON (line {error.lineno}: {error.msg}); give an evaluation JSON from `svai evaluate`"
         ) from None
+    except RecursionError:
+        raise SvaiError(f"{file}: nested too deeply to be an evaluation JSON; give the file `svai evaluate --json` "
+                        "wrote") from None
     _check_result(data, file, "")
     if data.get("baseline") is not None:
         _check_result(data["baseline"], file, "baseline ")
     return data
+
+
+# What each field of an evaluation JSON may hold when it is there (None is always allowed):
+# a type, or a list/dict of a type. A file edited into another shape is refused by name.
+_NUMBER = (int, float)
+_RESULT_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "name": ((str, int, float), "a name"),
+    "role": (str, "a string"),
+    "svai_version": (str, "a string"),
+    "pred": (str, "a folder path"), "target": (str, "a folder path"),
+    "masks": (str, "a folder path"), "before": (str, "a folder path"),
+    "unavailable": (dict, "an object of reasons"),
+    "unmatched": (dict, 'an object {"pred_only": [...], "target_only": [...]}'),
+    "skipped": (list, 'a list of {"file", "reason"} objects'),
+    "settings": (dict, "an object"), "weights": (dict, "an object"), "versions": (dict, "an object"),
+}
+_METRIC_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "mean": (_NUMBER, "a number"), "std": (_NUMBER, "a number"),
+    "n": (int, "a whole number"), "n_target": (int, "a whole number"), "identical": (int, "a whole number"),
+    "higher_is_better": (bool, "true or false"), "warning": (str, "a string"),
+    "per_image": (dict, "an object of numbers"),
+}
 
 
 def _check_result(data: Any, file: Path, what: str) -> None:
@@ -102,12 +134,48 @@ def _check_result(data: Any, file: Path, what: str) -> None:
             f'{file}: not an svai evaluation JSON (its {what}object has no "metrics"); '
             "give the file `svai evaluate --json` wrote"
         )
+    for key, (kind, described) in _RESULT_FIELDS.items():
+        _check_field(data.get(key), kind, f'{what}"{key}"', described, file)
+    unmatched = data.get("unmatched") or {}
+    for side in ("pred_only", "target_only"):
+        value = unmatched.get(side)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise SvaiError(f'{file}: {what}"unmatched.{side}" must be a list of file names; re-run `svai evaluate`')
+    if not all(isinstance(item, dict) for item in data.get("skipped") or []):
+        raise SvaiError(f'{file}: {what}"skipped" must be a list of {{"file", "reason"}} objects; re-run `svai evaluate`')
     for name, entry in data["metrics"].items():
         if not isinstance(entry, dict):
             raise SvaiError(f'{file}: {what}metric "{name}" is not an object with "mean"; re-run `svai evaluate`')
+        for key, (kind, described) in _METRIC_FIELDS.items():
+            _check_field(entry.get(key), kind, f'{what}metric "{name}" "{key}"', described, file)
     role = data.get("role", "model")
     if role not in ("model", "baseline"):
         raise SvaiError(f'{file}: unknown role {role!r}: expected "model" or "baseline"')
+
+
+def _check_field(value: Any, kind: type | tuple[type, ...], where: str, described: str, file: Path) -> None:
+    if value is None:
+        return
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON's true/false are not numbers here, and a count is whole.
+    wrong_bool = isinstance(value, bool) and bool not in kinds
+    if wrong_bool or not isinstance(value, kinds):
+        raise SvaiError(f"{file}: {where} must be {described}, not {json.dumps(value)[:40]}; "
+                        "give the file `svai evaluate --json` wrote, unedited")
+
+
+def read_paths(rows: list[dict], before: Path | None = None) -> dict[str, Path]:
+    """Every file and folder `compare` reads for these rows, by what names it: the result
+    files and the folders they name (and `--before`). No output may land on one of them."""
+    paths: dict[str, Path] = {}
+    for row in rows:
+        paths[f"the result {row['_source']}"] = Path(row["_source"])
+        for key in DIRS:
+            if row.get(key):
+                paths[f"the {key} folder of {row['_label']!r}"] = Path(row[key])
+    if before is not None:
+        paths["--before"] = Path(before)
+    return paths
 
 
 def _rows_from_result(data: dict, file: Path) -> list[dict]:

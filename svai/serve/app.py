@@ -61,7 +61,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from svai.errors import SvaiError
-from svai.io import png_bytes
+from svai.io import describe_size, png_bytes
 from svai.serve.audit import AuditLog
 from svai.serve.export import caption_of, export_png
 from svai.serve.photo import (
@@ -267,26 +267,19 @@ def _view(request: Request) -> str:
     return view
 
 
-def _megabytes(size: int) -> str:
-    """A byte count as MB with at most one decimal (bytes under 0.1 MB)."""
-    if size < 100 * 1024:
-        return f"{size} bytes"
-    return f"{size / 2**20:.1f}".rstrip("0").rstrip(".") + " MB"
-
-
 async def _body(request: Request, limit: int, what: str) -> bytes:
     """The request body, refused past `limit` bytes before it is all read."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         over = int(declared) - limit
-        raise Problem(413, f"{what}: {_megabytes(int(declared))}, {over:,} byte{'s' if over != 1 else ''} over the "
-                           f"{_megabytes(limit)} limit; "
+        raise Problem(413, f"{what}: {describe_size(int(declared))}, {over:,} byte{'s' if over != 1 else ''} over the "
+                           f"{describe_size(limit)} limit; "
                            "export the photo at a smaller size")
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise Problem(413, f"{what}: over the {_megabytes(limit)} limit; export the photo at a smaller size")
+            raise Problem(413, f"{what}: over the {describe_size(limit)} limit; export the photo at a smaller size")
         chunks.append(chunk)
     return b"".join(chunks)
 

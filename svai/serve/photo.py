@@ -34,6 +34,7 @@ from svai.data.align import face_box, render
 from svai.data.images import UNSUPPORTED_EXTENSIONS, ImageProblem, load_rgb_image
 from svai.errors import SvaiError
 from svai.face.mesh import square_inside
+from svai.io import describe_size
 
 Box = tuple[int, int, int, int]
 
@@ -163,7 +164,7 @@ def decode_upload(data: bytes, name: str, folder: Path, max_pixels: int = MAX_UP
     if not data:
         raise SvaiError(f"{name}: the file is empty (0 bytes); choose a photo")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise SvaiError(f"{name}: {len(data) / 2**20:.0f} MB is over the {MAX_UPLOAD_BYTES // 2**20} MB limit; "
+        raise SvaiError(f"{name}: {describe_size(len(data))} is over the {describe_size(MAX_UPLOAD_BYTES)} limit; "
                         "export the photo at a smaller size")
     path = Path(folder) / f"upload-{uuid.uuid4().hex}"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

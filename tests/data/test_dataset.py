@@ -48,3 +48,21 @@ def test_items_have_the_documented_shapes_and_ranges(tiny_dataset: Path) -> None
     expected = torch.nn.functional.interpolate(raw.permute(2, 0, 1)[None].float(), size=(16, 16), mode="bilinear",
                                                antialias=True, align_corners=False).round()[0] / 127.5 - 1
     assert torch.allclose(resized["before"], expected, atol=1e-6)
+
+
+def test_a_replaced_file_is_decoded_like_prepare_does(tmp_path: Path) -> None:
+    from tests.conftest import write_tiny_dataset
+
+    data = write_tiny_dataset(tmp_path / "data")
+    before = data / "train" / "before" / "p000.png"
+    # A 16-bit grey photo at about 46 % brightness, and one of another aspect ratio.
+    Image.fromarray(np.full((32, 32), 30000, np.uint16)).save(before)
+    assert Image.open(before).mode.startswith("I")
+    wide = np.zeros((32, 64, 3), np.uint8)
+    wide[:, 16:48] = 200  # the centre square is bright, the sides dark
+    Image.fromarray(wide).save(data / "train" / "after" / "p000.png")
+    item = PairedImages(data, "train", 32, cache=False)[(0, -1)]
+    grey = (item["before"] + 1) * 127.5
+    assert torch.allclose(grey, torch.full_like(grey, round(30000 / 65535 * 255)), atol=0.6)
+    after = (item["after"] + 1) * 127.5
+    assert torch.allclose(after, torch.full_like(after, 200.0), atol=0.6)  # cut, not squashed

@@ -156,3 +156,57 @@ def test_own_pixel_limit(tmp_path: Path) -> None:
         read_rgb(path, max_pixels=100 * 99)
     assert caught.value.reason == "too large"
     assert read_rgb(path, max_pixels=100 * 100).shape == (100, 100, 3)
+
+
+def test_an_extreme_shape_is_refused_before_decoding(tmp_path: Path) -> None:
+    from svai.data.images import MAX_ASPECT
+
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((10, 30000), np.uint8)).save(strip, optimize=True)
+    assert strip.stat().st_size < 5000
+    with pytest.raises(ImageProblem) as caught:
+        read_rgb(strip)
+    assert caught.value.reason == "extreme shape" and f"{MAX_ASPECT:g} times" in caught.value.detail
+    ok = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((10, 90), np.uint8)).save(ok)
+    assert read_rgb(ok).shape == (10, 90, 3)
+
+
+def test_the_padded_square_is_what_counts_where_a_photo_is_padded(tmp_path: Path) -> None:
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((100, 400), np.uint8)).save(wide)
+    assert read_rgb(wide, max_pixels=100 * 400).shape == (100, 400, 3)
+    with pytest.raises(ImageProblem, match="padded to a square"):
+        read_rgb(wide, max_pixels=100 * 400, square=True)
+
+
+def test_every_file_passed_over_is_listed_with_its_reason(tmp_path: Path) -> None:
+    from svai.data.images import scan_images
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "anim.gif")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "IMG_1.HEIC").write_bytes(b"heic")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "Thumbs.db").write_bytes(b"x")
+    listing = scan_images(tmp_path)
+    assert listing.images == [tmp_path / "a.png"]
+    assert [(p.path.relative_to(tmp_path).as_posix(), p.reason) for p in listing.passed_over] == [
+        ("anim.gif", "unsupported format"), ("notes.txt", "not an image"), ("sub/IMG_1.HEIC", "unsupported format")]
+
+
+def test_pipes_broken_links_and_linked_folders_are_listed_never_opened(tmp_path: Path) -> None:
+    import os
+
+    from svai.data.images import scan_images
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would wait forever
+    (tmp_path / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    listing = scan_images(tmp_path)
+    assert listing.images == [tmp_path / "a.png"]
+    assert [(p.path.name, p.reason) for p in listing.passed_over] == [
+        ("broken.jpg", "not a file"), ("linked", "linked folder"), ("pipe.png", "not a file")]

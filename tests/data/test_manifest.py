@@ -52,3 +52,28 @@ def test_the_vocabulary_extends_the_defaults_in_a_stable_order(tmp_path: Path) -
     assert data[0]["procedures"].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
     with pytest.raises(SvaiError, match="'facelift' is not among the run's procedures"):
         PairedImages(tmp_path, "train", 16, vocabulary=("eyes", "nose", "jaw", "lips"))
+
+
+def test_a_manifest_saved_as_latin1_is_one_line_and_a_bom_is_no_column(tiny_dataset: Path, tmp_path: Path) -> None:
+    text = (tiny_dataset / "manifest.csv").read_text(encoding="utf-8")
+    (tmp_path / "manifest.csv").write_bytes(text.replace(",s000,", ",Renée,", 1).encode("latin-1"))
+    with pytest.raises(SvaiError, match="not UTF-8") as caught:
+        read_manifest(tmp_path)
+    assert "\n" not in str(caught.value)
+    (tmp_path / "manifest.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_manifest(tmp_path) == read_manifest(tiny_dataset)
+
+
+@pytest.mark.parametrize("bad_id", ["../../outside", "a/b", ".hidden", ""])
+def test_a_manifest_id_that_is_not_a_plain_name_is_refused(tiny_dataset: Path, tmp_path: Path, bad_id: str) -> None:
+    text = (tiny_dataset / "manifest.csv").read_text(encoding="utf-8")
+    (tmp_path / "manifest.csv").write_text(text.replace("\np000,", f"\n{bad_id},", 1), encoding="utf-8")
+    with pytest.raises(SvaiError, match="not a plain name"):
+        read_manifest(tmp_path)
+
+
+def test_a_manifest_field_over_the_csv_limit_is_one_line(tiny_dataset: Path, tmp_path: Path) -> None:
+    text = (tiny_dataset / "manifest.csv").read_text(encoding="utf-8")
+    (tmp_path / "manifest.csv").write_text(text.replace(",s000,", ',"' + "s" * 200_000 + '",', 1), encoding="utf-8")
+    with pytest.raises(SvaiError, match="not a readable CSV"):
+        read_manifest(tmp_path)

@@ -227,3 +227,40 @@ def test_csv_errors(tmp_path: Path) -> None:
         find_pairs(tmp_path, "csv")
     with pytest.raises(SvaiError, match="does not exist"):
         find_pairs(tmp_path / "nowhere")
+
+
+def test_ids_are_bounded_in_bytes_not_letters() -> None:
+    name = "가나다라마바사아자차카타파하" * 2
+    pair_id = make_id((name, name, name, "0001"))
+    assert len(pair_id.encode("utf-8")) <= 120
+    assert make_id((name, name, name, "0002")) != pair_id
+    assert make_id(("clinicA", "eyes", "0012")) == "clinicA-eyes-0012"
+
+
+def test_pairs_sharing_a_photo_share_a_subject(tmp_path: Path) -> None:
+    import os
+
+    from svai.data.pairing import Pair, share_subjects
+
+    def image(name: str, value: int) -> Path:
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(tmp_path / name)
+        return tmp_path / name
+
+    a, b = image("a.png", 1), image("b.png", 2)
+    os.link(a, tmp_path / "a-link.png")
+    copy = tmp_path / "b-copy.png"
+    copy.write_bytes(b.read_bytes())
+    c = image("c.png", 3)
+    pairs = [Pair("p1", a, image("x1.png", 4), "s1"), Pair("p2", tmp_path / "a-link.png", image("x2.png", 5), "s2"),
+             Pair("p3", copy, image("x3.png", 6), "s3"), Pair("p4", c, b, "s4"), Pair("p5", image("y.png", 7), c, "s5")]
+    assert [p.subject for p in share_subjects(pairs)] == ["s1", "s1", "s3", "s3", "s3"]
+
+
+def test_a_labels_file_is_read_with_bounded_effort(tmp_path: Path) -> None:
+    lines = ["a: &a [eyes, eyes, eyes, eyes, eyes, eyes, eyes, eyes, eyes]"]
+    for level, name in enumerate("bcdefgh"):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{'abcdefgh'[level]}"] * 9) + "]")
+    path = tmp_path / "labels.yaml"
+    path.write_text("\n".join(lines))
+    with pytest.raises(SvaiError, match="--labels .*aliases"):
+        load_label_aliases(path)

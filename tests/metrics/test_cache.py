@@ -58,3 +58,15 @@ def test_unwritable_cache_is_not_an_error(tmp_path: Path, monkeypatch: pytest.Mo
     blocker.write_text("")
     monkeypatch.setenv("SVAI_CACHE_DIR", str(blocker))  # a file, so the folder cannot be made
     assert cache.save("k", cache.CachedFeatures(features=np.zeros((1, 2)), ids=["a"])) is None
+
+
+def test_a_truncated_entry_is_computed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SVAI_CACHE_DIR", str(tmp_path))
+    entry = cache.CachedFeatures(features=np.ones((3, 4)), ids=["a", "b", "c"])
+    path = cache.save("k", entry)
+    assert path is not None
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a copy that stopped half-way
+    assert cache.load("k") is None
+    cache.save("k", entry)
+    assert cache.load("k") is not None

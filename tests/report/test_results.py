@@ -86,3 +86,32 @@ def test_loading_and_reporting_leave_the_inputs_unchanged(runs, tmp_path):
     table = report.comparison_table(rows, sort="fid")
     report.html_report(rows, table, [report.image_grid(rows, k=2, cell=32)], tmp_path / "r.html")
     assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == digests
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("unmatched", "none"), ("skipped", {"a": 1}), ("pred", 7), ("settings", [1, 2]),
+])
+def test_an_evaluation_json_edited_into_another_shape_is_one_line(runs, tmp_path, field, value):
+    data = json.loads((runs["p2p"] / "evaluation.json").read_text())
+    data[field] = value
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    with pytest.raises(SvaiError, match=f'"{field}" must be') as caught:
+        report.load_results([edited])
+    assert "\n" not in str(caught.value)
+
+
+def test_a_metric_entry_edited_into_another_shape_is_one_line(runs, tmp_path):
+    data = json.loads((runs["p2p"] / "evaluation.json").read_text())
+    next(iter(data["metrics"].values()))["mean"] = "high"
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    with pytest.raises(SvaiError, match='"mean" must be a number'):
+        report.load_results([edited])
+
+
+def test_a_json_nested_too_deeply_is_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SvaiError, match="nested too deeply"):
+        report.load_results([deep])

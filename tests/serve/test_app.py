@@ -286,6 +286,13 @@ def test_an_oversized_upload_is_refused_before_it_is_read(
     assert big.status_code == 413 and "100 MB, 1 byte over the 100 MB limit" in big.json()["error"]
 
 
+def test_a_small_upload_limit_is_stated_in_units_that_say_something(
+        make_app: MakeApp, small_photo: FacePhoto, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("svai.serve.app.MAX_UPLOAD_BYTES", 1000)
+    message = upload(client_for(make_app()), small_photo.data).json()["error"]
+    assert "over the 1000 bytes limit" in message and "0 MB" not in message
+
+
 def test_uploads_leave_nothing_in_the_private_folder(
         make_app: MakeApp, small_photo: FacePhoto, tmp_path: Path) -> None:
     client = client_for(make_app())
