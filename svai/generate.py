@@ -106,12 +106,18 @@ def batch_request(request: Request, count: int, device: torch.device) -> Request
     return replace(request, procedures=procedures, reference=reference)
 
 
-def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Request | None = None) -> list[np.ndarray]:
+def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Request | None = None,
+                    landmarks: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
     """Translate photos of any size: each is padded square and resized to the model's size;
     the family then gives the after image at the padded photo's own size
     (`ModelFamily.translate_at`: the change applied to the photo itself where the model
     changes the before photo, else its output resized), which is cropped back.
-    images: (H, W, 3) uint8 -> same."""
+    images: (H, W, 3) uint8 -> same.
+
+    For a family that reads face landmarks, `landmarks[i]` gives image i's (478, 2) points in
+    its own pixels when known (a dataset's stored ones); the others are found by the face
+    layer on the photo at its full resolution. The request carries them in the model input's
+    pixels (`Request.landmarks`)."""
     size = model.config.data.image_size
     photos, inputs, layouts = [], [], []
     for image in images:
@@ -121,12 +127,47 @@ def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Reque
         inputs.append(resize(tensor, size))
     before = torch.cat(inputs).to(model.device)
     asked = batch_request(request or Request(), len(images), model.device)
+    if "landmarks" in model.family.uses and asked.landmarks is None:
+        asked = replace(asked, landmarks=input_landmarks(images, layouts, size, landmarks).to(model.device))
     with torch.no_grad(), eval_mode(model.nets):
         fakes = model.family.translate_at(model.nets, before, asked, photos)
     outputs = []
     for fake, (height, width, (left, _, top, _)) in zip(fakes, layouts):
         outputs.append(to_uint8(fake.float().cpu()[..., top:top + height, left:left + width])[0])
     return outputs
+
+
+def input_landmarks(images: list[np.ndarray], layouts: list[tuple[int, int, tuple[int, int, int, int]]], size: int,
+                    known: list[np.ndarray | None] | None) -> torch.Tensor:
+    """Each photo's landmarks in the model input's pixels: (B, 478, 2), NaN where no face.
+
+    known[i]: image i's landmarks in its own pixels, or None to look for them with the face
+    layer; layouts: (height, width, padding) of `translate_batch`'s square padding."""
+    from svai.models.face_input import find_landmarks, landmark_rows
+
+    rows = []
+    for index, (image, (height, width, (left, _, top, _))) in enumerate(zip(images, layouts)):
+        points = known[index] if known is not None else None
+        if points is None:
+            points = find_landmarks(image)
+        if points is not None:
+            points = (np.asarray(points, np.float64) + [left, top]) * (size / max(height, width))
+        rows.append(points)
+    return landmark_rows(rows)
+
+
+def dataset_landmarks(input_dir: Path) -> dict[str, np.ndarray] | None:
+    """Per-image before landmarks (in the image's pixels) when `input_dir` is a split of a
+    prepared dataset that stores them (`svai.face.store`), else None."""
+    found = dataset_split(input_dir)
+    if found is None:
+        return None
+    from svai.face.store import landmarks_path, read_landmarks
+
+    if not landmarks_path(*found).is_file():
+        return None
+    stored = read_landmarks(*found)
+    return {pair_id: before for pair_id, (before, _) in stored.rows.items() if before is not None}
 
 
 def dataset_procedures(input_dir: Path, vocabulary: tuple[str, ...] = PROCEDURES) -> dict[str, torch.Tensor] | None:
@@ -233,6 +274,8 @@ def generate_folder(
     labels = None
     if "procedures" in model.family.uses and request.procedures is None:
         labels = dataset_procedures(input_dir, model.family.procedures)
+    # A family that reads landmarks takes a dataset split's stored ones (else the face layer's).
+    stored = dataset_landmarks(input_dir) if "landmarks" in model.family.uses else None
     wanted, lookup, labelled = None, None, {}
     if settings.composite is not None:
         # The region of the procedures asked for, else of each image's labels in the manifest.
@@ -259,7 +302,8 @@ def generate_folder(
             start = len(report.written)
             chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(queue)]
             asked = replace(asked, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
-        predictions = translate_batch(model, [image for _, image in queue], asked)
+        known = [stored.get(file.stem) for file, _ in queue] if stored is not None else None
+        predictions = translate_batch(model, [image for _, image in queue], asked, known)
         for (file, image), prediction in zip(queue, predictions):
             if lookup is not None:
                 region = lookup.find(file, image.shape[:2], wanted or labelled.get(file.stem))

@@ -101,6 +101,10 @@ class Request:
     - reference: (B, 3, H, W) in [-1, 1], "after" photos whose style the output takes.
     - generator: the random generator of latent draws (`--seed` makes output repeatable).
     - steps, guidance, strength, prompt: sampler settings of families that sample.
+    - landmarks: (B, 478, 2) float32, each before image's face landmarks in its pixels (x, y;
+      continuous coordinates, a pixel's centre at +0.5), NaN rows where no face was found.
+      Never set by the user: generate fills it from the dataset's stored landmarks or the face
+      layer (`svai.models.face_input`) for families that read it.
     """
 
     procedures: torch.Tensor | None = None
@@ -111,6 +115,7 @@ class Request:
     guidance: float | None = None
     strength: float | None = None
     prompt: str | None = None
+    landmarks: torch.Tensor | None = None
 
     def given(self) -> list[str]:
         """Names of the fields that were asked for."""
@@ -124,6 +129,7 @@ class Request:
 
 
 # The option a user sets each request field with; named in the error when a model ignores it.
+# (`landmarks` has none: svai fills it.)
 REQUEST_OPTIONS: dict[str, str] = {
     "procedures": "--procedures",
     "intensity": "--intensity",
@@ -192,6 +198,17 @@ class ModelFamily:
         """
 
     # -- training -----------------------------------------------------------------
+    def fit(self, nets: Networks, data: Any) -> dict[str, float]:
+        """Fit what has a closed form from the training split, before the first step.
+
+        data: the training split (`svai.data.dataset.PairedImages`; `landmark_table()` gives
+        the pairs' stored landmarks). Called once by the loop when a run starts (never on
+        resume: the checkpoint holds the result), after `build` and `load_pretrained`; what it
+        fits lives in the networks' buffers, so checkpoints keep it. Returns figures to log.
+        Default: nothing to fit. A family whose whole training is its fit has no phases.
+        """
+        return {}
+
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
