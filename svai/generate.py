@@ -94,6 +94,18 @@ def pad_to_square(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, in
     return F.pad(image, padding, mode="replicate"), padding
 
 
+def pad_array_to_square(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`pad_to_square` for an (H, W, 3) uint8 photo -> (S, S, 3) uint8 and the padding
+    (left, right, top, bottom)."""
+    height, width = image.shape[:2]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    padding = (left, side - width - left, top, side - height - top)
+    if side == height == width:
+        return image, padding
+    return np.pad(image, ((top, padding[3]), (left, padding[1]), (0, 0)), mode="edge"), padding
+
+
 def batch_request(request: Request, count: int, device: torch.device) -> Request:
     """The request for a batch of `count` images: per-batch tensors moved to `device`, and a
     single row of procedure strengths (1, P) repeated for every image."""
@@ -121,13 +133,15 @@ def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Reque
     size = model.config.data.image_size
     photos, inputs, layouts = [], [], []
     for image in images:
-        tensor, padding = pad_to_square(to_tensor(image)[None])
+        # Padded as uint8 (the same border replication as `pad_to_square`, a quarter of the bytes).
+        square, padding = pad_array_to_square(image)
+        tensor = to_tensor(square)[None]
         layouts.append((image.shape[0], image.shape[1], padding))
         photos.append(tensor.to(model.device))
         inputs.append(resize(tensor, size))
     before = torch.cat(inputs).to(model.device)
     asked = batch_request(request or Request(), len(images), model.device)
-    if "landmarks" in model.family.uses and asked.landmarks is None:
+    if model.family.reads_landmarks() and asked.landmarks is None:
         asked = replace(asked, landmarks=input_landmarks(images, layouts, size, landmarks).to(model.device))
     with torch.no_grad(), eval_mode(model.nets):
         fakes = model.family.translate_at(model.nets, before, asked, photos)
@@ -275,7 +289,7 @@ def generate_folder(
     if "procedures" in model.family.uses and request.procedures is None:
         labels = dataset_procedures(input_dir, model.family.procedures)
     # A family that reads landmarks takes a dataset split's stored ones (else the face layer's).
-    stored = dataset_landmarks(input_dir) if "landmarks" in model.family.uses else None
+    stored = dataset_landmarks(input_dir) if model.family.reads_landmarks() else None
     wanted, lookup, labelled = None, None, {}
     if settings.composite is not None:
         # The region of the procedures asked for, else of each image's labels in the manifest.

@@ -186,6 +186,65 @@ def inner_feather(region: np.ndarray, radius: float) -> np.ndarray:
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
+# A procedure the mesh has no region of acts on the face oval grown by this many inter-ocular distances.
+FACE_MARGIN = 0.05
+
+
+def procedure_polygons(landmarks: np.ndarray, procedure: str) -> list[np.ndarray]:
+    """The polygons whose union is `procedure`'s region on a face (photo pixels): the mesh's
+    region (`svai.face.mesh.region_polygons`), or the whole face oval for a procedure the mesh
+    has no region of."""
+    if procedure in mesh.REGION_SHAPES:
+        return mesh.region_polygons(landmarks, procedure)
+    from scipy.spatial import ConvexHull
+
+    points = mesh.check_landmarks(landmarks)
+    oval = points[list(mesh.FACE_OVAL)]
+    angles = np.linspace(0.0, 2 * np.pi, 16, endpoint=False)
+    disc = FACE_MARGIN * mesh.interocular(points) * np.stack([np.cos(angles), np.sin(angles)], 1)
+    grown = (oval[:, None, :] + disc[None]).reshape(-1, 2)
+    return [grown[ConvexHull(grown).vertices]]
+
+
+def region_weight(regions: list[list[np.ndarray]], box: Box, radius: float) -> np.ndarray:
+    """How much of a change each pixel of `box` takes: 1 deep inside the regions (each a list
+    of polygons in photo pixels), falling to 0 at their edge over `radius` pixels, or over half
+    a region's depth when that is less (a narrow region, the nose's, still reaches full weight
+    at its core); the largest over the regions -> (y1 − y0, x1 − x0) float32 in [0, 1], 0
+    outside every region."""
+    weight = np.zeros((box[3] - box[1], box[2] - box[0]), np.float32)
+    for polygons in regions:
+        inside = draw_polygons(polygons, box)
+        if not inside.any():
+            continue
+        depth = float(ndimage.distance_transform_edt(np.pad(inside, 1)).max())
+        weight = np.maximum(weight, inner_feather(inside, max(1.0, min(radius, 0.5 * depth))))
+    return weight
+
+
+def confine(photo: torch.Tensor, after: torch.Tensor, landmarks: np.ndarray, procedures: list[str],
+            feather: float = 0.1) -> torch.Tensor:
+    """A change kept to the regions of `procedures`: photo + w·(after − photo), w the
+    `region_weight` of their regions with a `feather` of that many inter-ocular distances.
+
+    photo, after: (1, C, H, W) float; landmarks: (478, 2) in the photo's pixels ->
+    (1, C, H, W) float32, every pixel outside the regions the photo's bit for bit.
+    """
+    photo = photo.float()
+    height, width = photo.shape[2:]
+    regions = [procedure_polygons(landmarks, p) for p in procedures]
+    box = region_box([polygon for polygons in regions for polygon in polygons], width, height)
+    out = photo.clone()
+    if box is None:
+        return out
+    x0, y0, x1, y1 = box
+    weight = torch.from_numpy(region_weight(regions, box, feather * mesh.interocular(landmarks))).to(photo.device)
+    crop = photo[:, :, y0:y1, x0:x1]
+    blended = crop + weight * (after.float()[:, :, y0:y1, x0:x1] - crop)
+    out[:, :, y0:y1, x0:x1] = torch.where(weight > 0, blended, crop)
+    return out
+
+
 # -- the warp --------------------------------------------------------------------------------
 def border_points(width: float, height: float, per_side: int = 8) -> np.ndarray:
     """Points along the photo's border (continuous pixels), `per_side` on each side, corners once."""
@@ -251,5 +310,6 @@ def resample_box(image: torch.Tensor, field: torch.Tensor, box: Box) -> torch.Te
     return out
 
 
-__all__ = ["Box", "FaceFrame", "ThinPlateSpline", "backward_field", "border_points", "draw_polygons", "face_frame",
-           "inner_feather", "landmarks_found", "region_box", "resample_box", "single_thread"]
+__all__ = ["Box", "FaceFrame", "ThinPlateSpline", "backward_field", "border_points", "confine", "draw_polygons",
+           "face_frame", "inner_feather", "landmarks_found", "procedure_polygons", "region_box", "region_weight",
+           "resample_box", "single_thread"]

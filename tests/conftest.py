@@ -65,7 +65,35 @@ def write_tiny_dataset(root: Path, size: int = 32, train: int = 8, test: int = 4
                             procedures=(PROCEDURES[index % 3],))
         writer.add(record, before, after, mask)
     writer.close({"source": "test fixture", "size": size})
+    write_fake_landmarks(root, size, seed)
     return root
+
+
+def fake_face(rng: np.random.Generator, size: int) -> np.ndarray:
+    """478 points spread over the middle of a `size` px image, the outer eye corners (33 and
+    263) level and a third of the image apart: landmarks for the loop, not for the eye."""
+    points = rng.uniform(0.3 * size, 0.7 * size, size=(478, 2))
+    points[33] = (0.33 * size, 0.42 * size)
+    points[263] = (0.67 * size, 0.42 * size)
+    return points
+
+
+def write_fake_landmarks(root: Path, size: int, seed: int) -> None:
+    """Each pair's `landmarks.npz` rows (`svai.face.store`): a fake face before, and after it
+    the points of a procedure-dependent third of the mesh moved by half a pixel."""
+    from svai.data.layout import read_manifest
+    from svai.face.store import SplitLandmarks, write_landmarks
+
+    rng = np.random.default_rng(seed + 1)
+    splits: dict[str, SplitLandmarks] = {}
+    for record in read_manifest(root):
+        before = fake_face(rng, size)
+        after = before.copy()
+        moved = np.arange(478) % 3 == PROCEDURES.index(record.procedures[0])
+        after[moved, 0] += 0.5
+        splits.setdefault(record.split, SplitLandmarks()).rows[record.id] = (before, after)
+    for split, rows in splits.items():
+        write_landmarks(root, split, rows)
 
 
 @pytest.fixture(scope="session")

@@ -274,12 +274,43 @@ class ModelFamily:
         (`OutputHead.at_size`), which keeps the photo's detail; otherwise the model-size
         output is resized.
         """
+        if request is not None and request.intensity is not None and float(request.intensity) == 0.0:
+            # Intensity 0 asks for no change: every family returns the photo itself.
+            return [photo.float().clone() for photo in photos]
         if self.changes_at_size():
             raw, alpha = self.generator_output(nets, before, request)
             head = self.head  # type: ignore[attr-defined]
-            return [head.at_size(raw[i:i + 1], before[i:i + 1], photo, alpha) for i, photo in enumerate(photos)]
-        out = self.translate(nets, before, request).float()
-        return [resize(out[i:i + 1], tuple(photo.shape[2:])) for i, photo in enumerate(photos)]
+            outs = [head.at_size(raw[i:i + 1], before[i:i + 1], photo, alpha) for i, photo in enumerate(photos)]
+        else:
+            out = self.translate(nets, before, request).float()
+            outs = [resize(out[i:i + 1], tuple(photo.shape[2:])) for i, photo in enumerate(photos)]
+        return self.confine_to_procedures(outs, before, request, photos)
+
+    def reads_landmarks(self) -> bool:
+        """Whether generation should give this family the photos' face landmarks
+        (`Request.landmarks`): it reads them, or it takes procedures and so keeps its change
+        to their regions (`confine_to_procedures`)."""
+        return "landmarks" in self.uses or "procedures" in self.uses
+
+    def confine_to_procedures(self, outs: list[torch.Tensor], before: torch.Tensor, request: Request | None,
+                              photos: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Keep each photo's change inside the regions of the procedures it asks for: a family
+        that takes procedures changes nothing measurable outside them (`svai.warp.confine`,
+        regions from the face's landmarks in the request, given in before's pixels). Photos
+        without a face, requests without procedures or landmarks are left as they are."""
+        if "procedures" not in self.uses or request is None or request.procedures is None \
+                or request.landmarks is None:
+            return outs
+        from svai.warp import confine, landmarks_found
+
+        strengths = self.requested_procedures(request, before).cpu()
+        landmarks = request.landmarks.detach().cpu().double().numpy()
+        kept = []
+        for index, (out, photo) in enumerate(zip(outs, photos)):
+            ticked = [p for p, s in zip(self.procedures, strengths[index].tolist()) if s > 0]
+            points = landmarks[index] * (photo.shape[-1] / before.shape[-1])
+            kept.append(confine(photo, out, points, ticked) if ticked and landmarks_found(points) else out)
+        return kept
 
     def requested_procedures(self, request: Request | None, before: torch.Tensor) -> torch.Tensor:
         """The request's procedure strengths for a procedure-conditioned family, checked:

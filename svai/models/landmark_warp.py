@@ -29,7 +29,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
 from svai.data.layout import PROCEDURES
@@ -42,8 +41,8 @@ from svai.models.layers import UnetGenerator, check_before, init_weights, tile_l
 from svai.models.options import OutputOptions, check_at_least, check_positive
 from svai.models.registry import register_family
 from svai.warp import (
-    Box, FaceFrame, backward_field, draw_polygons, face_frame, inner_feather, landmarks_found, region_box, resample_box,
-    single_thread,
+    Box, FaceFrame, backward_field, face_frame, landmarks_found, procedure_polygons, region_box, region_weight,
+    resample_box, single_thread,
 )
 
 log = logging.getLogger(__name__)
@@ -53,9 +52,6 @@ log = logging.getLogger(__name__)
 GAIN_GRID = np.round(np.arange(0.25, 4.001, 0.25), 2)
 CALIBRATION_PAIRS = 32
 MIN_ALONE = 8
-
-# A procedure the mesh has no region of acts on the face oval grown by this many inter-ocular distances.
-FACE_MARGIN = 0.05
 
 
 @dataclass
@@ -162,44 +158,6 @@ class Move:
     @property
     def polygons(self) -> list[np.ndarray]:
         return [polygon for polygons in self.regions for polygon in polygons]
-
-
-def region_polygons(landmarks: np.ndarray, procedures: list[str]) -> list[np.ndarray]:
-    """The polygons whose union is the region of `procedures` on a face (photo pixels)."""
-    polygons: list[np.ndarray] = []
-    for procedure in procedures:
-        if procedure in mesh.REGION_SHAPES:
-            polygons += mesh.region_polygons(landmarks, procedure)
-        else:
-            polygons += _oval_polygons(landmarks)
-    return polygons
-
-
-def _oval_polygons(landmarks: np.ndarray) -> list[np.ndarray]:
-    """The face oval's hull grown by `FACE_MARGIN` inter-ocular distances, as one polygon."""
-    from scipy.spatial import ConvexHull
-
-    points = landmarks[list(mesh.FACE_OVAL)]
-    angles = np.linspace(0.0, 2 * np.pi, 16, endpoint=False)
-    disc = FACE_MARGIN * mesh.interocular(landmarks) * np.stack([np.cos(angles), np.sin(angles)], 1)
-    grown = (points[:, None, :] + disc[None]).reshape(-1, 2)
-    return [grown[ConvexHull(grown).vertices]]
-
-
-def region_weight(move: Move, box: tuple[int, int, int, int], feather: float) -> np.ndarray:
-    """How much of the warp each pixel of `box` takes: 1 deep inside the ticked regions, falling
-    to 0 at their edge over `feather` inter-ocular distances, or over half a region's depth when
-    that is less (a narrow region, the nose's, still reaches full weight at its core); the
-    largest over the regions. -> (y1 − y0, x1 − x0) float32 in [0, 1]."""
-    weight = np.zeros((box[3] - box[1], box[2] - box[0]), np.float32)
-    for polygons in move.regions:
-        inside = draw_polygons(polygons, box)
-        if not inside.any():
-            continue
-        depth = float(ndimage.distance_transform_edt(np.pad(inside, 1)).max())
-        radius = max(1.0, min(feather * move.frame.unit, 0.5 * depth))
-        weight = np.maximum(weight, inner_feather(inside, radius))
-    return weight
 
 
 @register_family
@@ -330,14 +288,18 @@ class LandmarkWarp(ModelFamily):
             if photo.shape[-2] * before.shape[-1] != photo.shape[-1] * before.shape[-2]:
                 raise ValueError(f"photo {tuple(photo.shape)} is not before {tuple(before.shape)} resized")
             scaled = None if move is None else move.scaled(scale)
-            warped, weight = self._warp_all(photo, [scaled])
-            if self.head is not None and move is not None:
+            warped, box, local = self._warp_one(photo.float(), scaled)
+            if self.head is not None and box is not None:
                 small, _ = self._warp_all(before[index:index + 1], [move])
                 labels = self.requested_procedures(request, before)[index:index + 1]
                 raw = nets["G"](tile_labels(small.to(before.dtype), labels))
                 refined = self.head.at_size(raw, small, warped, alpha)
-                warped = warped + weight * (refined - warped)
-            outputs.append(warped.clamp(-1, 1))
+                weight = torch.zeros(1, 1, *warped.shape[2:], device=warped.device)
+                x0, y0, x1, y1 = box
+                weight[0, 0, y0:y1, x0:x1] = torch.from_numpy(local)
+                warped = (warped + weight * (refined - warped)).clamp(-1, 1)
+            # The warp alone resamples the photo's own values: already within [-1, 1].
+            outputs.append(warped)
         return outputs
 
     # -- the warp -----------------------------------------------------------------------
@@ -371,7 +333,7 @@ class LandmarkWarp(ModelFamily):
         frame = face_frame(landmarks)
         shift = fields.displacement(frame.to_frame(landmarks), strengths)
         target = landmarks + frame.vectors_to_photo(shift)
-        return Move(landmarks, target, frame, [region_polygons(landmarks, [p]) for p in ticked])
+        return Move(landmarks, target, frame, [procedure_polygons(landmarks, p) for p in ticked])
 
     def _flow(self, move: Move | None, width: int, height: int) -> tuple[Box, np.ndarray, np.ndarray] | None:
         """(box, region weight (h, w), backward field (2, h, w) pixels, weighted) of a move in
@@ -379,27 +341,30 @@ class LandmarkWarp(ModelFamily):
         box = None if move is None else region_box(move.polygons, width, height)
         if move is None or box is None:
             return None
-        weight = region_weight(move, box, self.options.feather)
+        weight = region_weight(move.regions, box, self.options.feather * move.frame.unit)
         field = backward_field(move.source, move.target, move.frame, box, width, height, self.options.smoothing)
         return box, weight, field * weight[None]
+
+    def _warp_one(self, image: torch.Tensor, move: Move | None) -> tuple[torch.Tensor, Box | None, np.ndarray]:
+        """Warp one image (1, 3, H, W) float32 by its move (in the image's pixels) -> (warped
+        (1, 3, H, W), the box that changed or None, the region weight inside it (h, w))."""
+        flow = self._flow(move, image.shape[3], image.shape[2])
+        if flow is None:
+            return image, None, np.zeros((0, 0), np.float32)
+        box, local, field = flow
+        return resample_box(image, torch.from_numpy(field), box), box, local
 
     def _warp_all(self, images: torch.Tensor, moves: list[Move | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Warp each image (B, 3, H, W) by its move (moves in the images' own pixels) ->
         (warped (B, 3, H, W) float32, region weight (B, 1, H, W) in [0, 1])."""
         outputs, weights = [], []
         for image, move in zip(images, moves):
-            image = image[None].float()
-            height, width = image.shape[2:]
-            weight = torch.zeros(1, 1, height, width, device=image.device)
-            flow = self._flow(move, width, height)
-            if flow is None:
-                outputs.append(image)
-                weights.append(weight)
-                continue
-            box, local, field = flow
-            x0, y0, x1, y1 = box
-            outputs.append(resample_box(image, torch.from_numpy(field), box))
-            weight[0, 0, y0:y1, x0:x1] = torch.from_numpy(local)
+            warped, box, local = self._warp_one(image[None].float(), move)
+            weight = torch.zeros(1, 1, *image.shape[1:], device=image.device)
+            if box is not None:
+                x0, y0, x1, y1 = box
+                weight[0, 0, y0:y1, x0:x1] = torch.from_numpy(local)
+            outputs.append(warped)
             weights.append(weight)
         return torch.cat(outputs), torch.cat(weights)
 
