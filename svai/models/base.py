@@ -286,6 +286,13 @@ class ModelFamily:
             outs = [resize(out[i:i + 1], tuple(photo.shape[2:])) for i, photo in enumerate(photos)]
         return self.confine_to_procedures(outs, before, request, photos)
 
+    def moves_pixels(self) -> bool:
+        """Whether the change resamples the photo's own pixels (a warp) at the photo's size, so
+        applying it to a full-resolution photo keeps that photo sharp (the consultation app
+        then simulates on the full-resolution face, `svai.serve.simulate`)."""
+        head = getattr(self, "head", None)
+        return self.changes_at_size() and head is not None and head.mode == "warp"
+
     def reads_landmarks(self) -> bool:
         """Whether generation should give this family the photos' face landmarks
         (`Request.landmarks`): it reads them, or it takes procedures and so keeps its change

@@ -265,6 +265,9 @@ class LandmarkWarp(ModelFamily):
     def changes_at_size(self) -> bool:
         return True
 
+    def moves_pixels(self) -> bool:
+        return True
+
     @torch.no_grad()
     def translate_at(self, nets: Networks, before: torch.Tensor, request: Request | None,
                      photos: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -220,9 +220,9 @@ class Simulator:
 
 
 def warps(served: ServedModel) -> bool:
-    """Whether the served model warps the before photo (`model.output=warp`) and its family
-    can apply the warp at a photo's own size (`ModelFamily.translate_at`)."""
-    return getattr(served.model.config.model, "output", None) == "warp" and served.model.family.changes_at_size()
+    """Whether the served model warps the before photo at a photo's own size
+    (`ModelFamily.moves_pixels`: `model.output=warp`, or the landmark warp)."""
+    return served.model.family.moves_pixels()
 
 
 def face_square(photo: Photo) -> np.ndarray:

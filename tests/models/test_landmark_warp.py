@@ -312,3 +312,27 @@ def test_photo_size_and_model_size_agree_and_the_checkpoint_round_trips(fitted_r
 
     load_networks(find_checkpoint(root.parent / "run").path, fresh)
     assert torch.equal(family.translate(fresh, before, request), small)
+
+
+def test_the_consultation_app_shows_the_nose_changed_on_the_full_resolution_face(fitted_run) -> None:  # type: ignore[no-untyped-def]
+    """The app simulates on the face square at the photo's own resolution: ticking Nose
+    changes the nose there, and nothing of the photo outside the nose region."""
+    from PIL import Image
+    from skimage.data import astronaut
+
+    from svai.models.face_input import find_landmarks
+    from svai.serve.photo import frame_photo
+    from svai.serve.simulate import Settings, Simulator, serve_models, warps
+
+    root, model = fitted_run
+    served = serve_models([root.parent / "run"], [model])
+    assert warps(served[0]) and served[0].controls.procedures == model.family.procedures
+    photo = frame_photo(Image.fromarray(astronaut()), "astronaut.png", "0" * 64)
+    simulation = Simulator(served).simulate(photo, served[0].id, Settings(procedures=("nose",)))
+    x0, y0, x1, y1 = photo.box
+    square = photo.pixels[y0:y1, x0:x1]
+    points = find_landmarks(np.ascontiguousarray(square))
+    inside = mesh.region_mask(points, "nose", x1 - x0, y1 - y0) > 0
+    change = np.abs(simulation.patch.astype(int) - square).max(axis=2)
+    assert (change[~inside] == 0).all()
+    assert change[inside].mean() >= 2.0
