@@ -210,7 +210,6 @@ class LandmarkWarp(ModelFamily):
             raise SvaiError(f"{data.root}: landmark-warp needs the pairs' face landmarks, and the train split has "
                             "none: run `svai prepare` again with the face layer installed (svai[face], "
                             "`svai weights`)")
-        o = self.options
         with single_thread():
             return self._fit(nets, data, table)
 
@@ -311,6 +310,9 @@ class LandmarkWarp(ModelFamily):
         strengths = self.requested_procedures(request, before).cpu().numpy().astype(np.float64)
         alpha = check_intensity(request.intensity if request is not None else None)
         strengths = strengths * (1.0 if alpha is None else alpha)
+        fitted = nets["landmarks"]
+        if not bool(fitted.fitted):
+            return [None] * before.shape[0]
         landmarks = request.landmarks if request is not None else None
         if landmarks is None:
             from svai.models.face_input import detect_landmarks
@@ -320,9 +322,6 @@ class LandmarkWarp(ModelFamily):
             points = [np.asarray(row, np.float64) for row in landmarks.detach().cpu().float().numpy()]
             if len(points) != before.shape[0]:
                 raise ValueError(f"landmarks for {len(points)} images; before has {before.shape[0]}")
-        fitted = nets["landmarks"]
-        if not bool(fitted.fitted):
-            return [None] * before.shape[0]
         fields, gains = fitted.arrays(), fitted.gains.detach().cpu().numpy()
         return [self._move(fields, found, row * gains) for row, found in zip(strengths, points)]
 
