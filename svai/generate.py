@@ -97,6 +97,18 @@ def pad_to_square(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, in
     return F.pad(image, padding, mode="replicate"), padding
 
 
+def pad_array_to_square(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """`pad_to_square` for an (H, W, 3) uint8 photo -> (S, S, 3) uint8 and the padding
+    (left, right, top, bottom)."""
+    height, width = image.shape[:2]
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    padding = (left, side - width - left, top, side - height - top)
+    if side == height == width:
+        return image, padding
+    return np.pad(image, ((top, padding[3]), (left, padding[1]), (0, 0)), mode="edge"), padding
+
+
 def batch_request(request: Request, count: int, device: torch.device) -> Request:
     """The request for a batch of `count` images: per-batch tensors moved to `device`, and a
     single row of procedure strengths (1, P) repeated for every image."""
@@ -109,27 +121,70 @@ def batch_request(request: Request, count: int, device: torch.device) -> Request
     return replace(request, procedures=procedures, reference=reference)
 
 
-def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Request | None = None) -> list[np.ndarray]:
+def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Request | None = None,
+                    landmarks: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
     """Translate photos of any size: each is padded square and resized to the model's size;
     the family then gives the after image at the padded photo's own size
     (`ModelFamily.translate_at`: the change applied to the photo itself where the model
     changes the before photo, else its output resized), which is cropped back.
-    images: (H, W, 3) uint8 -> same."""
+    images: (H, W, 3) uint8 -> same.
+
+    For a family that reads face landmarks, `landmarks[i]` gives image i's (478, 2) points in
+    its own pixels when known (a dataset's stored ones); the others are found by the face
+    layer on the photo at its full resolution. The request carries them in the model input's
+    pixels (`Request.landmarks`)."""
     size = model.config.data.image_size
     photos, inputs, layouts = [], [], []
     for image in images:
-        tensor, padding = pad_to_square(to_tensor(image)[None])
+        # Padded as uint8 (the same border replication as `pad_to_square`, a quarter of the bytes).
+        square, padding = pad_array_to_square(image)
+        tensor = to_tensor(square)[None]
         layouts.append((image.shape[0], image.shape[1], padding))
         photos.append(tensor.to(model.device))
         inputs.append(resize(tensor, size))
     before = torch.cat(inputs).to(model.device)
     asked = batch_request(request or Request(), len(images), model.device)
+    if model.family.reads_landmarks() and asked.landmarks is None:
+        asked = replace(asked, landmarks=input_landmarks(images, layouts, size, landmarks).to(model.device))
     with torch.no_grad(), eval_mode(model.nets):
         fakes = model.family.translate_at(model.nets, before, asked, photos)
     outputs = []
     for fake, (height, width, (left, _, top, _)) in zip(fakes, layouts):
         outputs.append(to_uint8(fake.float().cpu()[..., top:top + height, left:left + width])[0])
     return outputs
+
+
+def input_landmarks(images: list[np.ndarray], layouts: list[tuple[int, int, tuple[int, int, int, int]]], size: int,
+                    known: list[np.ndarray | None] | None) -> torch.Tensor:
+    """Each photo's landmarks in the model input's pixels: (B, 478, 2), NaN where no face.
+
+    known[i]: image i's landmarks in its own pixels, or None to look for them with the face
+    layer; layouts: (height, width, padding) of `translate_batch`'s square padding."""
+    from svai.models.face_input import find_landmarks, landmark_rows
+
+    rows = []
+    for index, (image, (height, width, (left, _, top, _))) in enumerate(zip(images, layouts)):
+        points = known[index] if known is not None else None
+        if points is None:
+            points = find_landmarks(image)
+        if points is not None:
+            points = (np.asarray(points, np.float64) + [left, top]) * (size / max(height, width))
+        rows.append(points)
+    return landmark_rows(rows)
+
+
+def dataset_landmarks(input_dir: Path) -> dict[str, np.ndarray] | None:
+    """Per-image before landmarks (in the image's pixels) when `input_dir` is a split of a
+    prepared dataset that stores them (`svai.face.store`), else None."""
+    found = dataset_split(input_dir)
+    if found is None:
+        return None
+    from svai.face.store import landmarks_path, read_landmarks
+
+    if not landmarks_path(*found).is_file():
+        return None
+    stored = read_landmarks(*found)
+    return {pair_id: before for pair_id, (before, _) in stored.rows.items() if before is not None}
 
 
 def dataset_procedures(input_dir: Path, vocabulary: tuple[str, ...] = PROCEDURES) -> dict[str, torch.Tensor] | None:
@@ -293,6 +348,8 @@ class InputFolder:
     wanted: tuple[str, ...] | None = None
     lookup: RegionLookup | None = None
     labelled: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # For a family that reads landmarks: a dataset split's stored before landmarks by image id.
+    landmarks: dict[str, np.ndarray] | None = None
 
     @classmethod
     def read(cls, model: LoadedModel, input_dir: Path, settings: Generation) -> "InputFolder":
@@ -300,6 +357,9 @@ class InputFolder:
         folder = cls()
         if "procedures" in model.family.uses and request.procedures is None:
             folder.labels = dataset_procedures(input_dir, model.family.procedures)
+        # A family that reads landmarks takes a dataset split's stored ones (else the face layer's).
+        if model.family.reads_landmarks():
+            folder.landmarks = dataset_landmarks(input_dir)
         if settings.composite is not None:
             # The region of the procedures asked for, else of each image's labels in the manifest.
             folder.wanted = chosen_procedures(request.procedures, model.family.procedures)
@@ -338,7 +398,10 @@ def simulate_photos(
         chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(photos)]
         request = replace(request, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
     views = [(file, _model_view(file, image, squares)) for file, image in photos]
-    predictions = _translate_each(model, views, request, skipped)
+    known = None
+    if folder.landmarks is not None:
+        known = [None if file in squares else folder.landmarks.get(file.stem) for file, _ in photos]
+    predictions = _translate_each(model, views, request, skipped, known)
     predictions = [_paste_square(image, prediction, squares[file]) if file in squares and prediction is not None
                    else prediction for (file, image), prediction in zip(photos, predictions)]
     if folder.lookup is None or settings.composite is None:
@@ -473,14 +536,14 @@ def _out_of_memory(error: BaseException) -> bool:
 
 def _translate_each(
     model: LoadedModel, queue: list[tuple[Path, np.ndarray]], request: Request,
-    skipped: list[tuple[Path, str]] | None,
+    skipped: list[tuple[Path, str]] | None, landmarks: list[np.ndarray | None] | None = None,
 ) -> list[np.ndarray | None]:
     """The batch's predictions; when the batch does not fit in memory, each photo alone, and
     a photo that does not fit even alone is listed in `skipped` (None) so the others are still
     written; without `skipped` the memory error is raised."""
     images = [image for _, image in queue]
     try:
-        return translate_batch(model, images, request)
+        return translate_batch(model, images, request, landmarks)
     except (MemoryError, RuntimeError) as error:
         if skipped is None or not _out_of_memory(error):
             raise
@@ -491,7 +554,7 @@ def _translate_each(
     for index, (file, image) in enumerate(queue):
         single = _one_of(request, index, len(queue))
         try:
-            outputs.append(translate_batch(model, [image], single)[0])
+            outputs.append(translate_batch(model, [image], single, None if landmarks is None else [landmarks[index]])[0])
         except (MemoryError, RuntimeError) as error:
             if not _out_of_memory(error):
                 raise

@@ -173,6 +173,8 @@ class Trainer:
         self.nets: Networks = self.family.build()
         # Pretrained frozen weights load now, so a missing file fails before the first step.
         self.family.load_pretrained(self.nets, COMPUTE_DTYPES[train.mixed_precision])
+        # A closed-form fit (a landmark model) happens once, before the first step.
+        self.fit_logs = {} if resume else self.family.fit(self.nets, self.train_set)
         self.phases = self.family.phases()
         check_phases(self.phases)
         trainable = list(dict.fromkeys(name for phase in self.phases for name in phase.networks))
@@ -184,7 +186,9 @@ class Trainer:
         self.phase_optimizer = {phase.name: phase.shares or phase.name for phase in self.phases}
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
 
-        prepared = self.accelerator.prepare(*[self.nets[n] for n in trainable], *self.optimizers.values())
+        objects = [*[self.nets[n] for n in trainable], *self.optimizers.values()]
+        # A family that only fits (no phase) has nothing for Accelerate to wrap.
+        prepared = self.accelerator.prepare(*objects) if objects else ()
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
         self.wrapped: Networks = dict(self.nets)
         for name, module in zip(trainable, prepared[: len(trainable)]):
@@ -280,6 +284,8 @@ class Trainer:
         window_start, window_images = time.perf_counter(), 0
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
+        if self.start_step == 0 and self.fit_logs:
+            self._log({"step": 0, **self.fit_logs})
         self.on_event({"event": "start", "step": step, "total": total})
         saved = self.start_step
         try:
@@ -459,7 +465,9 @@ class Trainer:
             return
         items = collate([self.sample_set[(i, -1)] for i in range(count)])
         before = items["before"].to(self.accelerator.device)
-        request = Request(procedures=items["procedures"].to(self.accelerator.device)).only(self.family.uses)
+        landmarks = items.get("landmarks")
+        request = Request(procedures=items["procedures"].to(self.accelerator.device),
+                          landmarks=landmarks).only(self.family.uses)
         with eval_mode(self.nets), self.accelerator.autocast():
             fake = self.family.translate(self.nets, before, request)
         rows = [np.concatenate(list(images), axis=1)

@@ -65,7 +65,50 @@ def write_tiny_dataset(root: Path, size: int = 32, train: int = 8, test: int = 4
                             procedures=(PROCEDURES[index % 3],))
         writer.add(record, before, after, mask)
     writer.close({"source": "test fixture", "size": size})
+    write_fake_landmarks(root, size, seed)
     return root
+
+
+# Where each procedure region's points gather in a fake face (fractions of the image side),
+# hull by hull as `svai.face.mesh.REGION_SHAPES` lists them.
+_FAKE_CENTRES = {"eyes": [(0.38, 0.42), (0.62, 0.42)], "nose": [(0.5, 0.52)], "lips": [(0.5, 0.62)],
+                 "brows": [(0.38, 0.36), (0.62, 0.36)], "chin": [(0.5, 0.7)]}
+
+
+def fake_face(rng: np.random.Generator, size: int) -> np.ndarray:
+    """478 points laid out roughly like a face in a `size` px image: each procedure region's
+    points gathered around its place (the jaw's along the lower face), the rest spread over the
+    middle, the outer eye corners (33 and 263) level and a third of the image apart.
+    Landmarks for the code that reads them, not for the eye."""
+    from svai.face import mesh
+
+    points = rng.uniform(0.3, 0.7, size=(478, 2))
+    for procedure, centres in _FAKE_CENTRES.items():
+        for hull, centre in zip(mesh.REGION_SHAPES[procedure].hulls, centres):
+            points[list(hull)] = np.asarray(centre) + rng.uniform(-0.03, 0.03, size=(len(hull), 2))
+    jaw = list(mesh.REGION_SHAPES["jaw"].hulls[0])
+    angles = np.linspace(0.15 * np.pi, 0.85 * np.pi, len(jaw))
+    points[jaw] = np.stack([0.5 + 0.22 * np.cos(angles), 0.5 + 0.25 * np.sin(angles)], 1)
+    points[33], points[263] = (0.33, 0.42), (0.67, 0.42)
+    return points * size
+
+
+def write_fake_landmarks(root: Path, size: int, seed: int) -> None:
+    """Each pair's `landmarks.npz` rows (`svai.face.store`): a fake face before, and after it
+    the points of a procedure-dependent third of the mesh moved by half a pixel."""
+    from svai.data.layout import read_manifest
+    from svai.face.store import SplitLandmarks, write_landmarks
+
+    rng = np.random.default_rng(seed + 1)
+    splits: dict[str, SplitLandmarks] = {}
+    for record in read_manifest(root):
+        before = fake_face(rng, size)
+        after = before.copy()
+        moved = np.arange(478) % 3 == PROCEDURES.index(record.procedures[0])
+        after[moved, 0] += 0.5
+        splits.setdefault(record.split, SplitLandmarks()).rows[record.id] = (before, after)
+    for split, rows in splits.items():
+        write_landmarks(root, split, rows)
 
 
 @pytest.fixture(scope="session")

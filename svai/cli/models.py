@@ -34,7 +34,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
             "family": family_cls.name,
             "paired": family_cls.paired,
             # The `svai generate` options that steer this model beyond the before photo.
-            "controls": [REQUEST_OPTIONS[field] for field in sorted(family.uses)],
+            "controls": [REQUEST_OPTIONS[field] for field in sorted(family.uses) if field in REQUEST_OPTIONS],
             "image_size": config.data.image_size,
             "parameters": counts,
             "description": preset.get("description") or family_cls.description,

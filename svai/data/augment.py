@@ -115,11 +115,31 @@ def _colour(images: Tensor, draw: _Draw) -> Tensor:
     return torch.where(draw.coloured[:, None, None, None], changed * 2 - 1, images)
 
 
+def _move_points(points: Tensor, draw: _Draw, hflip: bool) -> Tensor:
+    """Face landmarks (B, N, 2), continuous pixels (centres at +0.5), moved with their images.
+
+    The affine matrix maps source to destination pixels with centres at integers (kornia's
+    convention). A mirrored face's landmarks would name the subject's left eye as the right:
+    mirrored samples get NaN (no face) instead.
+    """
+    if not bool(draw.moved.any()):
+        return points
+    matrix = draw.matrix.to(points.dtype)
+    centred = points - 0.5
+    moved = centred @ matrix[:, :, :2].transpose(1, 2) + matrix[:, None, :, 2] + 0.5
+    moved = torch.where(draw.moved[:, None, None], moved, points)
+    if hflip:
+        mirrored = torch.linalg.det(matrix[:, :, :2]) < 0
+        moved = torch.where(mirrored[:, None, None], torch.full_like(moved, float("nan")), moved)
+    return moved
+
+
 def augment_batch(batch: dict, options: AugmentOptions, generator: torch.Generator) -> dict:
     """Augment a training batch; returns a new dict (other keys passed through unchanged).
 
-    batch: `before`, `after` (B, 3, H, W) in [-1, 1]; optional `mask` (B, 1, H, W) in [0, 1]
-    and `after_unpaired` (B, 3, H, W) in [-1, 1]. Outputs keep shapes and ranges.
+    batch: `before`, `after` (B, 3, H, W) in [-1, 1]; optional `mask` (B, 1, H, W) in [0, 1],
+    `after_unpaired` (B, 3, H, W) in [-1, 1] and `landmarks` (B, 478, 2) pixels of the before
+    photo (moved with it; NaN for a mirrored sample). Outputs keep shapes and ranges.
     """
     if not options.enabled:
         return dict(batch)
@@ -134,6 +154,8 @@ def augment_batch(batch: dict, options: AugmentOptions, generator: torch.Generat
     out["after"] = _colour(_warp(batch["after"], draw), draw)
     if batch.get("mask") is not None:
         out["mask"] = _warp(batch["mask"], draw).clamp(0, 1)
+    if batch.get("landmarks") is not None:
+        out["landmarks"] = _move_points(batch["landmarks"], draw, hflip=options.hflip > 0)
     if batch.get("after_unpaired") is not None:
         own = _draw(options, size, height, width, generator, before.device)
         out["after_unpaired"] = _colour(_warp(batch["after_unpaired"], own), own)

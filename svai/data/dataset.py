@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from svai.data.images import read_rgb
@@ -26,7 +28,7 @@ class BadFile(SvaiError):
 
 def _signed(image: torch.Tensor) -> torch.Tensor:
     """uint8 tensor -> float32 in [-1, 1], same shape."""
-    return image.float().div(127.5).sub(1.0)
+    return image.float().div_(127.5).sub_(1.0)  # in place on the new float copy
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -36,8 +38,9 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, rounded to nearest."""
-    scaled = (images.detach().float().clamp(-1, 1) + 1.0) * 127.5
-    return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    # One copy (the clamp), then in place: a 12-megapixel photo is 150 MB per float copy.
+    scaled = torch.clamp(images.detach().float(), -1, 1).add_(1.0).mul_(127.5)
+    return scaled.round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def procedure_vector(strengths: Mapping[str, float], vocabulary: tuple[str, ...] = PROCEDURES) -> torch.Tensor:
@@ -82,6 +85,8 @@ class PairedImages(Dataset):
             raise SvaiError(f"{self.root}: the {split} split has no pairs (see manifest.csv)")
         self.records: list[PairRecord] = records
         self._cache: dict[tuple[str, str], torch.Tensor] | None = {} if cache else None
+        self._landmarks = _split_landmarks(self.root, split)
+        self._sizes: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -118,6 +123,45 @@ class PairedImages(Dataset):
             self._cache[key] = tensor
         return tensor
 
+    # -- landmarks ------------------------------------------------------------------------
+    def _landmark_rows(self, record: PairRecord) -> tuple[np.ndarray, np.ndarray]:
+        """(before, after) landmarks of a pair at `image_size`, (478, 2) float32; NaN where
+        none were found. Stored landmarks are in the PNG's pixels: scaled by size / PNG size."""
+        before, after = self._landmarks.rows.get(record.id, (None, None))
+        scale = self.image_size / self._png_size(record)
+        rows = []
+        for points in (before, after):
+            rows.append(np.full((478, 2), np.nan, np.float32) if points is None
+                        else (np.asarray(points, np.float64) * scale).astype(np.float32))
+        return rows[0], rows[1]
+
+    def _png_size(self, record: PairRecord) -> int:
+        if record.id not in self._sizes:
+            path = self.root / self.split / "before" / f"{record.id}.png"
+            try:
+                with Image.open(path) as image:
+                    self._sizes[record.id] = image.size[0]
+            except (OSError, ValueError):
+                self._sizes[record.id] = self.image_size
+        return self._sizes[record.id]
+
+    def landmark_table(self) -> LandmarkTable | None:
+        """Every pair's landmarks where both photos have a face, or None when the split has no
+        landmarks file (`svai prepare` stores one when the face layer is installed)."""
+        if self._landmarks is None:
+            return None
+        ids, before, after, procedures = [], [], [], []
+        for record in self.records:
+            b, a = self._landmark_rows(record)
+            if np.isfinite(b).all() and np.isfinite(a).all():
+                ids.append(record.id)
+                before.append(b.astype(np.float64))
+                after.append(a.astype(np.float64))
+                procedures.append(procedure_vector(record.strength_of(), self.vocabulary).numpy())
+        count = len(self.vocabulary)
+        return LandmarkTable(ids, np.asarray(before).reshape(-1, 478, 2), np.asarray(after).reshape(-1, 478, 2),
+                             np.asarray(procedures, np.float64).reshape(-1, count))
+
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor | str]:
         i, j = key if isinstance(key, tuple) else (key, -1)
         # A pair that cannot be read is replaced by the next readable one, so batches keep
@@ -150,6 +194,8 @@ class PairedImages(Dataset):
         }
         mask = self._load("masks", record)
         item["mask"] = mask.float().div(255.0) if mask is not None else torch.zeros(1, size, size)
+        if self._landmarks is not None:
+            item["landmarks"] = torch.from_numpy(self._landmark_rows(record)[0])
         if j >= 0:
             item["after_unpaired"] = self._readable(j, lambda index: _signed(self._load("after", self.records[index])))
         return item
@@ -222,6 +268,28 @@ def hash_seed(*parts: int) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
         state = z ^ (z >> 31)
     return state & 0x7FFFFFFFFFFFFFFF
+
+
+def _split_landmarks(root: Path, split: str):  # type: ignore[no-untyped-def]
+    """The split's stored landmarks (`svai.face.store`), or None when it has none."""
+    from svai.face.store import landmarks_path, read_landmarks
+
+    if not landmarks_path(root, split).is_file():
+        return None
+    found = read_landmarks(root, split)
+    return found if found.rows else None
+
+
+@dataclass
+class LandmarkTable:
+    """The stored landmarks of every pair of a split that has them on both photos, at the
+    dataset's image size: ids (N,), before and after (N, 478, 2) float64 pixels (continuous
+    coordinates), procedures (N, P) strengths over the split's vocabulary."""
+
+    ids: list[str]
+    before: np.ndarray
+    after: np.ndarray
+    procedures: np.ndarray
 
 
 def collate(items: list[dict[str, torch.Tensor | str]]) -> dict[str, torch.Tensor | list[str]]:

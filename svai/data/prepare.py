@@ -38,7 +38,6 @@ from svai import face
 from svai.data.align import CROPS, Box, carry_box, face_box, register_pair, render, square_box
 from svai.data.images import MAX_PIXELS, ImageProblem, draft_size, load_rgb_image, probe
 from svai.data.layout import REGIONS_DIR, SPLITS, DatasetWriter, PairRecord, read_manifest, split_subjects
-from svai.face.store import LANDMARKS_FILE
 from svai.data.regions import fit_region, index_regions, read_region, region_key
 from svai.io import OPEN, OWN_FILES, OwnFiles, Privacy, check_output_folder, make_folder, remove_stale_temporaries, write_atomic
 from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases, share_subjects

@@ -101,6 +101,10 @@ class Request:
     - reference: (B, 3, H, W) in [-1, 1], "after" photos whose style the output takes.
     - generator: the random generator of latent draws (`--seed` makes output repeatable).
     - steps, guidance, strength, prompt: sampler settings of families that sample.
+    - landmarks: (B, 478, 2) float32, each before image's face landmarks in its pixels (x, y;
+      continuous coordinates, a pixel's centre at +0.5), NaN rows where no face was found.
+      Never set by the user: generate fills it from the dataset's stored landmarks or the face
+      layer (`svai.models.face_input`) for families that read it.
     """
 
     procedures: torch.Tensor | None = None
@@ -111,6 +115,7 @@ class Request:
     guidance: float | None = None
     strength: float | None = None
     prompt: str | None = None
+    landmarks: torch.Tensor | None = None
 
     def given(self) -> list[str]:
         """Names of the fields that were asked for."""
@@ -124,6 +129,7 @@ class Request:
 
 
 # The option a user sets each request field with; named in the error when a model ignores it.
+# (`landmarks` has none: svai fills it.)
 REQUEST_OPTIONS: dict[str, str] = {
     "procedures": "--procedures",
     "intensity": "--intensity",
@@ -192,6 +198,17 @@ class ModelFamily:
         """
 
     # -- training -----------------------------------------------------------------
+    def fit(self, nets: Networks, data: Any) -> dict[str, float]:
+        """Fit what has a closed form from the training split, before the first step.
+
+        data: the training split (`svai.data.dataset.PairedImages`; `landmark_table()` gives
+        the pairs' stored landmarks). Called once by the loop when a run starts (never on
+        resume: the checkpoint holds the result), after `build` and `load_pretrained`; what it
+        fits lives in the networks' buffers, so checkpoints keep it. Returns figures to log.
+        Default: nothing to fit. A family whose whole training is its fit has no phases.
+        """
+        return {}
+
     def phases(self) -> list[Phase]:
         raise NotImplementedError
 
@@ -257,12 +274,50 @@ class ModelFamily:
         (`OutputHead.at_size`), which keeps the photo's detail; otherwise the model-size
         output is resized.
         """
+        if request is not None and request.intensity is not None and float(request.intensity) == 0.0:
+            # Intensity 0 asks for no change: every family returns the photo itself.
+            return [photo.float().clone() for photo in photos]
         if self.changes_at_size():
             raw, alpha = self.generator_output(nets, before, request)
             head = self.head  # type: ignore[attr-defined]
-            return [head.at_size(raw[i:i + 1], before[i:i + 1], photo, alpha) for i, photo in enumerate(photos)]
-        out = self.translate(nets, before, request).float()
-        return [resize(out[i:i + 1], tuple(photo.shape[2:])) for i, photo in enumerate(photos)]
+            outs = [head.at_size(raw[i:i + 1], before[i:i + 1], photo, alpha) for i, photo in enumerate(photos)]
+        else:
+            out = self.translate(nets, before, request).float()
+            outs = [resize(out[i:i + 1], tuple(photo.shape[2:])) for i, photo in enumerate(photos)]
+        return self.confine_to_procedures(outs, before, request, photos)
+
+    def moves_pixels(self) -> bool:
+        """Whether the change resamples the photo's own pixels (a warp) at the photo's size, so
+        applying it to a full-resolution photo keeps that photo sharp (the consultation app
+        then simulates on the full-resolution face, `svai.serve.simulate`)."""
+        head = getattr(self, "head", None)
+        return self.changes_at_size() and head is not None and head.mode == "warp"
+
+    def reads_landmarks(self) -> bool:
+        """Whether generation should give this family the photos' face landmarks
+        (`Request.landmarks`): it reads them, or it takes procedures and so keeps its change
+        to their regions (`confine_to_procedures`)."""
+        return "landmarks" in self.uses or "procedures" in self.uses
+
+    def confine_to_procedures(self, outs: list[torch.Tensor], before: torch.Tensor, request: Request | None,
+                              photos: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Keep each photo's change inside the regions of the procedures it asks for: a family
+        that takes procedures changes nothing measurable outside them (`svai.warp.confine`,
+        regions from the face's landmarks in the request, given in before's pixels). Photos
+        without a face, requests without procedures or landmarks are left as they are."""
+        if "procedures" not in self.uses or request is None or request.procedures is None \
+                or request.landmarks is None:
+            return outs
+        from svai.warp import confine, landmarks_found
+
+        strengths = self.requested_procedures(request, before).cpu()
+        landmarks = request.landmarks.detach().cpu().double().numpy()
+        kept = []
+        for index, (out, photo) in enumerate(zip(outs, photos)):
+            ticked = [p for p, s in zip(self.procedures, strengths[index].tolist()) if s > 0]
+            points = landmarks[index] * (photo.shape[-1] / before.shape[-1])
+            kept.append(confine(photo, out, points, ticked) if ticked and landmarks_found(points) else out)
+        return kept
 
     def requested_procedures(self, request: Request | None, before: torch.Tensor) -> torch.Tensor:
         """The request's procedure strengths for a procedure-conditioned family, checked:

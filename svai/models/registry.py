@@ -34,6 +34,7 @@ FAMILY_MODULES: tuple[str, ...] = (
     "svai.models.dcgan",
     "svai.models.adain",
     "svai.models.diffusion",
+    "svai.models.landmark_warp",
 )
 
 

@@ -489,17 +489,12 @@ class StarGAN(ModelFamily):
         """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after, same shape, in [-1, 1].
 
         The target label is ``request.procedures`` ((B, P) or (1, P) strengths in [0, 1], one
-        column per procedure of the run's vocabulary `self.procedures`) times
-        ``request.intensity`` α in [0, 1] (default 1): α = 0 asks for "no procedure", which
-        reconstructs the before photo.
+        column per procedure of the run's vocabulary `self.procedures`). ``request.intensity``
+        α in [0, 1] (default 1) scales the change from the before photo in every output mode
+        (`OutputHead`; in direct mode α·drawn + (1 − α)·before), so the change is proportional
+        to α and α = 0 returns the before photo. (Scaling the labels instead, as svai once did,
+        makes the generator redraw the whole face even at α = 0.)
         """
-        if self.head.mode == "direct":
-            check_before(before, multiple=4)
-            labels = self.requested_procedures(request, before)
-            given = check_intensity(request.intensity if request is not None else None)
-            # The paper's generator: α scales the labels, α = 0 asks for "no procedure".
-            return self._translate(nets, before, labels * (1.0 if given is None else given))[0]
-        # The other modes scale the change itself, so α = 0 returns the before photo exactly.
         raw, alpha = self.generator_output(nets, before, request)
         return self.head(raw, before, alpha)[0]
 

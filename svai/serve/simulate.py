@@ -247,13 +247,20 @@ class Simulator:
         request = model_request(served, settings)
         if reference is not None:
             request.reference = to_tensor(model_input(reference, size))[None]
+        # The framed face's landmarks (the one the surgeon picked), in the square's pixels and
+        # in the model input's: a family that reads them does not look for the face again.
+        in_square = in_model = None
+        if photo.landmarks is not None:
+            in_square = [photo.landmarks - np.array(photo.box[:2], dtype=np.float64)]
+            in_model = [in_square[0] * (size / photo.side)]
         with self._lock:
             started = time.perf_counter()
             try:
-                predicted = translate_batch(served.model, [before], request)[0]
+                predicted = translate_batch(served.model, [before], request, in_model)[0]
                 # A warp moves the photo's own pixels: applied at full resolution it keeps them
                 # sharp, where an upsampled pixel change would leave a soft second edge.
-                full = translate_batch(served.model, [face_square(photo)], request)[0] if warps(served) else None
+                full = translate_batch(served.model, [face_square(photo)], request, in_square)[0] \
+                    if warps(served) else None
             except SvaiError:
                 raise
             except Exception as error:  # noqa: BLE001 - any model failure is reported, not fatal
@@ -272,9 +279,9 @@ class Simulator:
 
 
 def warps(served: ServedModel) -> bool:
-    """Whether the served model warps the before photo (`model.output=warp`) and its family
-    can apply the warp at a photo's own size (`ModelFamily.translate_at`)."""
-    return getattr(served.model.config.model, "output", None) == "warp" and served.model.family.changes_at_size()
+    """Whether the served model warps the before photo at a photo's own size
+    (`ModelFamily.moves_pixels`: `model.output=warp`, or the landmark warp)."""
+    return served.model.family.moves_pixels()
 
 
 def face_square(photo: Photo) -> np.ndarray:

@@ -161,11 +161,15 @@ def test_exactly_one_model_is_recommended_and_its_preset_holds_the_winning_setti
 
     rows = json.loads(invoke("models", "--json").stdout)
     recommended = [row["name"] for row in rows if row["recommended"]]
-    assert recommended == ["pix2pix-warp"]
-    # The settings of the row docs/results.md shows best: warp output, composited by default.
-    config = resolve("pix2pix-warp")
-    assert config.family == "pix2pix" and config.model.output == "warp"
-    assert config.generate.composite is True
+    assert recommended == ["landmark-warp"]
+    # The settings of the row docs/results.md shows best: the landmark warp at 128 px, fitted
+    # (one step), confined to the ticked regions by itself (no composite), steered by
+    # procedures and intensity.
+    config = resolve("landmark-warp")
+    assert config.family == "landmark-warp" and config.data.image_size == 128 and config.train.steps == 1
+    assert config.generate.composite is False and config.model.refine == "none"
+    row = next(row for row in rows if row["name"] == "landmark-warp")
+    assert row["controls"] == ["--intensity", "--procedures"] and row["parameters"] == {}
     assert resolve("pix2pix").generate.composite is False
 
 

@@ -102,3 +102,23 @@ def test_probability_zero_and_one_per_sample() -> None:
 def test_bad_options_are_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         AugmentOptions(**bad)
+
+
+def test_landmarks_move_with_the_image_and_a_mirror_drops_them() -> None:
+    """A landmark at the centre of a bright dot stays at the dot's centre after rotation, zoom
+    and shift; a mirrored face's landmarks become NaN (its eyes would swap names)."""
+    size = 48
+    batch = square_batch(size, batch=3)
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    dot = torch.exp(-((xx - 20.0) ** 2 + (yy - 26.0) ** 2) / (2 * 1.5 ** 2))
+    batch["before"] = (dot * 2 - 1).expand(3, 3, size, size).clone()
+    batch["after"] = batch["before"].clone()
+    batch["landmarks"] = torch.tensor([[20.0, 26.0]]).expand(3, 478, 2).clone()
+    out = augment_batch(batch, AugmentOptions(rotate_p=1.0, rotate_degrees=25, scale_p=1.0, translate=0.1), seeded(5))
+    for image, points in zip(out["before"], out["landmarks"]):
+        weight = (image[0] + 1).clamp(min=0)
+        centre = torch.stack([(weight * xx).sum(), (weight * yy).sum()]) / weight.sum()
+        assert torch.dist(centre, points[0]) < 0.3, (centre, points[0])
+    assert not torch.equal(out["landmarks"], batch["landmarks"])
+    mirrored = augment_batch(batch, AugmentOptions(hflip=1.0), seeded(6))
+    assert torch.isnan(mirrored["landmarks"]).all()

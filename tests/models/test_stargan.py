@@ -260,7 +260,7 @@ def test_generator_trains_only_every_n_critic_steps(tiny_dataset: Path, tmp_path
             assert {"G_fake", "G_cls", "G_rec"} <= set(logs)
 
 
-def test_intensity_moves_the_output_monotonically(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_intensity_scales_the_change_in_proportion(tiny_dataset: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = resolve("stargan", sets=[*TINY, "train.batch_size=2", "train.steps=30"],
                      flags={"data.root": str(tiny_dataset)})
@@ -273,8 +273,12 @@ def test_intensity_moves_the_output_monotonically(tiny_dataset: Path, tmp_path: 
                    for alpha in (0.0, 0.25, 0.5, 0.75, 1.0)}
         default = t.family.translate(t.nets, before, Request(procedures=procedures))
     torch.testing.assert_close(default, outputs[1.0])
-    distance = [float((outputs[alpha] - outputs[0.0]).abs().mean()) for alpha in (0.25, 0.5, 0.75, 1.0)]
-    assert 0 < distance[0] < distance[1] < distance[2] < distance[3], distance
+    # α scales the change from the before photo: 0 is the photo itself, the rest in proportion.
+    assert torch.equal(outputs[0.0], before)
+    distance = {alpha: float((outputs[alpha] - before).abs().mean()) for alpha in (0.25, 0.5, 0.75, 1.0)}
+    assert distance[1.0] > 0
+    for alpha in (0.25, 0.5, 0.75):
+        assert distance[alpha] / distance[1.0] == pytest.approx(alpha, rel=1e-4), distance
 
 
 def test_interrupted_and_resumed_equals_one_go(tiny_dataset: Path, tmp_path: Path) -> None:
