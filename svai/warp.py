@@ -20,9 +20,7 @@ follows the size of the change, not of the photo.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,6 +29,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from svai.face import mesh
+from svai.threads import single_thread
 
 Box = tuple[int, int, int, int]
 
@@ -81,19 +80,6 @@ def landmarks_found(landmarks: np.ndarray | None) -> bool:
 
 
 # -- the thin-plate spline --------------------------------------------------------------------
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread for the block. The spline's systems are small (a few hundred
-    unknowns), where a thread pool only adds hand-over costs, and on a busy machine those
-    costs dominate (measured: 8 ms on one thread, 80-400 ms on two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """U(r) = r² log r between (M, 2) and (N, 2) points (float64) -> (M, N); U(0) = 0."""
     squared = ((a * a).sum(dim=1, keepdim=True) + (b * b).sum(dim=1) - 2.0 * a @ b.T).clamp_min(0.0)
@@ -312,4 +298,4 @@ def resample_box(image: torch.Tensor, field: torch.Tensor, box: Box) -> torch.Te
 
 __all__ = ["Box", "FaceFrame", "ThinPlateSpline", "backward_field", "border_points", "confine", "draw_polygons",
            "face_frame", "inner_feather", "landmarks_found", "procedure_polygons", "region_box", "region_weight",
-           "resample_box", "single_thread"]
+           "resample_box"]

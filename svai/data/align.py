@@ -8,14 +8,14 @@ aspect ratio differs.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from svai.threads import single_thread
 
 Box = tuple[float, float, float, float]
 CROPS: tuple[str, ...] = ("center", "face", "none")
@@ -141,19 +141,6 @@ class Alignment:
     why: str = ""
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """One intra-op thread, so results do not depend on how many workers share the machine."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _masked_error(a, b, valid) -> float:  # type: ignore[no-untyped-def]
     weight = valid.sum().clamp(min=1.0)
     return float(((a - b).abs().mean(dim=1, keepdim=True) * valid).sum() / weight * 255.0)
@@ -182,7 +169,7 @@ def register_pair(
     from kornia.geometry import ImageRegistrator
     from kornia.geometry.transform import HomographyWarper
 
-    with _single_thread(), torch.random.fork_rng(devices=[]):
+    with single_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         full_before = torch.from_numpy(np.array(before)).permute(2, 0, 1)[None].float() / 255.0
         full_after = torch.from_numpy(np.array(after)).permute(2, 0, 1)[None].float() / 255.0

@@ -31,7 +31,8 @@ import torch
 
 from svai.face import mesh
 from svai.face.identity import similarity_transform
-from svai.warp import face_frame, single_thread
+from svai.threads import single_thread
+from svai.warp import face_frame
 
 HUBER = 1.345  # Huber's threshold in robust standard deviations (95 % efficiency under normal noise)
 

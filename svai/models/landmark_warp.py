@@ -40,9 +40,10 @@ from svai.models.landmark_fields import Fields, fit_fields
 from svai.models.layers import UnetGenerator, check_before, init_weights, tile_labels
 from svai.models.options import OutputOptions, check_at_least, check_positive
 from svai.models.registry import register_family
+from svai.threads import single_thread
 from svai.warp import (
     Box, FaceFrame, backward_field, face_frame, landmarks_found, procedure_polygons, region_box, region_weight,
-    resample_box, single_thread,
+    resample_box,
 )
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ class LandmarkWarp(ModelFamily):
         alpha = check_intensity(request.intensity if request is not None else None)
         if alpha == 0.0:
             return [photo.float().clone() for photo in photos]
-        # Small tensors and a few hundred unknowns: one thread (see `svai.warp.single_thread`).
+        # Small tensors and a few hundred unknowns: one thread (see `svai.threads`).
         with single_thread():
             return self._translate_at(nets, before, request, photos, alpha)
 
