@@ -151,8 +151,9 @@ def serve(
             address = address_of(sock, "https" if tls is not None else "http")
             console.print(f"svai serve: open {address}{'/?token=' + token if token else ''} (Ctrl-C stops it)",
                           highlight=False, soft_wrap=True)
+            # A browser keeps idle connections open: a stop waits for requests under way, not for them.
             config = uvicorn.Config(application, log_level="warning", access_log=False, server_header=False,
-                                    lifespan="off", **(tls or {}))
+                                    lifespan="off", timeout_graceful_shutdown=3, **(tls or {}))
             # uvicorn stops gracefully on Ctrl-C or SIGTERM, then raises the signal again for the
             # handler it found: this one only notes it, so the private folder is still removed.
             with stop_signals():

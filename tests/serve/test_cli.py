@@ -131,3 +131,51 @@ def test_without_the_app_extra_it_says_how_to_install_it(
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert_user_error(invoke("--run", runs["plain"]), "uvicorn is not installed", "pip install 'svai[app]'")
+
+
+def test_off_loopback_it_wants_the_token_and_serves_tls(runs: dict[str, Path], tmp_path: Path) -> None:
+    """--host 0.0.0.0 with a certificate: https, a token made at start and printed in the address,
+    every request without it refused. Only 127.0.0.1 is contacted."""
+    import ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                           "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("openssl cannot make a test certificate here")
+    assert_user_error(invoke("--run", runs["plain"], "--certfile", cert), "--certfile and --keyfile go together")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "svai.cli", "serve", "--run", str(runs["plain"]), "--port", "0",
+               "--host", "0.0.0.0", "--certfile", str(cert), "--keyfile", str(key)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    try:
+        address = None
+        deadline = time.monotonic() + 120
+        while address is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            if "open https://" in line:
+                address = line.split("open ", 1)[1].split()[0]
+        assert address is not None and "/?token=" in address, process.stderr.read()
+        port = address.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+        token = address.split("?token=", 1)[1]
+        local = f"https://127.0.0.1:{port}"
+        for url in (local + "/api/models", local + "/?token=wrong"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url, timeout=30, context=context)
+            assert refused.value.code == 403
+            refused.value.close()
+        with urllib.request.urlopen(f"{local}/?token={token}", timeout=30, context=context) as response:
+            assert response.status == 200 and "svai_token=" in response.headers["Set-Cookie"]
+        request = urllib.request.Request(local + "/api/models", headers={"X-Svai-Token": token})
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            assert json.loads(response.read())["models"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    assert code == 0
+    assert "served over TLS" in process.stderr.read()
