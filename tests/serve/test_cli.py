@@ -98,6 +98,18 @@ def private_folders(tmp_path: Path) -> set[Path]:
     return {p for base in (Path("/dev/shm"), tmp_path) if base.is_dir() for p in base.glob("svai-serve-*")}
 
 
+def printed_address(process: subprocess.Popen, scheme: str) -> str | None:
+    """The address `svai serve` prints to open (read from its output), or None if it ends first."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline() if process.stdout is not None else ""
+        if not line:
+            return None
+        if f"open {scheme}://" in line:
+            return line.split("open ", 1)[1].split()[0]
+    return None
+
+
 def test_the_real_command_serves_until_stopped_and_cleans_up(runs: dict[str, Path], tmp_path: Path) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     existing = private_folders(tmp_path)
@@ -105,14 +117,7 @@ def test_the_real_command_serves_until_stopped_and_cleans_up(runs: dict[str, Pat
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None and process.stderr is not None
     try:
-        address = None
-        deadline = time.monotonic() + 120
-        while address is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            if "open http://" in line:
-                address = line.split("open ", 1)[1].split()[0]
+        address = printed_address(process, "http")
         assert address is not None and address.startswith("http://127.0.0.1:"), process.stderr.read()
         with urllib.request.urlopen(address + "/api/models", timeout=30) as response:
             assert [m["label"] for m in json.loads(response.read())["models"]] == ["plain (pix2pix, step 2)"]
@@ -152,14 +157,7 @@ def test_off_loopback_it_wants_the_token_and_serves_tls(runs: dict[str, Path], t
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
     try:
-        address = None
-        deadline = time.monotonic() + 120
-        while address is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            if "open https://" in line:
-                address = line.split("open ", 1)[1].split()[0]
+        address = printed_address(process, "https")
         assert address is not None and "/?token=" in address, process.stderr.read()
         port = address.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
         token = address.split("?token=", 1)[1]
