@@ -14,8 +14,8 @@ set -euo pipefail
 OUT="${1:-demo}"
 PAIRS="${DEMO_PAIRS:-300}"
 SIZE="${DEMO_SIZE:-128}"
-P2P_STEPS="${DEMO_PIX2PIX_STEPS:-300}"
-CG_STEPS="${DEMO_CYCLEGAN_STEPS:-150}"
+P2P_STEPS="${DEMO_PIX2PIX_STEPS:-200}"
+CG_STEPS="${DEMO_CYCLEGAN_STEPS:-100}"
 MODELS="landmark-warp pix2pix cyclegan-attn"
 
 # The demo folder is ours to replace, but only if an earlier demo made it.
