@@ -60,13 +60,15 @@ def warn_missing_once(logger, instead: str = "using the skin-colour box instead"
 
 
 FACE_WEIGHTS = ("face-detector", "face-landmarker", "face-identity")
+# What finding faces needs; the identity score checks its own file when it starts.
+FINDER_WEIGHTS = FACE_WEIGHTS[:2]
 
 
 def problem(weights_dir: str | Path | None = None) -> str | None:
-    """Why the face layer cannot run here (libraries or a weights file missing), or None."""
+    """Why faces cannot be found here (libraries or a finder weights file missing), or None."""
     if not available():
         return missing_message()
-    for key in FACE_WEIGHTS:
+    for key in FINDER_WEIGHTS:
         try:
             verified_weights(key, weights_dir)
         except SvaiError as error:
