@@ -1,6 +1,7 @@
 """Benchmark `svai serve`: from upload to result for a 12 MP phone photo, and where the time goes.
 
-    .venv/bin/python bench/bench_serve.py                     # trains the recommended model briefly
+    .venv/bin/python bench/bench_serve.py                     # fits the recommended model
+    .venv/bin/python bench/bench_serve.py --model pix2pix --set model.output=warp  # a learned warp
     .venv/bin/python bench/bench_serve.py --run runs/p2p-warp # a run of yours
     .venv/bin/python bench/bench_serve.py --repeat 10 --audit # more rounds; with the audit log on
     .venv/bin/python bench/bench_serve.py --threads 1         # the model on one core
@@ -9,9 +10,11 @@ Input: a 4000x3000 JPEG (quality 92) stored with EXIF orientation 6, so the app 
 upright (3000x4000): a face drawn by the synthetic data generator, 60 % of the short side, on
 a plain background with sensor-like noise, made here.
 
-Model: without --run, the recommended model (pix2pix with model.output=warp at 64 px,
-ngf = ndf = 32) trained for --steps steps on synthetic pairs in a temporary folder. Timings
-do not depend on how well it is trained, only on its architecture and size.
+Model: without --run, --model (default: the recommended model, landmark-warp) trained for
+--steps steps at 128 px on synthetic pairs with landmarks in a temporary folder (the face
+layer must be installed: `svai weights import`; when $SVAI_WEIGHTS_DIR is unset, the
+`.venv/weights` folder that `make venv` fills is used). Timings do not depend on how well it is
+trained, only on its architecture and size.
 
 Figures, each the median of --repeat rounds (the best in brackets):
 - the split, calling the app's own functions in the order a request does: decode (the
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -43,13 +47,17 @@ from typing import Callable, TypeVar
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+if (ROOT / ".venv" / "weights").is_dir():
+    os.environ.setdefault("SVAI_WEIGHTS_DIR", str(ROOT / ".venv" / "weights"))
 
 import torch  # noqa: E402
 
 from svai.composite import CompositeOptions  # noqa: E402
 from svai.generate import load_model, translate_batch  # noqa: E402
 from svai.io import png_bytes  # noqa: E402
+from svai.models.registry import recommended_model  # noqa: E402
 from svai.serve.app import display  # noqa: E402
 from svai.serve.photo import (  # noqa: E402
     PrivateFolder, decode_upload, difference, frame_photo, model_input, paste, pixels_sha256, region,
@@ -58,10 +66,6 @@ from svai.serve.photo import (  # noqa: E402
 from svai.serve.simulate import Settings, Simulator, face_square, model_request, serve_models, warps  # noqa: E402
 
 T = TypeVar("T")
-
-RECOMMENDED = ["--model", "pix2pix", "--set", "model.output=warp", "--set", "model.ngf=32", "--set", "model.ndf=32",
-               "--image-size", "64"]
-
 
 def phone_photo(width: int = 4000, height: int = 3000, seed: int = 0) -> bytes:
     """A JPEG stored `width` x `height` with EXIF orientation 6: shown upright as height x width."""
@@ -83,14 +87,15 @@ def phone_photo(width: int = 4000, height: int = 3000, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def train_recommended(root: Path, steps: int) -> Path:
+def train_quick(root: Path, model: str, settings: list[str], steps: int) -> Path:
     from typer.testing import CliRunner
 
     from svai.cli import app
 
     data, run = root / "data", root / "run"
-    for args in (["prepare", "synthetic", str(data), "--count", "24", "--size", "64", "--seed", "0"],
-                 ["train", *RECOMMENDED, "--data", str(data), "--out", str(run), "--steps", str(steps),
+    extra = [part for setting in settings for part in ("--set", setting)]
+    for args in (["prepare", "synthetic", str(data), "--count", "24", "--size", "128", "--seed", "0"],
+                 ["train", "--model", model, *extra, "--data", str(data), "--out", str(run), "--steps", str(steps),
                   "--batch-size", "4", "--set", "train.sample_every=0", "--set", "train.evaluate=false"]):
         result = CliRunner().invoke(app, args)
         if result.exit_code != 0:
@@ -117,7 +122,10 @@ def line(name: str, median: float, best: float, note: str = "") -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, help="a trained run folder (default: train the recommended model)")
+    parser.add_argument("--run", type=Path, help="a trained run folder (default: train --model briefly)")
+    parser.add_argument("--model", default=recommended_model(), help="the model to train (default: the recommended one)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config setting for --model, as in `svai train --set`")
     parser.add_argument("--steps", type=int, default=20, help="training steps of the quick model")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--audit", action="store_true", help="time the audit log's output digest too")
@@ -127,7 +135,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch, PrivateFolder() as private:
-        run = args.run or train_recommended(Path(scratch), args.steps)
+        run = args.run or train_quick(Path(scratch), args.model, args.settings, args.steps)
         model = load_model(run, device="cpu")
         served = serve_models([run], [model])
         simulator = Simulator(served)
@@ -135,7 +143,8 @@ def main() -> None:
         settings = Settings(procedures=tuple(served[0].controls.procedures[:1]), intensity=1.0)
         request = model_request(served[0], settings)
         size = model.config.data.image_size
-        print(f"svai serve benchmark: {model.config.name} (output={getattr(model.config.model, 'output', '?')}, "
+        output = getattr(model.config.model, "output", None)
+        print(f"svai serve benchmark: {model.config.name} ({f'output={output}, ' if output else ''}"
               f"{size} px, step {model.step}), torch threads {torch.get_num_threads()}, {args.repeat} rounds")
         print(f"photo: {len(data) / 2**20:.1f} MB JPEG, stored 4000x3000 with EXIF orientation 6")
 
