@@ -176,11 +176,11 @@ class Run:
         import torch
 
         from svai.composite import CompositeOptions
-        from svai.data.dataset import resize, to_tensor
         from svai.generate import (
             FACE_CROP_FACTOR, Generation, InputFolder, _face_finder, face_square_of, pad_to_square, parse_procedures,
             simulate_photos,
         )
+        from svai.image_ops import resize, to_tensor
         from svai.models.base import Request
 
         model = self._model
@@ -325,7 +325,8 @@ def train(
     from svai.checkpoint import find_checkpoint
     from svai.pipeline import EVALUATION, evaluate_run
     from svai.runlock import RunLock
-    from svai.train import resolve_for_run, train as train_loop
+    from svai.train import resolve_for_run
+    from svai.train import train as train_loop
 
     out = Path(out)
     if data is not None and not Path(data).is_dir():

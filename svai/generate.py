@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from svai.checkpoint import find_checkpoint, load_networks
 from svai.composite import CompositeOptions, RegionLookup, composite
 from svai.config import RunConfig, load_run_config, resolve
-from svai.data.dataset import procedure_vector, resize, to_tensor, to_uint8
+from svai.data.dataset import procedure_vector
 from svai.data.images import MAX_SQUARE_PIXELS, Listing, no_images, read_rgb, scan_images
 from svai.data.layout import PROCEDURE_SEPARATOR, PROCEDURES, REGIONS_DIR, SPLITS, parse_strengths, read_manifest
 from svai.data.regions import index_regions
 from svai.errors import SvaiError
+from svai.image_ops import resize, to_tensor, to_uint8
 from svai.io import Privacy, check_output_folder, write_png
 from svai.models.base import ModelFamily, Networks, Request, eval_mode
 from svai.models.registry import build_on_meta, make_family

@@ -28,11 +28,13 @@ from svai.checkpoint import (
 )
 from svai.config import RunConfig, load_run_config, resolve
 from svai.data.augment import augment_batch
-from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed, to_uint8
+from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed
 from svai.environment import ENVIRONMENT_FILE, environment_record, write_environment
 from svai.errors import SvaiError
+from svai.image_ops import to_uint8
 from svai.io import (
-    OWN_FILES, PLANNED, OwnFiles, Privacy, check_output_folder, open_append, remove_stale_temporaries, write_atomic, write_png,
+    OWN_FILES, PLANNED, OwnFiles, Privacy, check_output_folder, open_append, remove_stale_temporaries, write_atomic,
+    write_png,
 )
 from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
 from svai.models.registry import build_on_meta, make_family

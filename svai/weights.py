@@ -250,11 +250,6 @@ class BaseModel:
     repo: str
     used_by: tuple[str, ...]
 
-    @property
-    def folder_name(self) -> str:
-        """The folder name searched for in `search_dirs` (the repository's own name)."""
-        return self.repo.rsplit("/", 1)[-1]
-
 
 BASE_MODELS: dict[str, BaseModel] = {
     "sd15": BaseModel(key="sd15", repo="stable-diffusion-v1-5/stable-diffusion-v1-5",

@@ -9,7 +9,6 @@ from typing import Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -17,6 +16,7 @@ from svai.data.images import read_rgb
 from svai.data.layout import PROCEDURES, PairRecord, read_manifest
 from svai.data.layout import vocabulary as dataset_vocabulary
 from svai.errors import SvaiError
+from svai.image_ops import resize, to_signed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,34 +26,9 @@ class BadFile(SvaiError):
     """A dataset file that is missing or cannot be decoded; the message names it."""
 
 
-def _signed(image: torch.Tensor) -> torch.Tensor:
-    """uint8 tensor -> float32 in [-1, 1], same shape."""
-    return image.float().div_(127.5).sub_(1.0)  # in place on the new float copy
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1]."""
-    return _signed(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, rounded to nearest."""
-    # One copy (the clamp), then in place: a 12-megapixel photo is 150 MB per float copy.
-    scaled = torch.clamp(images.detach().float(), -1, 1).add_(1.0).mul_(127.5)
-    return scaled.round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def procedure_vector(strengths: Mapping[str, float], vocabulary: tuple[str, ...] = PROCEDURES) -> torch.Tensor:
     """{procedure: strength in [0, 1]} -> (P,) float over `vocabulary` (0 where not operated)."""
     return torch.tensor([float(strengths.get(p, 0.0)) for p in vocabulary])
-
-
-def resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Resize (B, C, H, W) to `size` with antialiased bilinear filtering (a no-op when equal)."""
-    target = (size, size) if isinstance(size, int) else size
-    if tuple(images.shape[-2:]) == tuple(target):
-        return images
-    return F.interpolate(images, size=target, mode="bilinear", align_corners=False, antialias=True)
 
 
 class PairedImages(Dataset):
@@ -188,8 +163,8 @@ class PairedImages(Dataset):
         size = self.image_size
         item: dict[str, torch.Tensor | str] = {
             "id": record.id,
-            "before": _signed(self._load("before", record)),
-            "after": _signed(self._load("after", record)),
+            "before": to_signed(self._load("before", record)),
+            "after": to_signed(self._load("after", record)),
             "procedures": procedure_vector(record.strength_of(), self.vocabulary),
         }
         mask = self._load("masks", record)
@@ -197,7 +172,7 @@ class PairedImages(Dataset):
         if self._landmarks is not None:
             item["landmarks"] = torch.from_numpy(self._landmark_rows(record)[0])
         if j >= 0:
-            item["after_unpaired"] = self._readable(j, lambda index: _signed(self._load("after", self.records[index])))
+            item["after_unpaired"] = self._readable(j, lambda index: to_signed(self._load("after", self.records[index])))
         return item
 
 

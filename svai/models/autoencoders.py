@@ -38,15 +38,10 @@ from torch import nn
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import LossResult, ModelFamily, Networks, Phase, Request, StepContext
+from svai.models.gan_training import linear_decay_factor
 from svai.models.heads import OutputHead, check_intensity
-from svai.models.layers import check_before, conv_bias, init_weights, linear_decay_factor, norm_layer
-from svai.models.options import (
-    Norm,
-    OutputOptions,
-    check_at_least,
-    check_in_unit_interval,
-    check_positive,
-)
+from svai.models.layers import check_before, conv_bias, init_weights, norm_layer
+from svai.models.options import Norm, OutputOptions, check_at_least, check_in_unit_interval, check_positive
 from svai.models.registry import register_family
 from svai.models.vgg import VggFeatures, layer_names, perceptual_loss
 

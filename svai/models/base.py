@@ -31,9 +31,9 @@ from typing import Any, ClassVar, Iterable, Iterator, Literal
 import torch
 from torch import nn
 
-from svai.data.dataset import resize
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
+from svai.image_ops import resize
 
 Batch = dict[str, torch.Tensor]
 Networks = dict[str, nn.Module]

@@ -26,17 +26,10 @@ from torch import nn
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
+from svai.models.gan_training import ImagePool, gan_loss, linear_decay_factor
 from svai.models.heads import Aux, OutputHead, check_intensity
 from svai.models.layers import (
-    check_before,
-    ImagePool,
-    PatchDiscriminator,
-    ResnetGenerator,
-    check_attention_heads,
-    check_residual_trunk,
-    gan_loss,
-    init_weights,
-    linear_decay_factor,
+    PatchDiscriminator, ResnetGenerator, check_attention_heads, check_before, check_residual_trunk, init_weights,
     patch_output_size,
 )
 from svai.models.options import GanOptions, Norm, check_at_least, check_between

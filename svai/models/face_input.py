@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from svai.data.dataset import to_uint8
+from svai.image_ops import to_uint8
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
+from svai.models.gan_training import gan_loss, linear_decay_factor
 from svai.models.heads import OutputHead
-from svai.models.layers import gan_loss, linear_decay_factor
 
 
 class PairedGan(ModelFamily):

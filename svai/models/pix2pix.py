@@ -17,18 +17,13 @@ import torch
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Networks, Request
+from svai.models.gan_training import initialised_pair
 from svai.models.heads import OutputHead, check_intensity
 from svai.models.layers import (
-    check_before,
-    PatchDiscriminator,
-    UnetGenerator,
-    check_attention_heads,
-    initialised_pair,
-    patch_output_size,
-    tile_labels,
+    PatchDiscriminator, UnetGenerator, check_attention_heads, check_before, patch_output_size, tile_labels,
 )
-from svai.models.paired_gan import PairedGan
 from svai.models.options import GanOptions, Norm, check_at_least
+from svai.models.paired_gan import PairedGan
 from svai.models.registry import register_family
 
 MIN_UNET_DEPTH = 5

@@ -31,8 +31,8 @@ FAMILY_MODULES: tuple[str, ...] = (
     "svai.models.stargan",
     "svai.models.stargan_v2",
     "svai.models.autoencoders",
-    "svai.models.dcgan",
-    "svai.models.adain",
+    "svai.models.gan",
+    "svai.models.style_transfer",
     "svai.models.diffusion",
     "svai.models.landmark_warp",
 )

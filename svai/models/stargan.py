@@ -41,16 +41,10 @@ from torch import nn
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
+from svai.models.gan_training import initialised_pair, linear_decay_factor
 from svai.models.heads import Aux, OutputHead, check_intensity
 from svai.models.layers import (
-    check_before,
-    SelfAttention,
-    check_attention_heads,
-    check_residual_trunk,
-    initialised_pair,
-    linear_decay_factor,
-    run_trunk,
-    tile_labels,
+    SelfAttention, check_attention_heads, check_before, check_residual_trunk, run_trunk, tile_labels,
 )
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.penalties import wgan_gradient_penalty

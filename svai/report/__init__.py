@@ -1,6 +1,6 @@
 """Compare evaluated models: the metric table, image grids and a self-contained HTML report.
 
-One module per concern; everything public is importable from `svai.report`:
+One module per concern; what the commands and the tests use is importable from `svai.report`:
 
 - `results`: evaluation JSON files -> rows (baselines deduplicated, labels made unique),
   and the provenance those rows carry;
@@ -14,45 +14,16 @@ One module per concern; everything public is importable from `svai.report`:
 
 from __future__ import annotations
 
-from svai.report.curves import History, load_histories, training_html
-from svai.report.formats import (
-    FORMATS,
-    SummaryText,
-    cell_summary,
-    cell_text,
-    csv_fields,
-    format_number,
-    format_table,
-    legend,
-    rich_table,
-    summary_text,
-    table_dict,
-)
-from svai.report.grid import GridPlan, fit_cell, image_grid, plan_grid, render_grid, save_png, spread, title_bar_height
+from svai.report.curves import load_histories
+from svai.report.formats import FORMATS, cell_text, format_table, rich_table, summary_text
+from svai.report.grid import image_grid, plan_grid, render_grid, save_png, spread, title_bar_height
 from svai.report.html import html_report, report_html
-from svai.report.results import (
-    RESULT_FILE, as_number, differing_settings, environment_differences, load_results, read_paths, settings_rows,
-)
-from svai.report.table import (
-    MISSING,
-    PREFERRED_ORDER,
-    REGION_SUFFIXES,
-    VS_BASELINE,
-    WORSE_MARK,
-    Cell,
-    Column,
-    ComparisonTable,
-    TableRow,
-    comparison_table,
-    ordered_metrics,
-)
+from svai.report.results import environment_differences, load_results, read_paths
+from svai.report.table import PREFERRED_ORDER, REGION_SUFFIXES, ComparisonTable, TableRow, comparison_table
 
 __all__ = [
-    "FORMATS", "MISSING", "PREFERRED_ORDER", "REGION_SUFFIXES", "RESULT_FILE", "VS_BASELINE", "WORSE_MARK",
-    "Cell", "Column", "ComparisonTable", "GridPlan", "History", "SummaryText", "TableRow",
-    "as_number", "cell_summary", "cell_text", "comparison_table", "csv_fields", "differing_settings", "fit_cell",
-    "environment_differences", "format_number", "format_table", "html_report", "image_grid", "legend",
-    "load_histories", "load_results", "ordered_metrics", "read_paths",
-    "plan_grid", "render_grid", "report_html", "rich_table", "save_png", "settings_rows", "spread",
-    "summary_text", "table_dict", "title_bar_height", "training_html",
+    "FORMATS", "PREFERRED_ORDER", "REGION_SUFFIXES", "ComparisonTable", "TableRow", "cell_text", "comparison_table",
+    "environment_differences", "format_table", "html_report", "image_grid", "load_histories", "load_results",
+    "plan_grid", "read_paths", "render_grid", "report_html",
+    "rich_table", "save_png", "spread", "summary_text", "title_bar_height",
 ]

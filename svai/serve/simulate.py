@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from svai.composite import CompositeOptions
-from svai.data.dataset import procedure_vector, to_tensor
+from svai.data.dataset import procedure_vector
 from svai.errors import SvaiError
 from svai.generate import LoadedModel, translate_batch
+from svai.image_ops import to_tensor
 from svai.models.base import Request
 from svai.serve.photo import Photo, model_input, paste, square_region
 

@@ -13,7 +13,8 @@ from svai.config import build_dataclass
 from svai.errors import SvaiError
 from svai.models.base import count_parameters
 from svai.models.cyclegan import CycleGAN, CycleGANOptions
-from svai.models.layers import ImagePool, ResnetBlock, SelfAttention
+from svai.models.gan_training import ImagePool
+from svai.models.layers import ResnetBlock, SelfAttention
 from svai.models.registry import families, resolve_model
 
 SMALL = dict(ngf=8, ndf=8)

@@ -16,16 +16,9 @@ from torch import nn
 from svai.checkpoint import load_networks, save_checkpoint
 from svai.config import resolve
 from svai.errors import SvaiError
+from svai.image_ops import warp, warp_fast
 from svai.models.base import ModelFamily, Networks, Request, count_parameters, eval_mode
-from svai.models.heads import (
-    OutputHead,
-    bound_excess,
-    gradient_energy,
-    inward_clamp,
-    total_variation,
-    warp,
-    warp_fast,
-)
+from svai.models.heads import OutputHead, bound_excess, gradient_energy, inward_clamp, total_variation
 from svai.models.options import OutputOptions
 from svai.models.registry import make_family, parameter_counts
 from svai.train import Trainer

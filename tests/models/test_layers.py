@@ -10,17 +10,9 @@ from torch import nn
 
 from svai.errors import SvaiError
 from svai.models.base import count_parameters
+from svai.models.gan_training import ImagePool, gan_loss, linear_decay_factor
 from svai.models.layers import (
-    ImagePool,
-    PatchDiscriminator,
-    ResnetGenerator,
-    SelfAttention,
-    UnetGenerator,
-    check_attention_heads,
-    gan_loss,
-    init_weights,
-    linear_decay_factor,
-    norm_layer,
+    PatchDiscriminator, ResnetGenerator, SelfAttention, UnetGenerator, check_attention_heads, init_weights, norm_layer,
     patch_output_size,
 )
 

@@ -19,20 +19,12 @@ from svai.cli import app
 from svai.config import resolve
 from svai.errors import SvaiError
 from svai.generate import load_model, translate_batch
-from svai.models.adain import (
-    EPS,
-    AdaIN,
-    AdaINDecoder,
-    AdaINOptions,
-    StyleStatistics,
-    adain,
-    channel_stats,
-    content_loss,
-    style_loss,
-    stylised_features,
-)
 from svai.models.base import Request, count_parameters
 from svai.models.registry import families, parameter_counts
+from svai.models.style_transfer import (
+    EPS, AdaINDecoder, StyleStatistics, StyleTransfer, StyleTransferOptions, adain, channel_stats, content_loss,
+    style_loss, stylised_features,
+)
 from svai.train import Trainer, train
 
 SIZE = 32
@@ -127,22 +119,22 @@ def test_decoder_mirrors_vgg19_to_relu4_1_with_the_papers_widths() -> None:
 def test_parameter_counts_list_the_frozen_vgg_without_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SVAI_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    counts = parameter_counts(AdaIN(AdaINOptions(), 64))
+    counts = parameter_counts(StyleTransfer(StyleTransferOptions(), 64))
     # VGG-19 convolutions up to conv4_1.
     vgg = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 256), (256, 512)]
     assert counts == {"decoder": 3_505_219, "vgg": sum(i * o * 9 + o for i, o in vgg)}
 
 
 def test_registered_with_the_papers_settings() -> None:
-    assert families()["style-transfer"] is AdaIN
+    assert families()["style-transfer"] is StyleTransfer
     o = resolve("style-transfer").model
     assert (o.style_source, o.style_weight, o.ngf, o.output) == ("mean", 10.0, 64, "direct")
     assert (o.lr, o.beta1, o.beta2, o.lr_decay) == (1e-4, 0.9, 0.999, 5e-5)
-    family = AdaIN(o, 64)
+    family = StyleTransfer(o, 64)
     assert family.frozen_networks == ("vgg",) and [p.networks for p in family.phases()] == [("decoder",)]
     assert family.lr_factor(20000, 0) == pytest.approx(0.5)
     with pytest.raises(SvaiError, match="divisible by 8"):
-        AdaIN(o, 36)
+        StyleTransfer(o, 36)
     for key, value in (("style_weight", -1), ("ngf", 0), ("lr_decay", -0.1), ("style_source", "photo")):
         with pytest.raises(SvaiError, match=rf"model\.{key}"):
             resolve("style-transfer", sets=[f"model.{key}={value}"])
@@ -152,13 +144,13 @@ def test_registered_with_the_papers_settings() -> None:
 
 # -- requests ---------------------------------------------------------------------------------
 def test_a_reference_is_refused_with_the_mean_style_and_required_with_one_photo() -> None:
-    mean = AdaIN(AdaINOptions(), SIZE)
+    mean = StyleTransfer(StyleTransferOptions(), SIZE)
     mean.check_request(["intensity"])
     with pytest.raises(SvaiError) as error:
         mean.check_request(["intensity", "reference"])
     message = str(error.value)
     assert message.startswith("--reference") and "model.style_source=mean" in message and "\n" not in message
-    one = AdaIN(AdaINOptions(style_source="reference"), SIZE)
+    one = StyleTransfer(StyleTransferOptions(style_source="reference"), SIZE)
     assert one.uses == {"intensity", "reference"}
     one.check_request(["reference", "intensity"])
     with pytest.raises(SvaiError, match=r"--reference is required.*model\.style_source=reference"):
@@ -169,7 +161,7 @@ def test_a_reference_is_refused_with_the_mean_style_and_required_with_one_photo(
 
 def test_translate_takes_the_reference_style_and_checks_its_shape() -> None:
     torch.manual_seed(0)
-    family = AdaIN(AdaINOptions(ngf=4, style_source="reference"), SIZE)
+    family = StyleTransfer(StyleTransferOptions(ngf=4, style_source="reference"), SIZE)
     nets = family.build()
     before = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     dark, bright = -torch.ones(1, 3, SIZE, SIZE) * 0.8, torch.ones(1, 3, SIZE, SIZE) * 0.8
@@ -186,7 +178,7 @@ def test_translate_takes_the_reference_style_and_checks_its_shape() -> None:
 
 @pytest.mark.parametrize("mode", ["residual", "masked", "warp"])
 def test_edit_modes_start_as_the_identity(mode: str) -> None:
-    family = AdaIN(AdaINOptions(ngf=4, output=mode), SIZE)
+    family = StyleTransfer(StyleTransferOptions(ngf=4, output=mode), SIZE)
     nets = family.build()
     before = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     torch.testing.assert_close(family.translate(nets, before), before, rtol=0, atol=1e-6)
@@ -194,7 +186,7 @@ def test_edit_modes_start_as_the_identity(mode: str) -> None:
 
 # -- training with the frozen VGG-19 ------------------------------------------------------------
 def test_one_step_trains_the_decoder_only_in_bf16_with_float32_statistics(use_vgg_weights: Path) -> None:
-    family = AdaIN(AdaINOptions(ngf=4), SIZE)
+    family = StyleTransfer(StyleTransferOptions(ngf=4), SIZE)
     nets = family.build()
     family.load_pretrained(nets, torch.bfloat16)
     assert {p.dtype for p in nets["vgg"].parameters()} == {torch.bfloat16}
@@ -226,7 +218,7 @@ def test_checkpoints_hold_no_vgg_and_generation_restores_it(
     assert decoder_bytes < path.stat().st_size < decoder_bytes + 4 * 2 * 960 + 16_384
 
     model = load_model(run, device="cpu")
-    reference = AdaIN(AdaINOptions(), SIZE).build()["vgg"]
+    reference = StyleTransfer(StyleTransferOptions(), SIZE).build()["vgg"]
     reference.load_published()
     loaded = model.nets["vgg"]
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), reference.state_dict().values()))

@@ -15,7 +15,7 @@ from svai.checkpoint import find_checkpoint
 from svai.config import resolve
 from svai.errors import SvaiError
 from svai.models.base import Phase, Request, count_parameters
-from svai.models.dcgan import Dcgan, DcganOptions, halvings
+from svai.models.gan import Dcgan, DcganOptions, halvings
 from svai.models.registry import families
 from svai.train import train
 

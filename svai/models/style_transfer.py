@@ -187,7 +187,7 @@ class StyleStatistics(nn.Module):
 
 # -- the family ---------------------------------------------------------------------------------
 @dataclass
-class AdaINOptions(OutputOptions):
+class StyleTransferOptions(OutputOptions):
     """Options of `style-transfer`; defaults are the paper's and its reference code's.
 
     The output ones are described on `OutputOptions`: "direct" is the paper's decoder, whose
@@ -229,7 +229,7 @@ def _features(vgg: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @register_family
-class AdaIN(ModelFamily):
+class StyleTransfer(ModelFamily):
     """Networks: ``decoder`` (trained), ``vgg`` (VGG-19 to relu4_1, pretrained and frozen)
     and ``style_stats`` (`StyleStatistics`, buffers only).
 
@@ -238,13 +238,13 @@ class AdaIN(ModelFamily):
     """
 
     name = "style-transfer"
-    Options = AdaINOptions
+    Options = StyleTransferOptions
     paired = True
     uses = frozenset({"intensity"})
     description = "style-transfer: AdaIN (frozen VGG-19 encoder + trained decoder), after-domain style"
     frozen_networks = ("vgg",)
 
-    def __init__(self, options: AdaINOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
+    def __init__(self, options: StyleTransferOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         super().__init__(options, image_size, procedures)
         if options.style_source == "reference":
             self.uses = self.uses | {"reference"}

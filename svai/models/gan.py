@@ -28,8 +28,9 @@ from torch import nn
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Networks, Request
+from svai.models.gan_training import initialised_pair
 from svai.models.heads import OutputHead, check_intensity
-from svai.models.layers import check_before, conv_bias, initialised_pair, norm_layer
+from svai.models.layers import check_before, conv_bias, norm_layer
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.paired_gan import PairedGan
 from svai.models.registry import register_family
