@@ -12,22 +12,6 @@ from svai.cli.app import app, console, err_console, fail, user_errors
 from svai.errors import SvaiError
 
 
-def _check_device(device: str | None) -> None:
-    """Refuse a device this machine does not have, before anything is loaded."""
-    if device is None:
-        return
-    import torch
-
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise SvaiError(f"--device {device!r}: use cpu, cuda or cuda:N")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise SvaiError(f"--device {device}: no CUDA GPU is available here; use --device cpu")
-        if index and int(index) >= torch.cuda.device_count():
-            raise SvaiError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
-
-
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -85,6 +69,7 @@ def generate(
     from svai.config import MAX_INT
     from svai.data.images import list_images, no_images, scan_images
     from svai.data.regions import index_regions
+    from svai.devices import check_device
     from svai.generate import Generation, generate_folder, generation_inputs, load_model, parse_procedures
     from svai.io import Privacy, check_output_folder, check_writable
     from svai.models.base import Request
@@ -117,7 +102,8 @@ def generate(
         if composite is False:
             raise SvaiError("--regions steers a composite: drop --no-composite")
         index_regions(regions)  # a malformed folder fails before the model loads
-    _check_device(device)
+    if device is not None:
+        check_device(device)
     model = load_model(run, checkpoint, device)
     if composite is None:
         composite = model.config.generate.composite

@@ -36,6 +36,7 @@ import torch
 
 from svai import __version__
 from svai.data.images import read_rgb
+from svai.devices import check_device
 from svai.errors import SvaiError
 from svai.io import write_atomic
 from svai.metrics import cache as feature_cache
@@ -93,18 +94,6 @@ def _skip_reason(error: SvaiError, path: Path) -> str:
     message = _one_line(error)
     prefix = f"{path}: "
     return message[len(prefix):] if message.startswith(prefix) else message
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise SvaiError(f"--device {device!r} is not a device: use cpu or cuda") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise SvaiError(f"--device {device}: no CUDA device is visible to torch; use --device cpu")
-    if resolved.type not in ("cpu", "cuda"):
-        raise SvaiError(f"--device {device!r} is not supported: use cpu or cuda")
-    return resolved
 
 
 def normalize_metrics(metrics: list[str] | None) -> list[str]:
@@ -916,7 +905,7 @@ def evaluate_folders(
     """
     requested = normalize_metrics(metrics)
     _check_options(lpips_net, fid_dims, batch_size)
-    options = _Options(requested, lpips_net, fid_dims, weights_dir, batch_size, _resolve_device(device), use_cache)
+    options = _Options(requested, lpips_net, fid_dims, weights_dir, batch_size, check_device(device), use_cache)
     folders = _index_folders(pred, target, masks, baseline, before, name)
     _check_pairs(folders, requested)
     evaluation = _Evaluation(options, folders)
