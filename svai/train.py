@@ -36,7 +36,7 @@ from svai.io import (
     OWN_FILES, PLANNED, OwnFiles, Privacy, check_output_folder, open_append, remove_stale_temporaries, write_atomic,
     write_png,
 )
-from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
+from svai.models.base import Networks, Phase, PhaseGradients, Request, StepContext, check_phases, eval_mode
 from svai.models.registry import build_on_meta, make_family
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals
@@ -179,6 +179,7 @@ class Trainer:
         self.fit_logs = {} if resume else self.family.fit(self.nets, self.train_set)
         self.phases = self.family.phases()
         check_phases(self.phases)
+        self.gradients = PhaseGradients(self.nets, self.phases, self.family.prepares)
         trainable = list(dict.fromkeys(name for phase in self.phases for name in phase.networks))
         self.trainable = trainable
         # Phases that share an optimiser (`Phase.shares`) point at one object; the dict of
@@ -222,7 +223,7 @@ class Trainer:
         overrides = dict(phase.lr_overrides)
         groups = []
         for name in phase.networks:
-            params = [p for p in self.nets[name].parameters() if p.requires_grad]
+            params = self.gradients.parameters[name]
             if params:
                 groups.append({"params": params, "lr": overrides.get(name, phase.lr)})
         if not groups:
@@ -347,17 +348,19 @@ class Trainer:
             lock.release()
 
     def _step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
-        """One training step: each due phase accumulates its gradient over the step's
-        micro-batches, is clipped when asked, and takes one optimiser step."""
+        """One training step: each due phase, with gradients on for its networks only,
+        accumulates its gradient over the step's micro-batches, is clipped when asked, and
+        takes one optimiser step."""
         parts = split_batch(batch, self.config.train.grad_accumulation)
         scaler = getattr(self.accelerator, "scaler", None)
+        due = [phase for phase in self.phases if step % phase.every == 0]
+        names = [phase.name for phase in due]
         # One context per micro-batch, shared by that micro-batch's phases (a generated
         # image made in one phase is reused by the next).
-        contexts = [StepContext(scaler=scaler) for _ in parts]
+        contexts = [StepContext(scaler=scaler, due=names) for _ in parts]
         logs: dict[str, float] = {}
-        for phase in self.phases:
-            if step % phase.every:
-                continue
+        for phase in due:
+            self.gradients.enter(phase, names)
             optimizer = self.optimizers[self.phase_optimizer[phase.name]]
             optimizer.zero_grad(set_to_none=True)
             phase_totals: dict[str, float] = {}
