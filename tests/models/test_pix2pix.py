@@ -248,7 +248,7 @@ def test_losses_under_bf16_autocast() -> None:
 
 
 def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.models.base import Request
     from svai.models.registry import make_family
 
@@ -272,7 +272,7 @@ def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:
 def test_procedure_maps_train_through_the_loop(tiny_dataset, tmp_path) -> None:
     from loop_helpers import changed, first_batch, snapshot
 
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.train import Trainer
 
     config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8", "train.batch_size=2",
