@@ -13,7 +13,6 @@ training is `svai.api.train`, because `svai.train` is the training loop's module
 
 from __future__ import annotations
 
-import shlex
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from svai.errors import SvaiError
+from svai.run import TrainOptions
 
 # What `Run.simulate` accepts as a photo: a file, a Pillow image, or (H, W[, 3|4]) uint8 pixels.
 PhotoLike = Union[str, Path, Image.Image, np.ndarray]
@@ -303,60 +303,27 @@ class Trained:
     evaluation: dict | None
 
 
-def train(
-    model: str | None,
-    data: str | Path | None,
-    out: str | Path,
-    *,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    image_size: int | None = None,
-    mixed_precision: str | None = None,
-    seed: int | None = None,
-    config: str | Path | None = None,
-    sets: Sequence[str] = (),
-    log_with: Sequence[str] = (),
-    resume: bool = False,
-) -> Trained:
-    """`svai train`: train `model` (a name from `svai models`) on a prepared dataset into the run
-    folder `out`, then evaluate the test split unless `train.evaluate` is off. `sets` are
-    `--set key=value` overrides, `log_with` tracker names (`--log-with`); `resume=True`
-    continues `out` (model and data may then be None)."""
+def train(options: TrainOptions) -> Trained:
+    """`svai train`: train `options.model` (a name from `svai models`) on a prepared dataset
+    into the run folder `options.out`, then evaluate the test split unless `train.evaluate` is
+    off. `TrainOptions` holds the options of the command (`sets` are `--set key=value`
+    overrides, `log_with` tracker names); `resume=True` continues `out` (model and data may
+    then be None)."""
     from svai.checkpoint import find_checkpoint
-    from svai.pipeline import EVALUATION, evaluate_run
-    from svai.runlock import RunLock
-    from svai.train import resolve_for_run
-    from svai.train import train as train_loop
+    from svai.pipeline import evaluate_run
+    from svai.run import only_evaluation_left, run_privacy, writing
+    from svai.train import open_run
 
-    out = Path(out)
-    if data is not None and not Path(data).is_dir():
-        raise SvaiError(f"data {data}: folder not found (make one with prepare)")
-    flags = {
-        "data.root": str(data) if data is not None else None,
-        "train.steps": steps, "train.batch_size": batch_size, "data.image_size": image_size,
-        "train.mixed_precision": mixed_precision, "train.seed": seed, "train.log_with": list(log_with) or None,
-    }
-    resolved = resolve_for_run(out, resume, model, Path(config) if config else None, list(sets), flags)
-    if resolved.data.root and Path(resolved.data.root).is_dir():
-        resolved.data.root = str(Path(resolved.data.root).resolve())
-    arguments = {k: v for k, v in (("model", model), ("data", data), ("out", out), ("steps", steps),
-                                   ("batch_size", batch_size), ("image_size", image_size),
-                                   ("mixed_precision", mixed_precision), ("seed", seed), ("config", config),
-                                   ("sets", list(sets) or None), ("log_with", list(log_with) or None),
-                                   ("resume", resume or None)) if v is not None}
-    command = "svai.api.train(" + ", ".join(f"{k}={shlex.quote(str(v))}" for k, v in arguments.items()) + ")"
-    done = resume and find_checkpoint(out).step >= resolved.train.steps
-    if done and resolved.train.evaluate and not (out / EVALUATION).is_file():
-        # A resumed run already at its last step whose evaluation was cut short: only that is left.
-        step, interrupted = find_checkpoint(out).step, False
-    else:
-        result = train_loop(resolved, out, resume=resume, command=command)
-        step, interrupted = result.step, result.interrupted
-    evaluation = None
-    if resolved.train.evaluate and not interrupted:
-        with RunLock(out):
-            evaluation = evaluate_run(out)
-    return Trained(out, step, resolved.train.steps, interrupted, evaluation)
+    config, out = options.resolve(), options.out
+    with writing(out, run_privacy(config)):
+        if options.resume and only_evaluation_left(out, config):
+            # A resumed run already at its last step whose evaluation was cut short: only that is left.
+            step, interrupted = find_checkpoint(out).step, False
+        else:
+            result = open_run(config, out, options.resume, options.call("svai.api.train")).run()
+            step, interrupted = result.step, result.interrupted
+        evaluation = evaluate_run(out) if config.train.evaluate and not interrupted else None
+    return Trained(out, step, config.train.steps, interrupted, evaluation)
 
 
 def evaluate(
@@ -395,4 +362,4 @@ def evaluate(
     return result
 
 
-__all__ = ["PhotoLike", "Prepared", "ProceduresLike", "Run", "Trained", "evaluate", "load_run", "prepare", "train"]
+__all__ = ["PhotoLike", "Prepared", "ProceduresLike", "Run", "TrainOptions", "Trained", "evaluate", "load_run", "prepare", "train"]

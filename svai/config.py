@@ -10,6 +10,9 @@ A resolved configuration is a plain tree::
     data:  {root: ..., image_size: 128, ...}
     train: {steps: ..., batch_size: ..., ...}
     generate: {composite: false}
+
+Looking a model name up among the families and presets is `svai.run.resolve`: this module
+imports nothing from the models.
 """
 
 from __future__ import annotations
@@ -407,21 +410,12 @@ def _check_sections(tree: dict[str, Any], origin: str) -> None:
             raise SvaiError(f"{key} in {origin}: expected a mapping, got {value!r}")
 
 
-def resolve(
-    model: str | None = None,
-    *,
-    base: dict[str, Any] | None = None,
-    config_file: Path | None = None,
-    sets: list[str] | None = None,
-    flags: dict[str, Any] | None = None,
-) -> RunConfig:
-    """Resolve a run configuration from its layers.
-
-    `base` is a saved run's config (for `--resume`); `flags` maps dotted keys to values,
-    with `None` meaning "not given".
-    """
-    from svai.models.registry import resolve_model
-
+def config_layers(
+    base: dict[str, Any] | None, config_file: Path | None, sets: list[str] | None, flags: dict[str, Any] | None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The layers over a model's preset, lowest first, each named for its errors and checked:
+    `base` (a saved run's config, for `--resume`), `config_file`, `sets` and `flags` (dotted
+    keys to values, `None` meaning "not given")."""
     layers: list[tuple[str, dict[str, Any]]] = []
     if base is not None:
         layers.append(("the run's config.yaml", base))
@@ -432,7 +426,11 @@ def resolve(
     layers.append(("options", flag_tree))
     for origin, tree in layers:
         _check_sections(tree, origin)
+    return layers
 
+
+def named_model(model: str | None, layers: list[tuple[str, dict[str, Any]]]) -> str:
+    """`model`, else the model the highest layer names."""
     name = model
     if name is None:
         for _, tree in reversed(layers):
@@ -441,22 +439,22 @@ def resolve(
                 break
     if not name:
         raise SvaiError("--model is required: see `svai models` for the choices")
-    family_cls, preset = resolve_model(name)
-    if base is not None:
-        saved = base.get("model", {}).get("family")
-        if saved and saved != family_cls.name:
-            raise SvaiError(f"--model {name} is a {family_cls.name} model but the run holds {saved}: drop --model or use a new --out")
+    return name
 
+
+def merge_layers(name: str, family: Any, preset: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> RunConfig:
+    """The checked configuration of model `name`: `family`'s options (its `Options` dataclass)
+    under its `preset`, then each layer in turn."""
     tree: dict[str, Any] = {section: {} for section in SECTIONS}
     preset_tree = {section: preset.get(section) or {} for section in SECTIONS}
-    for origin, layer in [("preset", preset_tree), *layers]:
+    for layer in [preset_tree, *(tree for _, tree in layers)]:
         tree = deep_merge(tree, layer)
     options_tree = {k: v for k, v in tree["model"].items() if k not in ("name", "family")}
-    options = build_dataclass(family_cls.Options, options_tree, "model")
+    options = build_dataclass(family.Options, options_tree, "model")
     data = build_dataclass(DataConfig, tree["data"], "data")
     train = build_dataclass(TrainConfig, tree["train"], "train")
     generate = build_dataclass(GenerateConfig, tree["generate"], "generate")
-    config = RunConfig(name=name, family=family_cls.name, model=options, data=data, train=train, generate=generate)
+    config = RunConfig(name=name, family=family.name, model=options, data=data, train=train, generate=generate)
     validate(config)
     return config
 
@@ -494,15 +492,3 @@ def validate(config: RunConfig) -> None:
         if not ok:
             value = getattr(getattr(config, key.split(".")[0]), key.split(".")[1])
             raise SvaiError(f"{key} {message}; got {value}")
-
-
-def load_run_config(run_dir: Path) -> dict[str, Any]:
-    """The saved `config.yaml` of a run folder, as a tree."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise SvaiError(f"{path} not found: {run_dir} is not a training run folder")
-    tree = read_yaml_file(path)
-    if not isinstance(tree, dict) or "model" not in tree:
-        raise SvaiError(f"{path}: not a svai run configuration")
-    return tree
-

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from svai.checkpoint import find_checkpoint, load_networks
 from svai.composite import CompositeOptions, RegionLookup, composite
-from svai.config import RunConfig, load_run_config, resolve
+from svai.config import RunConfig
+from svai.run import saved_config
 from svai.data.dataset import procedure_vector
 from svai.data.images import MAX_SQUARE_PIXELS, Listing, no_images, read_rgb, scan_images
 from svai.data.layout import PROCEDURE_SEPARATOR, PROCEDURES, REGIONS_DIR, SPLITS, parse_strengths, read_manifest
@@ -60,7 +61,7 @@ class GenerateReport:
 
 def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | torch.device | None = None) -> LoadedModel:
     """Build a run's model from its `config.yaml` and load the inference networks' weights."""
-    config = resolve(base=load_run_config(run_dir))
+    config = saved_config(run_dir)
     ref = find_checkpoint(run_dir, checkpoint)
     family = make_family(config)
     skeleton = build_on_meta(family)

@@ -8,11 +8,9 @@ from typing import Any
 
 from svai.errors import SvaiError
 from svai.io import OwnFiles
+from svai.run import EVALUATION_FILE, PREDICTIONS_DIR
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS = "test-predictions"
-EVALUATION = "evaluation.json"
 
 
 def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | None = None) -> dict[str, Any] | None:
@@ -36,7 +34,7 @@ def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | 
     if not (before.is_dir() and after.is_dir()):
         log.info("no test split in %s: nothing to evaluate", data)
         return None
-    predictions = run_dir / PREDICTIONS
+    predictions = run_dir / PREDICTIONS_DIR
     # Predictions of an evaluation cut short (SIGTERM, a crash) are dropped, so the metrics
     # never mix two checkpoints' images; only files the run's record proves svai wrote go.
     own = OwnFiles(run_dir)
@@ -57,7 +55,7 @@ def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | 
     result = evaluate_folders(predictions, after, baseline=before, name=model.config.name,
                               device=str(model.device))
     result["checkpoint_step"] = model.step
-    write_json(result, run_dir / EVALUATION)
-    own.note(run_dir / EVALUATION)
+    write_json(result, run_dir / EVALUATION_FILE)
+    own.note(run_dir / EVALUATION_FILE)
     own.save()
     return result

@@ -8,10 +8,10 @@ samples and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -23,29 +23,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from svai.checkpoint import (
-    find_checkpoint, has_checkpoint, load_networks, load_optimizers, read_state, restore_rng, rng_payload,
-    save_checkpoint,
+    find_checkpoint, load_networks, load_optimizers, read_state, restore_rng, rng_payload, save_checkpoint,
 )
-from svai.config import RunConfig, load_run_config, resolve
+from svai.config import RunConfig
 from svai.data.augment import augment_batch
 from svai.data.dataset import PairedImages, StepBatches, collate, hash_seed
 from svai.environment import ENVIRONMENT_FILE, environment_record, write_environment
 from svai.errors import SvaiError
 from svai.image_ops import to_uint8
-from svai.io import (
-    OWN_FILES, PLANNED, OwnFiles, Privacy, check_output_folder, open_append, remove_stale_temporaries, write_atomic,
-    write_png,
-)
-from svai.models.base import Networks, Phase, Request, StepContext, check_phases, eval_mode
+from svai.io import PLANNED, OwnFiles, check_output_folder, open_append, write_atomic, write_png
+from svai.models.base import Networks, Phase, PhaseGradients, Request, StepContext, check_phases, eval_mode
 from svai.models.registry import build_on_meta, make_family
-from svai.runlock import LOCK_FILE, RunLock
+from svai.run import CONFIG_FILE, LOG_FILE, SAMPLES_DIR, check_run_dir, run_privacy, writing
 from svai.signals import stop_signals
 from svai.tracking import TRACKERS_DIR, Tracking, check_trackers, flat_hparams, process_mean
 
 log = logging.getLogger(__name__)
-
-# What a run writes before its first checkpoint; a folder holding only these may start over.
-RESTARTABLE = frozenset({"config.yaml", "log.jsonl", "samples", "checkpoints", ENVIRONMENT_FILE, TRACKERS_DIR})
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -67,108 +60,83 @@ class TrainResult:
     checkpoint: Path | None
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to mix a new run into an old one, to write a run over a file, or to delete
-    anything svai did not write there."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SvaiError(f"--out {run_dir} is a file: give a folder for the run")
-    if resume or not run_dir.exists():
-        return
-    entries = {p.name for p in run_dir.iterdir()} - {LOCK_FILE, OWN_FILES}
-    if not entries:
-        return
-    if has_checkpoint(run_dir) or not entries <= RESTARTABLE:
-        raise SvaiError(f"--out {run_dir} already holds a run or other files: add --resume to continue a run, "
-                        "or choose a new folder")
-    remove_stale_temporaries(run_dir / "checkpoints")  # a first checkpoint cut short
-    own = OwnFiles(run_dir)
-    foreign = own.foreign(sorted(entries))
-    if foreign:
-        raise SvaiError(f"--out {run_dir} holds files svai did not write ({foreign[0]}"
-                        f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}): choose a new folder")
-    # A run that stopped before its first checkpoint holds nothing worth keeping: start afresh.
-    log.warning("%s: the earlier run stopped before its first checkpoint; starting it again", run_dir)
-    for name in sorted(entries):
-        own.remove_under(run_dir / name)
-    own.save()
+def _accelerator(train: Any, run_dir: Path) -> Any:
+    """A fresh Accelerator for the run's precision and trackers."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
 
-
-def resolve_for_run(
-    run_dir: Path,
-    resume: bool,
-    model: str | None,
-    config_file: Path | None,
-    sets: list[str] | None,
-    flags: dict[str, Any],
-) -> RunConfig:
-    """Resolve the config of a new run, or of a resumed one on top of its saved config.yaml."""
-    base = load_run_config(run_dir) if resume else None
-    if resume:
-        find_checkpoint(run_dir)  # fails early, naming the folder, when there is nothing to resume
-    return resolve(model, base=base, config_file=config_file, sets=sets, flags=flags)
+    # Accelerate keeps one process-wide state; a second run in the same process (a notebook,
+    # the test suite) may ask for another precision, so start that state afresh.
+    AcceleratorState._reset_state()
+    # Without an accelerator, say so explicitly: that is what lets `torchrun` /
+    # `accelerate launch` run several CPU processes (gloo) instead of independent copies.
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return Accelerator(
+        cpu=on_cpu,
+        mixed_precision=train.mixed_precision,
+        # GAN phases freeze networks and call discriminators several times per step, so
+        # DDP must tolerate parameters without gradients in a backward pass.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with=train.log_with or None,
+        project_dir=str(run_dir / TRACKERS_DIR) if train.log_with else None,
+    )
 
 
 class Trainer:
-    """Holds the prepared objects of one run; `run()` trains to `config.train.steps`."""
+    """Holds the prepared objects of one run; `run()` trains to `config.train.steps`.
 
-    def __init__(
-        self,
-        config: RunConfig,
-        run_dir: Path,
-        resume: bool = False,
-        on_event: EventCallback | None = None,
-        should_stop: Callable[[int], bool] | None = None,
-    ) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    Set-up is three parts: `_build` (data, family, networks, optimisers), `_prepare` (hand
+    the trained networks and optimisers to Accelerate) and `_resume` (the latest checkpoint).
+    The trainer keeps its own copy of `config`, completed with what the run records (the
+    dataset's procedure vocabulary, the trackers); that copy is what `config.yaml` holds.
+    """
 
-        self.config = config
+    def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
         # What the run writes is recorded (so a restart deletes only that), and what it draws
         # from the photos (samples) is no more readable than the dataset.
         self.own = OwnFiles(self.run_dir)
-        self.privacy = Privacy.of(Path(config.data.root)) if config.data.root else None
+        self.privacy = run_privacy(config)
         self.resume = resume
-        self.on_event = on_event or (lambda event: None)
-        self.should_stop = should_stop or (lambda step: False)
-        train = config.train
-        if train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        self.on_event: EventCallback = lambda event: None
+        self.should_stop: Callable[[int], bool] = lambda step: False
+        # What the trainer lets go of when it closes: the run folder's lock, when it holds it.
+        self.held = ExitStack()
+        if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise SvaiError("--mixed-precision fp16 needs a CUDA GPU: use bf16 or no on this machine")
-        # A tracker that is not installed fails here, before anything is built.
-        train.log_with = check_trackers(train.log_with)
-        # GAN phases freeze networks and call discriminators several times per step, so
-        # DDP must tolerate parameters without gradients in a backward pass.
-        # Accelerate keeps one process-wide state; a second run in the same process (a notebook,
-        # the test suite) may ask for another precision, so start that state afresh.
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state()
-        # Without an accelerator, say so explicitly: that is what lets `torchrun` /
-        # `accelerate launch` run several CPU processes (gloo) instead of independent copies.
-        on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-        self.accelerator = Accelerator(
-            cpu=on_cpu,
-            mixed_precision=train.mixed_precision,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-            log_with=train.log_with or None,
-            project_dir=str(self.run_dir / TRACKERS_DIR) if train.log_with else None,
-        )
-        self.tracking = Tracking(self.accelerator, train.log_with, self.run_dir)
         if not config.data.root:
             raise SvaiError("--data is required: give a folder made by `svai prepare`")
-        self.train_set = PairedImages(Path(config.data.root), "train", config.data.image_size,
-                                      cache=config.data.cache, vocabulary=tuple(config.data.procedures) or None,
-                                      on_bad_file=config.data.on_bad_file)
+        # A tracker that is not installed fails here, before anything is built.
+        train = dataclasses.replace(config.train, log_with=check_trackers(config.train.log_with))
+        self.config = dataclasses.replace(config, train=train)
+        self.accelerator = _accelerator(train, self.run_dir)
+        self.tracking = Tracking(self.accelerator, train.log_with, self.run_dir)
+        self._build()
+        self._prepare()
+        self.start_step = self._resume() if resume else 0
+        if self.start_step >= train.steps:
+            raise SvaiError(
+                f"the run is already at step {self.start_step}; pass a larger --steps to continue it")
+
+    def _build(self) -> None:
+        """The data, the family, its networks (pretrained parts loaded, closed forms fitted on
+        a new run), its phases and their optimisers."""
+        from accelerate.utils import set_seed
+
+        config = self.config
+        data, train = config.data, config.train
+        self.train_set = PairedImages(Path(data.root), "train", data.image_size, cache=data.cache,
+                                      vocabulary=tuple(data.procedures) or None, on_bad_file=data.on_bad_file)
         # The run records its procedure columns, so generation later reads the same ones.
-        config.data.procedures = list(self.train_set.vocabulary)
+        self.config = config = dataclasses.replace(
+            config, data=dataclasses.replace(data, procedures=list(self.train_set.vocabulary)))
         self.sample_set = self._sample_set()
         per_step = train.batch_size * train.grad_accumulation
         if per_step > len(self.train_set):
             # Allowed (the data order wraps around), but every step then repeats pairs.
             log.warning("train.batch_size × grad_accumulation = %d is larger than the %d training pairs in %s: "
-                        "each step repeats pairs", per_step, len(self.train_set), config.data.root)
-
+                        "each step repeats pairs", per_step, len(self.train_set), data.root)
         set_seed(train.seed)
         self.family = make_family(config)
         build_on_meta(self.family)  # refuses impossible or oversized widths before allocating
@@ -176,11 +144,11 @@ class Trainer:
         # Pretrained frozen weights load now, so a missing file fails before the first step.
         self.family.load_pretrained(self.nets, COMPUTE_DTYPES[train.mixed_precision])
         # A closed-form fit (a landmark model) happens once, before the first step.
-        self.fit_logs = {} if resume else self.family.fit(self.nets, self.train_set)
+        self.fit_logs = {} if self.resume else self.family.fit(self.nets, self.train_set)
         self.phases = self.family.phases()
         check_phases(self.phases)
-        trainable = list(dict.fromkeys(name for phase in self.phases for name in phase.networks))
-        self.trainable = trainable
+        self.gradients = PhaseGradients(self.nets, self.phases, self.family.prepares)
+        self.trainable = list(self.gradients.parameters)
         # Phases that share an optimiser (`Phase.shares`) point at one object; the dict of
         # distinct optimisers is what is prepared, stepped, saved and restored.
         self.optimizers: dict[str, torch.optim.Optimizer] = {
@@ -188,6 +156,10 @@ class Trainer:
         self.phase_optimizer = {phase.name: phase.shares or phase.name for phase in self.phases}
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
 
+    def _prepare(self) -> None:
+        """Wrap the trained networks and the optimisers for the devices and processes; the
+        other networks only move to the device."""
+        trainable = self.trainable
         objects = [*[self.nets[n] for n in trainable], *self.optimizers.values()]
         # A family that only fits (no phase) has nothing for Accelerate to wrap.
         prepared = self.accelerator.prepare(*objects) if objects else ()
@@ -200,13 +172,6 @@ class Trainer:
         for name, module in self.nets.items():
             if name not in trainable:
                 module.to(self.accelerator.device)
-
-        self.start_step = 0
-        if resume:
-            self._load(find_checkpoint(self.run_dir))
-        if self.start_step >= train.steps:
-            raise SvaiError(
-                f"the run is already at step {self.start_step}; pass a larger --steps to continue it")
 
     # -- set-up -------------------------------------------------------------------------
     def _sample_set(self) -> PairedImages:
@@ -222,7 +187,7 @@ class Trainer:
         overrides = dict(phase.lr_overrides)
         groups = []
         for name in phase.networks:
-            params = [p for p in self.nets[name].parameters() if p.requires_grad]
+            params = self.gradients.parameters[name]
             if params:
                 groups.append({"params": params, "lr": overrides.get(name, phase.lr)})
         if not groups:
@@ -230,7 +195,10 @@ class Trainer:
         kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[phase.optimizer]
         return kind(groups, lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay)
 
-    def _load(self, ref: Any) -> None:
+    def _resume(self) -> int:
+        """Restore the latest checkpoint: networks, optimisers, random states, grad scaler;
+        returns its step."""
+        ref = find_checkpoint(self.run_dir)
         state = read_state(ref.path)
         load_networks(ref.path, self.nets, frozen=self.family.is_frozen)
         load_optimizers(ref.path, {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}, state["optimizers"])
@@ -238,8 +206,8 @@ class Trainer:
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
-        self.start_step = ref.step
         log.info("resumed from %s at step %d", ref.path, ref.step)
+        return ref.step
 
     # -- loop ---------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -273,7 +241,14 @@ class Trainer:
             hash_seed(self.config.train.seed, step, self.accelerator.process_index, 7))
         return augment_batch(batch, options, generator)
 
-    def run(self) -> TrainResult:
+    def run(self, on_event: EventCallback | None = None, should_stop: Callable[[int], bool] | None = None) -> TrainResult:
+        """Train to `config.train.steps`, telling `on_event` about the start, steps, logged
+        records, samples, checkpoints and the end; `should_stop(step)` stops early, as
+        Ctrl-C does (a checkpoint first)."""
+        if on_event is not None:
+            self.on_event = on_event
+        if should_stop is not None:
+            self.should_stop = should_stop
         config, accelerator = self.config, self.accelerator
         total = config.train.steps
         if accelerator.is_main_process:
@@ -342,22 +317,37 @@ class Trainer:
         """Close the trackers, and let go of the run folder's lock when `prepare_training`
         took it for this trainer."""
         self.tracking.finish()
-        lock, self._lock = getattr(self, "_lock", None), None
-        if lock is not None:
-            lock.release()
+        self.held.close()
+
+    def write_records(self, command: str | None) -> None:
+        """Write the run's config.yaml and environment record (the main process)."""
+        run_dir, config, accelerator = self.run_dir, self.config, self.accelerator
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / CONFIG_FILE, config.to_yaml().encode())
+        # The log and the samples folder are recorded before the loop makes them, so a run
+        # killed in its first steps is still all svai's to start again.
+        self.own.plan(run_dir / LOG_FILE, run_dir / SAMPLES_DIR, run_dir / TRACKERS_DIR)
+        self._record(run_dir / CONFIG_FILE)
+        write_environment(run_dir, environment_record(
+            device=accelerator.device, processes=accelerator.num_processes,
+            precision=config.train.mixed_precision, seed=config.train.seed, start_step=self.start_step,
+            command=command))
+        self._record(run_dir / ENVIRONMENT_FILE)
 
     def _step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
-        """One training step: each due phase accumulates its gradient over the step's
-        micro-batches, is clipped when asked, and takes one optimiser step."""
+        """One training step: each due phase, with gradients on for its networks only,
+        accumulates its gradient over the step's micro-batches, is clipped when asked, and
+        takes one optimiser step."""
         parts = split_batch(batch, self.config.train.grad_accumulation)
         scaler = getattr(self.accelerator, "scaler", None)
+        due = [phase for phase in self.phases if step % phase.every == 0]
+        names = [phase.name for phase in due]
         # One context per micro-batch, shared by that micro-batch's phases (a generated
         # image made in one phase is reused by the next).
-        contexts = [StepContext(scaler=scaler) for _ in parts]
+        contexts = [StepContext(scaler=scaler, due=names) for _ in parts]
         logs: dict[str, float] = {}
-        for phase in self.phases:
-            if step % phase.every:
-                continue
+        for phase in due:
+            self.gradients.enter(phase, names)
             optimizer = self.optimizers[self.phase_optimizer[phase.name]]
             optimizer.zero_grad(set_to_none=True)
             phase_totals: dict[str, float] = {}
@@ -414,8 +404,8 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         record = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in record.items()}
-        path = self.run_dir / "log.jsonl"
-        if self.own.entries.get("log.jsonl") != PLANNED:
+        path = self.run_dir / LOG_FILE
+        if self.own.entries.get(LOG_FILE) != PLANNED:
             # Appended to all along: recorded as a path svai writes, not by size and time.
             self.own.plan(path)
             self.own.save()
@@ -444,7 +434,7 @@ class Trainer:
         A line that is not a JSON record (the last one cut short by a crash or a full disk)
         is dropped with it.
         """
-        path = self.run_dir / "log.jsonl"
+        path = self.run_dir / LOG_FILE
         if not path.is_file():
             return
         kept = []
@@ -474,7 +464,7 @@ class Trainer:
             fake = self.family.translate(self.nets, before, request)
         rows = [np.concatenate(list(images), axis=1)
                 for images in zip(to_uint8(items["before"]), to_uint8(fake), to_uint8(items["after"]))]
-        path = self.run_dir / "samples" / f"step-{step:08d}.png"
+        path = self.run_dir / SAMPLES_DIR / f"step-{step:08d}.png"
         grid = np.concatenate(rows, axis=0)
         self.own.plan(path)
         self.own.save()
@@ -517,63 +507,29 @@ def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
     return [{k: v[lo:hi] for k, v in batch.items()} for lo, hi in zip(bounds, bounds[1:])]
 
 
-def prepare_training(
-    config: RunConfig,
-    run_dir: Path,
-    resume: bool = False,
-    on_event: EventCallback | None = None,
-    should_stop: Callable[[int], bool] | None = None,
-    lock: RunLock | None = None,
-    command: str | None = None,
-) -> Trainer:
-    """Check everything, build the models and write the run's config and environment record
-    (`svai.environment`; `command` is what started the run, by default this process's
-    command line); `run()` then trains.
-
-    The main process locks the run folder (`svai.runlock`) so that no second run or resume
-    writes into it; `run()` (or `close()`) lets go. A caller that must keep the folder longer
-    (the CLI, through the end-of-training evaluation) passes its own held `lock`.
-    """
+def open_run(config: RunConfig, run_dir: Path, resume: bool = False, command: str | None = None) -> Trainer:
+    """Check the run folder, build the models and write the run's config and environment record
+    (`svai.environment`; `command` is what started the run, by default this process's command
+    line); `run()` then trains. The caller holds the folder (`svai.run.writing`)."""
     run_dir = Path(run_dir)
-    inputs = {"--data": Path(config.data.root)} if config.data.root else {}
-    check_output_folder(inputs, run_dir, "--out")
-    created = not run_dir.exists()
-    own = lock is None and os.environ.get("RANK", "0") == "0"
-    if own:
-        lock = RunLock(run_dir, privacy=run_privacy(config)).acquire()
-    try:
-        check_run_dir(run_dir, resume)
-        trainer = Trainer(config, run_dir, resume=resume, on_event=on_event, should_stop=should_stop)
-        if trainer.accelerator.is_main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(run_dir / "config.yaml", config.to_yaml().encode())
-            # The log and the samples folder are recorded before the loop makes them, so a run
-            # killed in its first steps is still all svai's to start again.
-            trainer.own.plan(run_dir / "log.jsonl", run_dir / "samples", run_dir / TRACKERS_DIR)
-            trainer._record(run_dir / "config.yaml")
-            accelerator = trainer.accelerator
-            write_environment(run_dir, environment_record(
-                device=accelerator.device, processes=accelerator.num_processes,
-                precision=config.train.mixed_precision, seed=config.train.seed, start_step=trainer.start_step,
-                command=command))
-            trainer._record(run_dir / "environment.json")
-        trainer.accelerator.wait_for_everyone()
-    except BaseException:
-        if own and lock is not None:
-            lock.release()
-            if created:
-                try:
-                    run_dir.rmdir()  # nothing was written: leave no empty folder behind
-                except OSError:
-                    pass
-        raise
-    trainer._lock = lock if own else None
+    check_run_dir(run_dir, resume)
+    trainer = Trainer(config, run_dir, resume=resume)
+    if trainer.accelerator.is_main_process:
+        trainer.write_records(command)
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 
-def run_privacy(config: RunConfig) -> Privacy | None:
-    """The privacy a new run folder gets: that of the dataset it learns from."""
-    return Privacy.of(Path(config.data.root)) if config.data.root else None
+def prepare_training(config: RunConfig, run_dir: Path, resume: bool = False, command: str | None = None) -> Trainer:
+    """`open_run`, the run folder locked by the main process (`svai.run.writing`) so that no
+    second run or resume writes into it, until the trainer's `run()` or `close()`."""
+    inputs = {"--data": Path(config.data.root)} if config.data.root else {}
+    check_output_folder(inputs, Path(run_dir), "--out")
+    with ExitStack() as held:
+        held.enter_context(writing(run_dir, run_privacy(config)))
+        trainer = open_run(config, run_dir, resume, command)
+        trainer.held.push(held.pop_all())
+    return trainer
 
 
 def train(
@@ -585,12 +541,11 @@ def train(
     command: str | None = None,
 ) -> TrainResult:
     """Train `config` into `run_dir` (new, or continued from its latest checkpoint)."""
-    trainer = prepare_training(config, run_dir, resume, on_event, should_stop, command=command)
+    trainer = prepare_training(config, run_dir, resume, command)
     try:
-        return trainer.run()
+        return trainer.run(on_event, should_stop)
     finally:
         trainer.close()
 
 
-__all__ = ["train", "prepare_training", "run_privacy", "Trainer", "TrainResult", "resolve_for_run", "split_batch"]
-
+__all__ = ["train", "open_run", "prepare_training", "Trainer", "TrainResult", "split_batch"]

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from svai.config import build_dataclass, parse_set, resolve, TrainConfig
+from svai.config import build_dataclass, parse_set, TrainConfig
+from svai.run import resolve
 from svai.errors import SvaiError
 
 

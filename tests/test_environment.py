@@ -10,7 +10,7 @@ import pytest
 
 import svai
 from svai import environment
-from svai.config import resolve
+from svai.run import resolve
 from svai.train import train
 
 SETS = ["model.ngf=8", "model.ndf=8", "train.sample_every=0", "train.evaluate=false"]

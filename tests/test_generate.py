@@ -62,7 +62,7 @@ def test_photos_larger_than_the_model_keep_their_own_pixels_where_nothing_change
     the change is applied to the photo itself, not to a copy resized to the model and back."""
     import numpy as np
 
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.generate import LoadedModel, translate_batch
     from svai.models.registry import make_family
 

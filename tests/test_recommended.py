@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from svai.composite import CompositeOptions
-from svai.config import resolve
+from svai.run import resolve
 from svai.data.images import read_rgb
 from svai.generate import Generation, generate_folder, load_model
 from svai.metrics.evaluate import evaluate_folders

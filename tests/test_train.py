@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
-from svai.config import resolve
+from svai.run import resolve
 from svai.errors import SvaiError
 from svai.train import train
 

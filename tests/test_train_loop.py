@@ -15,7 +15,7 @@ import toy_family
 from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
-from svai.config import resolve
+from svai.run import resolve
 from svai.errors import SvaiError
 from svai.models.base import Phase, check_phases
 from svai.models.penalties import input_gradients, r1_penalty, wgan_gradient_penalty

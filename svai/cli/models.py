@@ -18,7 +18,7 @@ from svai.cli.app import app, console, user_errors
 @user_errors
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List the models `svai train --model` accepts, with their network sizes."""
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.models.base import REQUEST_OPTIONS
     from svai.models.registry import list_models, make_family, parameter_counts, recommended_model, resolve_model
 

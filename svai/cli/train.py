@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from svai.cli.app import app, console, err_console, user_errors
-
-PRECISIONS = ("no", "fp16", "bf16")
-
 
 def _format_logs(logs: dict[str, Any]) -> str:
     shown = [f"{k} {v:.3g}" for k, v in logs.items() if k not in ("step", "lr_factor", "images_per_s")]
@@ -70,67 +66,23 @@ def train(
         help="Continue the run in --out from its latest intact checkpoint (or redo its cut-short evaluation)."),
 ) -> None:
     """Train an image-to-image model; Ctrl-C saves a checkpoint and stops cleanly."""
-    from svai.errors import SvaiError
-    from svai.io import check_output_folder
-    from svai.train import prepare_training, resolve_for_run, run_privacy
+    from svai.run import TrainOptions, only_evaluation_left, run_privacy, writing
 
-    if mixed_precision is not None and mixed_precision not in PRECISIONS:
-        raise SvaiError(f"--mixed-precision {mixed_precision!r}: use one of {', '.join(PRECISIONS)}")
-    flags = {
-        "data.root": str(data) if data is not None else None,
-        "train.steps": steps, "train.batch_size": batch_size, "data.image_size": image_size,
-        "train.mixed_precision": mixed_precision, "train.seed": seed, "train.log_with": log_with,
-    }
-    if data is not None and not data.is_dir():
-        raise SvaiError(f"--data {data}: folder not found (make one with `svai prepare`)")
-    resolved = resolve_for_run(out, resume, model, config, set_, flags)
-    if resolved.data.root and Path(resolved.data.root).is_dir():
-        # Stored absolute, so a resumed run or its evaluation finds the data from any folder.
-        resolved.data.root = str(Path(resolved.data.root).resolve())
-    reads = {"--data": Path(resolved.data.root)} if resolved.data.root else {}
-    if config is not None:
-        reads["--config"] = config
-    check_output_folder(reads, out, "--out")
-    with _main_process_lock(out, run_privacy(resolved)) as lock:
-        if resume and _only_evaluation_left(out, resolved):
+    options = TrainOptions(model, data, out, steps=steps, batch_size=batch_size, image_size=image_size,
+                           mixed_precision=mixed_precision, seed=seed, config=config, sets=set_ or [],
+                           log_with=log_with or [], resume=resume)
+    resolved = options.resolve()
+    with writing(out, run_privacy(resolved)):
+        if resume and only_evaluation_left(out, resolved):
             _evaluate(out)
             return
-        trainer = prepare_training(resolved, out, resume=resume, lock=lock)
-        _train(trainer, resolved, out)
+        _train(resolved, out, resume)
 
 
-@contextlib.contextmanager
-def _main_process_lock(out: Path, privacy: Any) -> Iterator[Any]:
-    """The run folder's lock, held by the main process from set-up through the evaluation;
-    a run folder it creates gets `privacy` (that of the dataset)."""
-    import os
+def _train(resolved: Any, out: Path, resume: bool) -> None:
+    from svai.train import open_run
 
-    from svai.runlock import RunLock
-
-    if os.environ.get("RANK", "0") != "0":
-        yield None
-        return
-    created = not out.exists()
-    with RunLock(out, privacy=privacy) as lock:
-        try:
-            yield lock
-        except BaseException:
-            if created and not any(p.name != lock.path.name for p in out.iterdir()):
-                lock.release()
-                out.rmdir()  # the command failed before writing anything: leave no empty folder
-            raise
-
-
-def _only_evaluation_left(out: Path, resolved: Any) -> bool:
-    """A resumed run already at its last step, whose evaluation was cut short, only needs that."""
-    from svai.checkpoint import find_checkpoint
-    from svai.pipeline import EVALUATION
-
-    step = find_checkpoint(out).step
-    return step >= resolved.train.steps and resolved.train.evaluate and not (out / EVALUATION).is_file()
-
-
-def _train(trainer: Any, resolved: Any, out: Path) -> None:
+    trainer = open_run(resolved, out, resume)
     main_process = trainer.accelerator.is_main_process
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -147,8 +99,7 @@ def _train(trainer: Any, resolved: Any, out: Path) -> None:
                 fields = {"logs": _format_logs(event["logs"])} if kind == "log" else {}
                 progress.update(task, completed=event["step"], **fields)
 
-        trainer.on_event = on_event
-        result = trainer.run()
+        result = trainer.run(on_event)
     if result.interrupted:
         if not main_process:
             raise typer.Exit(code=130)

@@ -45,9 +45,14 @@ class Phase:
     """One optimiser step over some networks, and the loss that drives it.
 
     Each training step runs the family's phases in order. A phase whose `every` is k runs
-    on steps where ``step % k == 0`` (StarGAN updates G once per 5 critic steps). A phase
-    that `shares` an earlier phase's optimiser steps that optimiser (its networks must be
-    among that phase's) instead of owning one; its own lr, betas and optimizer are unused.
+    on steps where ``step % k == 0`` (StarGAN updates G once per 5 critic steps); the loop
+    tells the loss which phases are due (`StepContext.due`). A phase that `shares` an earlier
+    phase's optimiser steps that optimiser (its networks must be among that phase's) instead
+    of owning one; its own lr, betas and optimizer are unused.
+
+    While a phase's loss runs, only its `networks` compute gradients (`PhaseGradients`): the
+    loop freezes every other trained network, so a generator's loss leaves nothing in the
+    discriminator (see `ModelFamily.prepares` for the one exception).
     """
 
     name: str
@@ -84,11 +89,43 @@ def check_phases(phases: list[Phase]) -> None:
 class StepContext(dict):
     """Scratch space shared by the phases of one training step (emptied every step), plus
     what the loop tells the losses: `scaler`, the fp16 grad scaler or None, which gradient
-    penalties need (`svai.models.penalties`)."""
+    penalties need (`svai.models.penalties`), and `due`, the names of the phases that run
+    this step (a phase that prepares a later one asks whether that one is due)."""
 
-    def __init__(self, scaler: Any = None) -> None:
+    def __init__(self, scaler: Any = None, due: Iterable[str] = ()) -> None:
         super().__init__()
         self.scaler = scaler
+        self.due = frozenset(due)
+
+
+class PhaseGradients:
+    """The loop's switch of which networks compute gradients in each phase.
+
+    Holds the parameters of each network some phase trains that required gradients when
+    the run was set up (after `build` and `load_pretrained`): those the optimisers update.
+    Parameters frozen then (a base model under LoRA) are never switched on.
+    """
+
+    def __init__(self, nets: Networks, phases: list[Phase], prepares: dict[str, str] | None = None) -> None:
+        self.phases = {phase.name: phase for phase in phases}
+        self.prepares = dict(prepares or {})
+        names = [phase.name for phase in phases]
+        for first, later in self.prepares.items():
+            if first not in names or later not in names[names.index(first) + 1:]:
+                raise ValueError(f"phase {first!r} prepares {later!r}, which is not a later phase")
+        trained = dict.fromkeys(name for phase in phases for name in phase.networks)
+        self.parameters = {name: [p for p in nets[name].parameters() if p.requires_grad] for name in trained}
+
+    def enter(self, phase: Phase, due: Iterable[str]) -> None:
+        """Gradients on for `phase`'s networks (and those of the phase it prepares, when that
+        one is in `due`), off for every other trained network."""
+        on = set(phase.networks)
+        later = self.prepares.get(phase.name)
+        if later is not None and later in set(due):
+            on.update(self.phases[later].networks)
+        for name, parameters in self.parameters.items():
+            for parameter in parameters:
+                parameter.requires_grad_(name in on)
 
 
 @dataclass
@@ -157,6 +194,10 @@ class ModelFamily:
     # Networks of `build` that come pretrained and never train (a VGG feature extractor):
     # `load_pretrained` fills them, and checkpoints leave them out (`is_frozen`).
     frozen_networks: ClassVar[tuple[str, ...]] = ()
+    # {phase: later phase} where the first phase's loss makes, graph and all, the images the
+    # later one reuses (a discriminator phase runs the generator once for both): while the
+    # first runs, the later one's networks keep gradients on, on steps where it is due.
+    prepares: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: Any, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         """`procedures` is the run's vocabulary: the columns of `batch["procedures"]` and of
@@ -221,7 +262,9 @@ class ModelFamily:
 
         `ctx` is empty at the start of every step (of every micro-batch, under gradient
         accumulation) and is shared by that step's phases, so a generator output made in one
-        phase can be reused by the next. `nets` may hold DDP wrappers of the trained networks.
+        phase can be reused by the next; `ctx.due` names the phases due this step. `nets` may
+        hold DDP wrappers of the trained networks. The loop has switched gradients on for the
+        phase's networks only (`PhaseGradients`): a loss never switches them itself.
         """
         raise NotImplementedError
 
@@ -350,13 +393,6 @@ def eval_mode(nets: Networks) -> Iterator[None]:
     finally:
         for name, net in nets.items():
             net.train(modes[name])
-
-
-def set_requires_grad(nets: Networks, names: tuple[str, ...] | list[str], flag: bool) -> None:
-    """Switch gradients on or off for the named networks (frozen discriminators save work)."""
-    for name in names:
-        for parameter in nets[name].parameters():
-            parameter.requires_grad_(flag)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -25,7 +25,7 @@ from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
+from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request
 from svai.models.gan_training import ImagePool, gan_loss, linear_decay_factor
 from svai.models.heads import Aux, OutputHead, check_intensity
 from svai.models.layers import (
@@ -180,8 +180,6 @@ class CycleGAN(ModelFamily):
         o = self.options
         real_a, real_b = batch["before"], batch["after_unpaired"]
         if phase == "G":
-            set_requires_grad(nets, DISCRIMINATORS, False)
-            set_requires_grad(nets, GENERATORS, True)
             fake_b, aux = self._a_to_b(nets, real_a)
             fake_a = nets["G_BA"](real_b)
             ctx["fake_a"], ctx["fake_b"] = fake_a.detach(), fake_b.detach()
@@ -203,7 +201,6 @@ class CycleGAN(ModelFamily):
             logs["G"] = total.item()
             return total, logs
         if phase == "D":
-            set_requires_grad(nets, DISCRIMINATORS, True)
             if "fake_a" not in ctx:
                 # Only reached if the G phase did not run this step.
                 with torch.no_grad():

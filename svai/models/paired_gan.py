@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, set_requires_grad
+from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request
 from svai.models.gan_training import gan_loss, linear_decay_factor
 from svai.models.heads import OutputHead
 
@@ -28,6 +28,7 @@ class PairedGan(ModelFamily):
 
     # The factor on D's loss: pix2pix halves it so D learns more slowly than G (Sec. 3.3).
     d_loss_scale: ClassVar[float] = 1.0
+    prepares = {"D": "G"}
     head: OutputHead
 
     def inference_networks(self) -> tuple[str, ...]:
@@ -58,8 +59,7 @@ class PairedGan(ModelFamily):
 
     def _fake(self, nets: Networks, batch: Batch, ctx: dict[str, Any]) -> torch.Tensor:
         if "fake" not in ctx:
-            # G's graph is needed by the G phase later in this step, whatever the loop froze.
-            set_requires_grad(nets, ("G",), True)
+            # Made in the D phase with G's graph (D prepares G), for the G phase to reuse.
             raw = nets["G"](self._input(batch["before"], batch["procedures"]))
             ctx["fake"], ctx["aux"] = self.head(raw, batch["before"])
         return ctx["fake"]
@@ -77,15 +77,11 @@ class PairedGan(ModelFamily):
         before, after = batch["before"], batch["after"]
         fake = self._fake(nets, batch, ctx)
         if phase == "D":
-            set_requires_grad(nets, ("D",), True)
             loss_fake = gan_loss(nets["D"](torch.cat([before, fake.detach()], dim=1)), False, o.gan_mode)
             loss_real = gan_loss(nets["D"](torch.cat([before, after], dim=1)), True, o.gan_mode)
             total = self.d_loss_scale * (loss_fake + loss_real)
             return total, {"D_fake": loss_fake.item(), "D_real": loss_real.item(), "D": total.item()}
         if phase == "G":
-            # Frozen D: G's loss must not leave gradients in D's parameters.
-            set_requires_grad(nets, ("D",), False)
-            set_requires_grad(nets, ("G",), True)
             loss_gan = gan_loss(nets["D"](torch.cat([before, fake], dim=1)), True, o.gan_mode)
             loss_l1 = F.l1_loss(fake.float(), after.float())
             head_loss, head_logs = self.head.regularizer(ctx.get("aux", {}))

@@ -40,7 +40,7 @@ from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
+from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext
 from svai.models.gan_training import initialised_pair, linear_decay_factor
 from svai.models.heads import Aux, OutputHead, check_intensity
 from svai.models.layers import (
@@ -340,8 +340,8 @@ class StarGAN(ModelFamily):
     """Networks: ``G`` (label-conditioned generator) and ``D`` (critic + label classifier).
 
     Phases per step, in the reference order: ``D`` every step, then ``G`` every
-    `n_critic`-th step (steps 0, n_critic, 2·n_critic …). On those steps the translated
-    images made in the D phase are kept, with their graph, for the G phase. With an output
+    `n_critic`-th step (steps 0, n_critic, 2·n_critic …). On steps where the loop says G is
+    due, the translated images made in the D phase are kept, with their graph, for the G phase. With an output
     mode other than "direct", ``G`` returns the head's raw channels and `self.head` makes the
     image.
     """
@@ -351,6 +351,7 @@ class StarGAN(ModelFamily):
     paired = True
     uses = frozenset({"procedures", "intensity"})
     description = "StarGAN: one generator conditioned on procedure labels, WGAN-GP + label classifier + reconstruction"
+    prepares = {"D": "G"}
 
     def __init__(self, options: StarGANOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         super().__init__(options, image_size, procedures)
@@ -433,10 +434,8 @@ class StarGAN(ModelFamily):
         o = self.options
         real, original, target = self.domains(batch)
         if phase == "D":
-            set_requires_grad(nets, ("D",), True)
-            if step % o.n_critic == 0:
+            if "G" in ctx.due:
                 # The G phase follows in this step: keep the graph and reuse the images there.
-                set_requires_grad(nets, ("G",), True)
                 fake, ctx["aux"] = self._translate(nets, real, target)
                 ctx["fake"] = fake
             else:
@@ -454,8 +453,6 @@ class StarGAN(ModelFamily):
             return total, {"D_real": loss_real.item(), "D_fake": loss_fake.item(), "D_cls": loss_cls.item(),
                            "D_gp": penalty.item(), "D": total.item()}
         if phase == "G":
-            set_requires_grad(nets, ("D",), False)
-            set_requires_grad(nets, ("G",), True)
             fake, aux = ctx.pop("fake", None), ctx.pop("aux", {})
             if fake is None:
                 fake, aux = self._translate(nets, real, target)

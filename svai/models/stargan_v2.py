@@ -44,7 +44,7 @@ from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext, set_requires_grad
+from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext
 from svai.models.layers import check_before
 from svai.models.options import check_at_least, check_in_unit_interval, check_positive
 from svai.models.penalties import r1_penalty
@@ -464,7 +464,6 @@ class StarGANv2(ModelFamily):
         inputs = self._inputs(batch, ctx)
         x_real, y_org, y_trg = inputs["x_real"], inputs["y_org"], inputs["y_trg"]
         if kind == "D":
-            set_requires_grad(nets, ("D",), True)
             real = x_real.detach().requires_grad_(True)
             scores = nets["D"](real, y_org)
             loss_real = nonsaturating_loss(scores, True)
@@ -479,10 +478,7 @@ class StarGANv2(ModelFamily):
                            f"{prefix}_reg": reg.item(), prefix: total.item()}
 
         # Generator phases: D judges but does not learn. The reference-guided update trains G
-        # alone (the reference steps only G's optimiser there), so F and E need no gradients.
-        set_requires_grad(nets, ("D",), False)
-        set_requires_grad(nets, ("G",), True)
-        set_requires_grad(nets, ("mapping", "style_encoder"), guide == "latent")
+        # alone (the reference steps only G's optimiser there), so F and E compute no gradients.
         s_trg = self._target_style(nets, inputs, guide)
         fake = nets["G"](x_real, s_trg)
         adv = nonsaturating_loss(nets["D"](fake, y_trg), True)

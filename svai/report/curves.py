@@ -23,9 +23,8 @@ from PIL import Image
 from svai.io import png_bytes
 from svai.report.grid import spread
 from svai.report.results import RESULT_FILE
+from svai.run import LOG_FILE, SAMPLES_DIR
 
-LOG_FILE = "log.jsonl"
-SAMPLES_DIR = "samples"
 _SAMPLE_NAME = re.compile(r"step-(\d+)\.png$")
 # Keys of a log record that are not losses; they are drawn after the losses, in this order.
 _TRAILING = ("lr_factor", "images_per_s")

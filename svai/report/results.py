@@ -28,8 +28,7 @@ from typing import Any, Sequence
 
 from svai.environment import difference_lines, read_environment
 from svai.errors import SvaiError
-
-RESULT_FILE = "evaluation.json"
+from svai.run import EVALUATION_FILE as RESULT_FILE
 # The folders a result names; relative ones are read relative to the JSON file.
 DIRS: tuple[str, ...] = ("pred", "target", "masks", "before")
 

@@ -157,7 +157,7 @@ def test_models_lists_every_model_with_parameter_counts() -> None:
 
 
 def test_exactly_one_model_is_recommended_and_its_preset_holds_the_winning_settings() -> None:
-    from svai.config import resolve
+    from svai.run import resolve
 
     rows = json.loads(invoke("models", "--json").stdout)
     recommended = [row["name"] for row in rows if row["recommended"]]

@@ -105,7 +105,7 @@ def test_generate_composite_confines_the_change_to_the_landmark_region(face_weig
 def test_generate_simulates_the_face_square_of_a_large_photo(use_face_weights: Path, tmp_path: Path) -> None:
     import torch
 
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.face import FaceFinder
     from svai.face.mesh import square_inside
     from svai.generate import Generation, LoadedModel, generate_folder

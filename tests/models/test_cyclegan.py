@@ -11,7 +11,7 @@ from torch import nn
 
 from svai.config import build_dataclass
 from svai.errors import SvaiError
-from svai.models.base import count_parameters
+from svai.models.base import PhaseGradients, count_parameters
 from svai.models.cyclegan import CycleGAN, CycleGANOptions
 from svai.models.gan_training import ImagePool
 from svai.models.layers import ResnetBlock, SelfAttention
@@ -167,11 +167,13 @@ def test_one_training_step_never_reads_paired_after(preset: str) -> None:
         "G": {"G_gan_AB", "G_gan_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "G"},
         "D": {"D_A", "D_B", "D"},
     }
+    gradients, due = PhaseGradients(nets, family.phases(), family.prepares), [p.name for p in family.phases()]
     for phase in family.phases():
-        # The shared loop may have left every network trainable; the family must freeze D for G.
+        # Every network may be trainable before a phase; the loop's switch freezes D for G.
         for net in nets.values():
             net.requires_grad_(True)
             net.zero_grad(set_to_none=True)
+        gradients.enter(phase, due)
         others = [n for n in TRAINED if n not in phase.networks]
         before_trained = {n: snapshot(nets[n]) for n in phase.networks}
         before_others = {n: snapshot(nets[n]) for n in others}

@@ -28,7 +28,7 @@ from svai import weights  # noqa: E402
 from svai.checkpoint import find_checkpoint  # noqa: E402
 from svai.cli import app  # noqa: E402
 from svai.composite import CompositeOptions  # noqa: E402
-from svai.config import resolve  # noqa: E402
+from svai.run import resolve  # noqa: E402
 from svai.errors import SvaiError  # noqa: E402
 from svai.generate import Generation, generate_folder, load_model  # noqa: E402
 from svai.models import diffusion  # noqa: E402
@@ -443,7 +443,7 @@ def test_svai_works_without_the_extra() -> None:
         import json, sys
         for name in ("diffusers", "peft", "transformers"):
             sys.modules[name] = None
-        from svai.config import resolve
+        from svai.run import resolve
         from svai.errors import SvaiError
         from svai.models.registry import list_models, make_family, parameter_counts
         family = make_family(resolve("sd-lora-concat"))

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from svai.checkpoint import find_checkpoint
-from svai.config import resolve
+from svai.run import resolve
 from svai.errors import SvaiError
-from svai.models.base import Phase, Request, count_parameters
+from svai.models.base import Phase, PhaseGradients, Request, count_parameters
 from svai.models.gan import Dcgan, DcganOptions, halvings
 from svai.models.registry import families
 from svai.train import train
@@ -176,10 +176,12 @@ def test_one_step_trains_each_network_and_leaves_d_untouched_by_g() -> None:
     family = Dcgan(DcganOptions(**SMALL), 32)
     nets = family.build()
     batch, ctx = make_batch(), {}
+    gradients, due = PhaseGradients(nets, family.phases(), family.prepares), [p.name for p in family.phases()]
     for phase in family.phases():
         for net in nets.values():
             net.requires_grad_(True)
             net.zero_grad(set_to_none=True)
+        gradients.enter(phase, due)
         loss, _ = family.loss(phase.name, nets, batch, ctx, 0)
         assert torch.isfinite(loss)
         loss.backward()

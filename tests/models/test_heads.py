@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from svai.checkpoint import load_networks, save_checkpoint
-from svai.config import resolve
+from svai.run import resolve
 from svai.errors import SvaiError
 from svai.image_ops import warp, warp_fast
 from svai.models.base import ModelFamily, Networks, Request, count_parameters, eval_mode

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from svai.config import resolve
+from svai.run import resolve
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.face import mesh

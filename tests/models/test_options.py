@@ -9,7 +9,8 @@ from typing import Literal
 
 import pytest
 
-from svai.config import build_dataclass, resolve
+from svai.config import build_dataclass
+from svai.run import resolve
 from svai.errors import SvaiError
 from svai.models.cyclegan import CycleGANOptions
 from svai.models.options import GanMode, GanOptions

@@ -11,7 +11,7 @@ from torch import nn
 
 from svai.config import build_dataclass
 from svai.errors import SvaiError
-from svai.models.base import Phase, count_parameters
+from svai.models.base import Phase, PhaseGradients, count_parameters
 from svai.models.pix2pix import Pix2Pix, Pix2PixOptions
 from svai.models.registry import families, resolve_model
 
@@ -133,10 +133,12 @@ def test_one_training_step(attention: str) -> None:
     nets["G"].register_forward_hook(lambda m, i, o: g_calls.append(1))
     batch, ctx = make_batch(32), {}
     expected_logs = {"D": {"D_fake", "D_real", "D"}, "G": {"G_gan", "G_l1", "G"}}
+    gradients, due = PhaseGradients(nets, family.phases(), family.prepares), [p.name for p in family.phases()]
     for phase in family.phases():
-        # The shared loop may have left every network trainable; the family must still freeze D for G.
+        # Every network may be trainable before a phase; the loop's switch freezes D for G.
         for net in nets.values():
             net.requires_grad_(True)
+        gradients.enter(phase, due)
         trained, other = ("D", "G") if phase.name == "D" else ("G", "D")
         before_trained, before_other = snapshot(nets[trained]), snapshot(nets[other])
         loss, logs = family.loss(phase.name, nets, batch, ctx, 0)
@@ -246,7 +248,7 @@ def test_losses_under_bf16_autocast() -> None:
 
 
 def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.models.base import Request
     from svai.models.registry import make_family
 
@@ -270,7 +272,7 @@ def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:
 def test_procedure_maps_train_through_the_loop(tiny_dataset, tmp_path) -> None:
     from loop_helpers import changed, first_batch, snapshot
 
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.train import Trainer
 
     config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8", "train.batch_size=2",

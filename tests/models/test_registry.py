@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from svai.checkpoint import load_networks, save_checkpoint
-from svai.config import resolve
+from svai.run import resolve
 from svai.models.base import Request
 from svai.models.registry import families, list_models, make_family, parameter_counts, presets, resolve_model
 from svai.train import Trainer

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
-from svai.config import RunConfig, resolve
+from svai.config import RunConfig
+from svai.run import resolve
 from svai.errors import SvaiError
 from svai.models.base import Request, StepContext, count_parameters, eval_mode
 from svai.models.layers import SelfAttention

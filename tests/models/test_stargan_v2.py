@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from svai.checkpoint import find_checkpoint
-from svai.config import resolve
+from svai.run import resolve
 from svai.errors import SvaiError
 from svai.models.base import Request, StepContext, count_parameters
 from svai.models.registry import families, resolve_model

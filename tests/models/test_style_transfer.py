@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from svai.checkpoint import find_checkpoint
 from svai.cli import app
-from svai.config import resolve
+from svai.run import resolve
 from svai.errors import SvaiError
 from svai.generate import load_model, translate_batch
 from svai.models.base import Request, count_parameters

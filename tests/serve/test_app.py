@@ -473,7 +473,7 @@ def test_a_warp_model_moves_the_photos_own_pixels_at_full_resolution(small_photo
     """For a warp model the face square is resampled at its own size (the field upsampled),
     not given an upsampled pixel change: the patch is exactly `translate_batch` on the
     full-size square, and the photo outside the square is untouched."""
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.generate import LoadedModel
     from svai.models.registry import make_family
     from svai.serve.photo import frame_photo
