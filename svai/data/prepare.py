@@ -93,6 +93,18 @@ class PrepareOptions:
         return settings
 
 
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """Settings of `svai prepare synthetic` (see docs/data.md); `landmarks` as for photos."""
+
+    count: int = 300
+    size: int = 128
+    seed: int = 0
+    test_fraction: float = 0.1
+    force: bool = False
+    landmarks: bool | None = None
+
+
 @dataclass
 class PrepareReport:
     """What a run did. `written` pairs were (re)processed, `kept` reused from an earlier run."""
@@ -686,9 +698,8 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
             "median_error_after": float(np.median(errors)) if errors else None,
             "pairs": dict(sorted(alignments.items())),
         }
-    marks = add_landmarks(out, records, options.landmarks, progress, draw_regions=True,
-                          user_regions={i: e.get("regions", []) for i, e in new_state.items()},
-                          own=target.own, privacy=target.privacy)
+    marks = _add_landmarks(target, records, options.landmarks, progress,
+                           user_regions={i: e.get("regions", []) for i, e in new_state.items()})
     if marks is not None:
         extra["landmarks"] = marks
     summary = writer.close(run_settings, extra)
@@ -702,12 +713,12 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
                          processed=len(jobs), to_process=len(jobs))
 
 
-def add_landmarks(out: Path, records: list[PairRecord], wanted: bool | None, progress: Progress | None, *,
-                  draw_regions: bool, user_regions: dict[str, list[str]] | None = None,
-                  own: OwnFiles | None = None, privacy: Privacy | None = None) -> dict | None:
-    """Store every pair's landmarks (and, for real photos, regions drawn from them) in OUT,
-    with the photos' `privacy`, recorded in `own` (or OUT's record of svai's files); the
-    summary for prepare.json, or None when not wanted.
+def _add_landmarks(target: _Out, records: list[PairRecord], wanted: bool | None, progress: Progress | None,
+                   user_regions: dict[str, list[str]] | None = None) -> dict | None:
+    """Store every pair's landmarks in OUT, with the photos' privacy, recorded in OUT's record
+    of svai's files; the summary for prepare.json, or None when not wanted. For real photos,
+    `user_regions` lists the procedures --regions gave each pair, and the other regions are
+    drawn from the landmarks; None (synthetic data draws its own regions): none are drawn.
 
     wanted None: when the face layer can run (else one warning saying why); True: the face
     layer must run (else a one-line error); False: never."""
@@ -722,12 +733,11 @@ def add_landmarks(out: Path, records: list[PairRecord], wanted: bool | None, pro
     from svai.face.store import landmark_dataset
 
     total = len(records)
-    report = landmark_dataset(out, records, face.finder.shared_finder(), draw_regions=draw_regions,
-                              user_regions=user_regions, privacy=privacy,
+    report = landmark_dataset(target.root, records, face.finder.shared_finder(), user_regions=user_regions,
+                              privacy=target.privacy,
                               progress=None if progress is None else lambda done: progress(done, total))
-    own = own or OwnFiles(out)
-    own.note_with_folders(*report.written)
-    own.save()
+    target.own.note_with_folders(*report.written)
+    target.own.save()
     if report.missing:
         log.warning("no face found in %d of %d pairs (listed in prepare.json under landmarks.missing): "
                     "their landmarks and landmark regions are left out", len(report.missing), total)
@@ -769,31 +779,25 @@ def _clear_own_outputs(out: Path) -> None:
 
 
 def prepare_synthetic(
-    out: Path,
-    count: int,
-    size: int,
-    seed: int,
-    test_fraction: float = 0.1,
-    force: bool = False,
-    progress: Callable[[int], None] | None = None,
-    landmarks: bool | None = None,
+    out: Path, options: SyntheticOptions | None = None, progress: Callable[[int], None] | None = None
 ) -> dict | None:
     """Draw the synthetic dataset into `out` under its lock; return the summary, or None when
     Ctrl-C or SIGTERM stopped it (running the same command again then starts it over).
 
-    OUT must be empty, absent, or an unfinished synthetic draw; `force` also rebuilds a
-    finished one. Drawing is deterministic, so starting over gives the same dataset.
+    OUT must be empty, absent, or an unfinished synthetic draw; `options.force` also rebuilds
+    a finished one. Drawing is deterministic, so starting over gives the same dataset.
     """
+    options = options or SyntheticOptions()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SvaiError(f"{out} is a file: give a folder for OUT")
     created = not out.exists()
     try:
         with RunLock(out, "prepared dataset"):
-            summary = _draw_synthetic(out, count, size, seed, test_fraction, force, progress)
+            summary = _draw_synthetic(out, options, progress)
             if summary is not None:
-                marks = add_landmarks(out, read_manifest(out), landmarks, None if progress is None else
-                                      lambda done, total: progress(done), draw_regions=False)
+                marks = _add_landmarks(_Out(out, OPEN, OwnFiles(out)), read_manifest(out), options.landmarks,
+                                       None if progress is None else lambda done, total: progress(done))
                 if marks is not None:
                     summary["landmarks"] = marks
                     write_atomic(out / "prepare.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -809,13 +813,12 @@ def prepare_synthetic(
         raise
 
 
-def _draw_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float, force: bool,
-                    progress: Callable[[int], None] | None) -> dict | None:
+def _draw_synthetic(out: Path, options: SyntheticOptions, progress: Callable[[int], None] | None) -> dict | None:
     from svai.data.synthetic import write_synthetic_dataset
 
     if any(p.name not in (LOCK_FILE, OWN_FILES) for p in out.iterdir()):
         unfinished = not (out / "prepare.json").is_file()
-        if not _is_synthetic(out) or not (unfinished or force):
+        if not _is_synthetic(out) or not (unfinished or options.force):
             hint = " or add --force to draw it again" if _is_synthetic(out) else ""
             raise SvaiError(f"{out} is not empty: choose a new output folder{hint}")
         _clear_own_outputs(out)
@@ -833,8 +836,8 @@ def _draw_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: 
                 progress(done)
 
         try:
-            summary = write_synthetic_dataset(out, count=count, size=size, seed=seed,
-                                              test_fraction=test_fraction, progress=step)
+            summary = write_synthetic_dataset(out, count=options.count, size=options.size, seed=options.seed,
+                                              test_fraction=options.test_fraction, progress=step)
         except PrepareStopped:
             return None
     own = OwnFiles(out)

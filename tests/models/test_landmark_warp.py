@@ -200,12 +200,12 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     saved = os.environ.get("SVAI_WEIGHTS_DIR")
     os.environ["SVAI_WEIGHTS_DIR"] = str(weights)
     try:
-        from svai.data.prepare import prepare_synthetic
+        from svai.data.prepare import SyntheticOptions, prepare_synthetic
         from svai.generate import load_model
         from svai.train import train
 
         root = tmp_path_factory.mktemp("lw") / "data"
-        prepare_synthetic(root, count=90, size=128, seed=3, landmarks=True)
+        prepare_synthetic(root, SyntheticOptions(count=90, size=128, seed=3, landmarks=True))
         config = resolve("landmark-warp", sets=["train.evaluate=false"], flags={"data.root": str(root)})
         run = root.parent / "run"
         train(config, run)
