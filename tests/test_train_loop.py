@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import toy_family
+from tests import toy_family
 from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
@@ -20,7 +20,7 @@ from svai.errors import SvaiError
 from svai.models.base import Phase, check_phases
 from svai.models.penalties import input_gradients, r1_penalty, wgan_gradient_penalty
 from svai.train import Trainer, split_batch
-from loop_helpers import changed, first_batch, snapshot
+from tests.support.loop_helpers import changed, first_batch, snapshot
 
 SIZE = 32
 

@@ -358,7 +358,3 @@ def set_requires_grad(nets: Networks, names: tuple[str, ...] | list[str], flag: 
         for parameter in nets[name].parameters():
             parameter.requires_grad_(flag)
 
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-

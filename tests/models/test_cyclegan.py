@@ -11,11 +11,12 @@ from torch import nn
 
 from svai.config import build_dataclass
 from svai.errors import SvaiError
-from svai.models.base import count_parameters
 from svai.models.cyclegan import CycleGAN, CycleGANOptions
 from svai.models.gan_training import ImagePool
 from svai.models.layers import ResnetBlock, SelfAttention
 from svai.models.registry import families, resolve_model
+
+from tests.support.models import count_parameters
 
 SMALL = dict(ngf=8, ndf=8)
 PRESETS = ["cyclegan", "cyclegan-attn", "cyclegan-attn-gd"]

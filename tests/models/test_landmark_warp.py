@@ -20,7 +20,7 @@ from svai.models.registry import make_family
 from svai.warp import (
     ThinPlateSpline, confine, face_frame, inner_feather, region_box, resample_box,
 )
-from tests.conftest import fake_face, write_tiny_dataset
+from tests.support.datasets import fake_face, write_tiny_dataset
 
 
 # -- the spline and the frame -----------------------------------------------------------------

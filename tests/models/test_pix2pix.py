@@ -11,9 +11,10 @@ from torch import nn
 
 from svai.config import build_dataclass
 from svai.errors import SvaiError
-from svai.models.base import Phase, count_parameters
+from svai.models.base import Phase
 from svai.models.pix2pix import Pix2Pix, Pix2PixOptions
 from svai.models.registry import families, resolve_model
+from tests.support.models import count_parameters
 
 SMALL = dict(ngf=8, ndf=8)
 
@@ -268,7 +269,7 @@ def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:
 
 
 def test_procedure_maps_train_through_the_loop(tiny_dataset, tmp_path) -> None:
-    from loop_helpers import changed, first_batch, snapshot
+    from tests.support.loop_helpers import changed, first_batch, snapshot
 
     from svai.config import resolve
     from svai.train import Trainer
