@@ -14,7 +14,7 @@ from svai.errors import SvaiError
 from svai.models.base import Phase
 from svai.models.pix2pix import Pix2Pix, Pix2PixOptions
 from svai.models.registry import families, resolve_model
-from tests.support.models import count_parameters
+from tests.support.models import changed, count_parameters, snapshot
 
 SMALL = dict(ngf=8, ndf=8)
 
@@ -37,14 +37,6 @@ def optimisers(family: Pix2Pix, nets: dict[str, nn.Module]) -> dict[str, torch.o
         )
         for phase in family.phases()
     }
-
-
-def snapshot(module: nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def changed(module: nn.Module, before: list[torch.Tensor]) -> bool:
-    return any(not torch.equal(p, q) for p, q in zip(module.parameters(), before))
 
 
 def test_registered_with_reference_defaults() -> None:
