@@ -60,7 +60,7 @@ def tiny(folder: Path) -> Path:
 def measure(model: str, base: Path, args: argparse.Namespace, tmp: Path) -> dict:
     import torch
 
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.data.synthetic import write_synthetic_dataset
     from svai.generate import load_model
     from svai.models.base import Request

@@ -37,14 +37,15 @@ import numpy as np
 import torch
 
 from svai.composite import CompositeOptions
-from svai.config import resolve
 from svai.data.images import read_rgb
 from svai.errors import SvaiError
 from svai.generate import Generation, generate_folder, load_model
 from svai.io import write_atomic, write_png
 from svai.metrics.evaluate import evaluate_folders
-from svai.models.registry import families, presets, resolve_model, recommended_model
+from svai.metrics.options import EvaluateOptions
+from svai.models.registry import families, presets, recommended_model, resolve_model
 from svai.report import comparison_table, format_table, load_results
+from svai.run import resolve
 from svai.train import train
 from svai.weights import MissingWeights
 
@@ -175,9 +176,9 @@ def evaluate_row(row: str, run: Path, data: Path, out: Path, composite: bool, tr
     start = time.perf_counter()
     generate_folder(model, data / "test" / "before", folder, settings)
     generation = time.perf_counter() - start
-    result = evaluate_folders(folder, data / "test" / "after", metrics=METRICS, masks=data / "test" / "masks",
-                              baseline=data / "test" / "before", before=data / "test" / "before", name=label,
-                              use_cache=False)
+    options = EvaluateOptions(metrics=METRICS, masks=data / "test" / "masks", baseline=data / "test" / "before",
+                              before=data / "test" / "before", name=label, use_cache=False)
+    result = evaluate_folders(folder, data / "test" / "after", options)
     result["training"] = training
     result["generation_seconds"] = round(generation, 1)
     result["extras"] = identity_and_change(folder, data)
@@ -432,9 +433,9 @@ def draw_dataset(data: Path, budget: Budget, seed: int) -> None:
     """The built-in dataset for a budget, with each pair's landmarks where the face layer runs."""
     if (data / "manifest.csv").is_file():
         return
-    from svai.data.prepare import prepare_synthetic
+    from svai.data.prepare import SyntheticOptions, prepare_synthetic
 
-    prepare_synthetic(data, count=budget.pairs, size=budget.size, seed=seed)
+    prepare_synthetic(data, SyntheticOptions(count=budget.pairs, size=budget.size, seed=seed))
 
 
 CHECK_METRICS = ("ssim", "psnr", "ssim_changed", "psnr_changed")

@@ -28,7 +28,7 @@ def measure(args: argparse.Namespace, precision: str, batch_size: int) -> dict:
     """Train in this process and return its step times and peak RSS."""
     import torch
 
-    from svai.config import resolve
+    from svai.run import resolve
     from svai.data.synthetic import write_synthetic_dataset
     from svai.train import train
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from svai.config import resolve
 from svai.data.synthetic import write_synthetic_dataset
 from svai.models.registry import list_models
+from svai.run import resolve
 from svai.train import train
 
 

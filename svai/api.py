@@ -14,14 +14,16 @@ training is `svai.api.train`, because `svai.train` is the training loop's module
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from svai.data.prepare import PrepareOptions, SyntheticOptions
 from svai.errors import SvaiError
+from svai.metrics.options import EvaluateOptions
 from svai.run import TrainOptions
 
 # What `Run.simulate` accepts as a photo: a file, a Pillow image, or (H, W[, 3|4]) uint8 pixels.
@@ -247,47 +249,40 @@ class Prepared:
 
 
 def prepare(
-    source: str | Path,
-    out: str | Path,
-    *,
-    size: int | None = None,
-    seed: int = 0,
-    test_fraction: float = 0.1,
-    count: int = 300,
-    force: bool = False,
-    **options: Any,
+    source: str | Path, out: str | Path, *, options: PrepareOptions | SyntheticOptions | None = None, **settings: Any
 ) -> Prepared:
     """`svai prepare SOURCE OUT`: photos (a folder or a CSV of pairs) or "synthetic" faces into
-    a prepared dataset. `options` are `svai prepare`'s photo options by their Python names:
-    pairing, pairs_csv, order, labels, crop, align, workers, regions (see docs/data.md).
-    Size defaults to 512 for photos and 128 for synthetic faces; `count` is for synthetic."""
+    a prepared dataset. `options` holds the settings (`SyntheticOptions` for "synthetic",
+    `PrepareOptions` for photos); `settings` are its fields by name, applied over `options`:
+    size, seed, test_fraction, force, landmarks, and count (synthetic) or pairing, pairs_csv,
+    order, labels, crop, align, workers, regions (photos; see docs/data.md). Size defaults to
+    512 for photos and 128 for synthetic faces."""
+    from svai.data.prepare import prepare_dataset, prepare_synthetic
+
     out = Path(out)
     if str(source) == "synthetic":
-        from svai.data.prepare import prepare_synthetic
-
-        if options:
-            raise SvaiError(f"{sorted(options)[0]}: synthetic data takes only size, seed, test_fraction, count, force")
-        summary = prepare_synthetic(out, count=count, size=128 if size is None else size, seed=seed,
-                                    test_fraction=test_fraction, force=force)
+        synthetic = _settings(options or SyntheticOptions(), settings, "synthetic data takes only {known}")
+        summary = prepare_synthetic(out, synthetic)
         if summary is None:
             raise SvaiError(f"prepare was stopped; call it again to finish {out}")
         return Prepared(out, dict(summary["pairs"]))
-    from dataclasses import fields
-
-    from svai.data.prepare import PrepareOptions, prepare_dataset
-
-    known = {f.name for f in fields(PrepareOptions)} - {"size", "seed", "test_fraction", "force", "max_pixels"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise SvaiError(f"{unknown[0]}: not an option of prepare; use {', '.join(sorted(known))}")
-    settings = PrepareOptions(size=512 if size is None else size, seed=seed, test_fraction=test_fraction,
-                              force=force, **options)
-    report = prepare_dataset(Path(source), out, settings)
+    photos = _settings(options or PrepareOptions(), settings, "not an option of prepare; use {known}")
+    report = prepare_dataset(Path(source), out, photos)
     if report.interrupted:
         raise SvaiError(f"prepare was stopped; call it again to finish {out}")
     if report.total == 0:
         raise SvaiError(f"no pair could be prepared from {source} ({len(report.skipped)} files skipped)")
     return Prepared(out, dict(report.pairs), len(report.skipped))
+
+
+def _settings(options: Any, settings: dict[str, Any], refusal: str) -> Any:
+    """`options` (an options dataclass) with the fields `settings` names replaced; a name that
+    is not one of its fields is refused with `refusal`, which may name the {known} fields."""
+    known = sorted(f.name for f in fields(options) if f.name != "max_pixels")
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise SvaiError(f"{unknown[0]}: " + refusal.format(known=", ".join(known)))
+    return replace(options, **settings)
 
 
 @dataclass(frozen=True)
@@ -303,17 +298,18 @@ class Trained:
     evaluation: dict | None
 
 
-def train(options: TrainOptions) -> Trained:
-    """`svai train`: train `options.model` (a name from `svai models`) on a prepared dataset
-    into the run folder `options.out`, then evaluate the test split unless `train.evaluate` is
-    off. `TrainOptions` holds the options of the command (`sets` are `--set key=value`
-    overrides, `log_with` tracker names); `resume=True` continues `out` (model and data may
-    then be None)."""
+def train(model: str | None, data: str | Path | None, out: str | Path, **settings: Any) -> Trained:
+    """`svai train`: train `model` (a name from `svai models`) on a prepared dataset into the run
+    folder `out`, then evaluate the test split unless `train.evaluate` is off. `settings` are
+    the fields of `TrainOptions` by name (steps, batch_size, image_size, mixed_precision, seed,
+    config, sets, log_with, resume): `sets` are `--set key=value` overrides, `log_with` tracker
+    names; `resume=True` continues `out` (model and data may then be None)."""
     from svai.checkpoint import find_checkpoint
     from svai.pipeline import evaluate_run
     from svai.run import only_evaluation_left, run_privacy, writing
     from svai.train import open_run
 
+    options = _settings(TrainOptions(model, data, out), settings, "not an option of train; use {known}")
     config, out = options.resolve(), options.out
     with writing(out, run_privacy(config)):
         if options.resume and only_evaluation_left(out, config):
@@ -327,39 +323,24 @@ def train(options: TrainOptions) -> Trained:
 
 
 def evaluate(
-    pred: str | Path,
-    target: str | Path,
-    *,
-    metrics: Sequence[str] | None = None,
-    baseline: str | Path | None = None,
-    masks: str | Path | None = None,
-    before: str | Path | None = None,
-    name: str | None = None,
-    json: str | Path | None = None,
-    device: str = "cpu",
-    batch_size: int = 16,
-    lpips_net: str = "alex",
-    fid_dims: int = 2048,
-    weights_dir: str | Path | None = None,
-    use_cache: bool = True,
+    pred: str | Path, target: str | Path, *, options: EvaluateOptions | None = None, json: str | Path | None = None,
+    **settings: Any,
 ) -> dict:
     """`svai evaluate`: the metrics of the images in `pred` against `target` (paired by relative
     path without extension), with the do-nothing `baseline` row when given; the same dict the
-    CLI writes with `--json` (written to `json` when given). See docs/metrics.md."""
-    from svai.metrics.evaluate import evaluate_folders, normalize_metrics, write_json
+    CLI writes with `--json` (written to `json` when given). `settings` are the fields of
+    `EvaluateOptions` by name (metrics, baseline, masks, before, name, device, batch_size,
+    lpips_net, fid_dims, weights_dir, use_cache), applied over `options`. See docs/metrics.md."""
+    from svai.metrics.evaluate import evaluate_folders, write_json
 
-    named = normalize_metrics(list(metrics)) if metrics else None
-
-    def path(value: str | Path | None) -> Path | None:
-        return Path(value) if value is not None else None
-
-    result = evaluate_folders(
-        Path(pred), Path(target), metrics=named, masks=path(masks), baseline=path(baseline), before=path(before),
-        name=name, lpips_net=lpips_net, fid_dims=fid_dims, weights_dir=path(weights_dir), batch_size=batch_size,
-        device=device, use_cache=use_cache)
+    options = _settings(options or EvaluateOptions(), settings, "not an option of evaluate; use {known}")
+    result = evaluate_folders(Path(pred), Path(target), options)
     if json is not None:
         write_json(result, Path(json))
     return result
 
 
-__all__ = ["PhotoLike", "Prepared", "ProceduresLike", "Run", "TrainOptions", "Trained", "evaluate", "load_run", "prepare", "train"]
+__all__ = [
+    "EvaluateOptions", "PhotoLike", "PrepareOptions", "Prepared", "ProceduresLike", "Run", "SyntheticOptions",
+    "TrainOptions", "Trained", "evaluate", "load_run", "prepare", "train",
+]

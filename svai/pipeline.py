@@ -26,6 +26,7 @@ def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | 
     from svai.composite import CompositeOptions
     from svai.generate import Generation, generate_folder, load_model
     from svai.metrics.evaluate import evaluate_folders, write_json
+    from svai.metrics.options import EvaluateOptions
 
     run_dir = Path(run_dir)
     model = load_model(run_dir, checkpoint, device)
@@ -52,8 +53,8 @@ def evaluate_run(run_dir: Path, checkpoint: str | int = "latest", device: str | 
         own.save()
     if report.skipped:
         raise SvaiError(f"{len(report.skipped)} test images could not be read, e.g. {report.skipped[0][0]}")
-    result = evaluate_folders(predictions, after, baseline=before, name=model.config.name,
-                              device=str(model.device))
+    result = evaluate_folders(predictions, after,
+                              EvaluateOptions(baseline=before, name=model.config.name, device=str(model.device)))
     result["checkpoint_step"] = model.step
     write_json(result, run_dir / EVALUATION_FILE)
     own.note(run_dir / EVALUATION_FILE)

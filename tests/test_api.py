@@ -36,7 +36,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, api.Trained
     root = tmp_path_factory.mktemp("api")
     data = api.prepare("synthetic", root / "data", count=16, size=32, seed=2, test_fraction=0.25)
     assert data.pairs["train"] + data.pairs["test"] == 16 and data.pairs["test"] > 0
-    result = api.train(api.TrainOptions("pix2pix-warp", data.path, root / "run", steps=2, image_size=32, sets=TINY))
+    result = api.train("pix2pix-warp", data.path, root / "run", steps=2, image_size=32, sets=TINY)
     return data.path, result
 
 

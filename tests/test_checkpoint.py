@@ -14,7 +14,7 @@ from svai.errors import SvaiError
 from svai.generate import load_model
 from svai.train import train
 
-from tests.test_train import config
+from tests.support.training import config
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from svai.run import resolve
 from svai.data.images import read_rgb
 from svai.generate import Generation, generate_folder, load_model
 from svai.metrics.evaluate import evaluate_folders
+from svai.metrics.options import EvaluateOptions
 from svai.models.registry import recommended_model
 from svai.train import train
 
@@ -26,7 +27,7 @@ CHECKED = ("ssim", "psnr", "ssim_changed", "psnr_changed")
 @pytest.mark.slow
 def test_recommended_model_beats_doing_nothing_on_an_unseen_dataset(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from svai.data.prepare import prepare_synthetic
+    from svai.data.prepare import SyntheticOptions, prepare_synthetic
     from svai.face import finder
 
     weights = os.environ.get("SVAI_FACE_WEIGHTS")
@@ -37,7 +38,7 @@ def test_recommended_model_beats_doing_nothing_on_an_unseen_dataset(tmp_path: Pa
     config = resolve(name, sets=["train.mixed_precision=bf16", "train.sample_every=0", "train.evaluate=false"])
     data = tmp_path / "data"
     # The preset's own size and the results table's number of pairs, with the pairs' landmarks.
-    prepare_synthetic(data, count=300, size=config.data.image_size, seed=UNSEEN_SEED, landmarks=True)
+    prepare_synthetic(data, SyntheticOptions(count=300, size=config.data.image_size, seed=UNSEEN_SEED, landmarks=True))
     config.data.root = str(data)
     run = tmp_path / "run"
     train(config, run)
@@ -46,8 +47,8 @@ def test_recommended_model_beats_doing_nothing_on_an_unseen_dataset(tmp_path: Pa
     # As `svai generate` runs this model by default.
     composite = CompositeOptions() if model.config.generate.composite else None
     generate_folder(model, test / "before", tmp_path / "pred", Generation(composite=composite))
-    result = evaluate_folders(tmp_path / "pred", test / "after", metrics=["ssim", "psnr"], masks=test / "masks",
-                              baseline=test / "before", use_cache=False)
+    options = EvaluateOptions(metrics=["ssim", "psnr"], masks=test / "masks", baseline=test / "before", use_cache=False)
+    result = evaluate_folders(tmp_path / "pred", test / "after", options)
     ours = {key: result["metrics"][key]["mean"] for key in CHECKED}
     nothing = {key: result["baseline"]["metrics"][key]["mean"] for key in CHECKED}
     assert all(ours[key] > nothing[key] for key in CHECKED), (ours, nothing)

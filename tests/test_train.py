@@ -8,15 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
-from svai.run import resolve
 from svai.errors import SvaiError
 from svai.train import train
-
-TINY = ["data.image_size=32", "model.ngf=8", "model.ndf=8", "train.sample_every=0", "train.log_every=1"]
-
-
-def config(model: str, data: Path, steps: int, *extra: str):
-    return resolve(model, sets=[*TINY, f"train.steps={steps}", *extra], flags={"data.root": str(data)})
+from tests.support.training import TINY, config
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

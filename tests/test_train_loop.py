@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import toy_family
+from tests import toy_family
 from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
@@ -20,7 +20,7 @@ from svai.errors import SvaiError
 from svai.models.base import Phase, check_phases
 from svai.models.penalties import input_gradients, r1_penalty, wgan_gradient_penalty
 from svai.train import Trainer, split_batch
-from loop_helpers import changed, first_batch, snapshot
+from tests.support.loop_helpers import changed, first_batch, snapshot
 
 SIZE = 32
 
@@ -165,7 +165,7 @@ def test_two_processes_with_a_gradient_penalty_and_ema(tiny_dataset: Path, tmp_p
     script = tmp_path / "run_toy.py"
     script.write_text(
         "import sys, toy_family\n"
-        "from svai.config import resolve\n"
+        "from svai.run import resolve\n"
         "from svai.train import train\n"
         "toy_family.register()\n"
         f"config = resolve('{toy_family.NAME}', sets=['data.image_size={SIZE}', 'train.steps=3',"

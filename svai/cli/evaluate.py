@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from svai.cli.app import app, console, err_console, fail, user_errors
+from svai.metrics.options import EvaluateOptions
 from svai.metrics.specs import get_spec, metric_label, metric_names
 
 _LISTED = 10  # file names shown per list before "and N more"
@@ -107,18 +108,21 @@ def evaluate(
     ),
     before: Optional[Path] = typer.Option(None, "--before", help="The input images, recorded for grids (default: --baseline)."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of this evaluation (default: the --pred folder's name)."),
-    lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex, vgg or squeeze."),
-    fid_dims: int = typer.Option(2048, "--fid-dims", help="Inception features for FID/KID: 64, 192, 768 or 2048."),
+    lpips_net: str = typer.Option(EvaluateOptions.lpips_net, "--lpips-net", help="LPIPS backbone: alex, vgg or squeeze."),
+    fid_dims: int = typer.Option(EvaluateOptions.fid_dims, "--fid-dims", help="Inception features for FID/KID: 64, 192, 768 or 2048."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", help="Folder searched first for pretrained weights."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images decoded and measured together."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    batch_size: int = typer.Option(EvaluateOptions.batch_size, "--batch-size", help="Images decoded and measured together."),
+    device: str = typer.Option(EvaluateOptions.device, "--device", help="cpu or cuda."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the target features even when cached."),
 ) -> None:
     """Measure generated images against targets: SSIM, PSNR, LPIPS (also per region), FID, KID, IS."""
     from svai.io import check_output_file
-    from svai.metrics.evaluate import evaluate_folders, normalize_metrics, write_json
+    from svai.metrics.evaluate import evaluate_folders, write_json
 
-    named = normalize_metrics(metrics) if metrics else []
+    options = EvaluateOptions(
+        metrics=metrics, masks=masks, baseline=baseline, before=before, name=name, lpips_net=lpips_net,
+        fid_dims=fid_dims, weights_dir=weights_dir, batch_size=batch_size, device=device, use_cache=not no_cache,
+    )
     if json_path is not None:
         # Before any work: the results may not replace a file this command reads.
         check_output_file({"--pred": pred, "--target": target, "--masks": masks or target.parent / "masks",
@@ -132,11 +136,7 @@ def evaluate(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = evaluate_folders(
-            pred, target, metrics=named or None, masks=masks, baseline=baseline, before=before, name=name,
-            lpips_net=lpips_net, fid_dims=fid_dims, weights_dir=weights_dir, batch_size=batch_size,
-            device=device, use_cache=not no_cache, progress=progress,
-        )
+        result = evaluate_folders(pred, target, options, progress)
     if json_path is not None:
         write_json(result, json_path)
     console.print(_table(result))
@@ -145,7 +145,7 @@ def evaluate(
         err_console.print(f"wrote {escape(str(json_path))}")
 
     rows = [result] + ([result["baseline"]] if result.get("baseline") else [])
-    missing = sorted({m for row in rows for m in named if m in row["unavailable"]})
+    missing = sorted({m for row in rows for m in options.metrics or () if m in row["unavailable"]})
     skipped = sum(len(row["skipped"]) for row in rows)
     if missing:
         raise fail(f"could not compute {', '.join(metric_label(m) for m in missing)} (reasons above); the other metrics are reported")

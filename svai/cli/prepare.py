@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -14,8 +14,8 @@ from rich.table import Table
 from svai.cli.app import app, console, err_console, user_errors
 from svai.errors import SvaiError
 
-SYNTHETIC_SIZE = 128
-PHOTO_SIZE = 512
+if TYPE_CHECKING:
+    from svai.data.prepare import SyntheticOptions
 
 
 def _again(source: str, out: Path) -> str:
@@ -43,20 +43,16 @@ def _stopped(command: str) -> typer.Exit:
     return typer.Exit(code=130)
 
 
-def _prepare_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float, force: bool,
-                       landmarks: Optional[bool]) -> None:
+def _prepare_synthetic(out: Path, options: SyntheticOptions) -> None:
     from svai.data.prepare import prepare_synthetic
 
     with _progress_bar("drawing pairs") as update:
-        summary = prepare_synthetic(
-            out, count=count, size=size, seed=seed, test_fraction=test_fraction, force=force,
-            progress=lambda done: update(done, count), landmarks=landmarks,
-        )
+        summary = prepare_synthetic(out, options, progress=lambda done: update(done, options.count))
     if summary is None:
         raise _stopped(_again("synthetic", out))
     console.print(
         f"wrote {summary['pairs']['train']} train and {summary['pairs']['test']} test pairs "
-        f"({size}x{size}) to {out}"
+        f"({options.size}x{options.size}) to {out}"
     )
     _landmark_line(summary)
 
@@ -100,7 +96,7 @@ def prepare(
     source: str = typer.Argument(..., help="Photo folder or CSV of pairs, or `synthetic` for the built-in dataset."),
     out: Path = typer.Argument(..., help="Output folder: empty, absent, or an earlier prepare of SOURCE."),
     size: Optional[int] = typer.Option(
-        None, "--size", help=f"Output image size in pixels, square (default {PHOTO_SIZE}; synthetic {SYNTHETIC_SIZE}).",
+        None, "--size", help="Output image size in pixels, square (default 512; synthetic 128).",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed (synthetic drawing and the train/test split)."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of subjects put in the test split."),
@@ -135,17 +131,18 @@ def prepare(
     ),
 ) -> None:
     """Pair, clean, resize and split photos into OUT/{train,test}/{before,after}/<id>.png."""
+    from svai.data.prepare import SKIPPED_FILE, PrepareOptions, SyntheticOptions, prepare_dataset
+
+    sized = {} if size is None else {"size": size}  # else the default of photos or of synthetic data
     if source == "synthetic":
         if regions is not None:
             raise SvaiError("--regions is for photos: synthetic data draws its own procedure regions")
-        _prepare_synthetic(out, count, SYNTHETIC_SIZE if size is None else size, seed, test_fraction, force, landmarks)
+        _prepare_synthetic(out, SyntheticOptions(count=count, seed=seed, test_fraction=test_fraction, force=force,
+                                                 landmarks=landmarks, **sized))
         return
-    from svai.data.prepare import SKIPPED_FILE, PrepareOptions, prepare_dataset
-
     options = PrepareOptions(
-        size=PHOTO_SIZE if size is None else size, pairing=pairing, pairs_csv=pairs, order=order, labels=labels,
-        crop=crop, align=align, workers=workers, seed=seed, test_fraction=test_fraction, force=force,
-        regions=regions, landmarks=landmarks,
+        pairing=pairing, pairs_csv=pairs, order=order, labels=labels, crop=crop, align=align, workers=workers,
+        seed=seed, test_fraction=test_fraction, force=force, regions=regions, landmarks=landmarks, **sized,
     )
     with _progress_bar("preparing pairs") as update:
         report = prepare_dataset(Path(source), out, options, progress=update)

@@ -40,7 +40,7 @@ from svai.data.images import MAX_PIXELS, ImageProblem, draft_size, load_rgb_imag
 from svai.data.layout import REGIONS_DIR, SPLITS, DatasetWriter, PairRecord, read_manifest, split_subjects
 from svai.data.regions import fit_region, index_regions, read_region, region_key
 from svai.io import OPEN, OWN_FILES, OwnFiles, Privacy, check_output_folder, make_folder, remove_stale_temporaries, write_atomic
-from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, Skip, find_pairs, load_label_aliases, share_subjects
+from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, PairingResult, Skip, find_pairs, load_label_aliases, share_subjects
 from svai.errors import SvaiError
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals, worker_setup
@@ -91,6 +91,18 @@ class PrepareOptions:
         if self.crop == "face":
             settings["framing"] = "landmarks" if face.finder.problem() is None else "skin"
         return settings
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """Settings of `svai prepare synthetic` (see docs/data.md); `landmarks` as for photos."""
+
+    count: int = 300
+    size: int = 128
+    seed: int = 0
+    test_fraction: float = 0.1
+    force: bool = False
+    landmarks: bool | None = None
 
 
 @dataclass
@@ -532,13 +544,121 @@ def prepare_dataset(
         lock.release()
 
 
-def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: Progress | None) -> PrepareReport:
-    """`prepare_dataset` once OUT is locked for this run."""
-    root = source if source.is_dir() else source.parent
-    source_key = str(source.resolve())
-    state = _read_state(out, source_key, options.force) or {}
-    target = _Out(out, Privacy.of(source), OwnFiles(out))
+@dataclass
+class _Run:
+    """One run's growing record: the pairs it keeps or writes, what failed and why, and the
+    state file that holds them (saved now and then, so a stopped run is resumed)."""
 
+    target: _Out
+    source_key: str
+    settings: dict  # the image settings (`PrepareOptions.image_settings`)
+    jobs: list[_Job] = field(default_factory=list)
+    records: list[PairRecord] = field(default_factory=list)
+    new_state: dict[str, dict] = field(default_factory=dict)
+    failures: dict[str, list] = field(default_factory=dict)
+    skipped: list[Skip] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    processed: int = 0
+    written_now: int = 0
+    last_save: float = field(default_factory=time.monotonic)
+
+    def save(self, complete: bool = False) -> None:
+        _write_state(self.target, self.source_key, self.settings, self.new_state, self.failures, complete)
+
+    def plan(self, pairs: list[Pair], root: Path, state: dict, options: PrepareOptions) -> None:
+        """Keep each pair whose outputs from an earlier run still hold, repeat each earlier
+        failure of the same files, and make a job of every other pair."""
+        out, settings = self.target.root, self.settings
+        old_pairs: dict = state.get("pairs", {}) if state.get("image_settings") == settings else {}
+        old_failures: dict = state.get("failures", {}) if state.get("image_settings") == settings else {}
+        region_index = index_regions(options.regions) if options.regions is not None else {}
+        for pair in pairs:
+            key = region_key(pair.id)
+            regions = tuple((name, files[key]) for name, files in region_index.items() if key in files)
+            fingerprint = _pair_digest(pair, settings, regions)
+            self.fingerprints[pair.id] = fingerprint
+            old = old_pairs.get(pair.id)
+            if old and old.get("fingerprint") == fingerprint and all(
+                (out / old["split"] / kind / f"{pair.id}.png").is_file() for kind in ("before", "after")
+            ):
+                self.records.append(PairRecord(
+                    id=pair.id, split=old["split"], subject=pair.subject, procedures=pair.procedures,
+                    source_before=_display(pair.before, root), source_after=_display(pair.after, root),
+                    sha256_before=old["sha256_before"], sha256_after=old["sha256_after"],
+                ))
+                self.new_state[pair.id] = dict(old)
+                continue
+            if fingerprint in old_failures:
+                self.failures[fingerprint] = old_failures[fingerprint]
+                self.skipped.extend(Skip(*row) for row in old_failures[fingerprint])
+                continue
+            # Written where it most likely belongs; moved once the split of the good pairs is known.
+            split = old["split"] if old else "train"
+            self.jobs.append(_Job(pair, split, out, root, options.size, options.crop, options.align,
+                                  options.max_pixels, regions))
+
+    def open(self) -> None:
+        """Make OUT's folders and record the files the jobs will write, then save the state:
+        written before any image, it marks OUT as ours, so a stopped run is resumed, not refused."""
+        target, out = self.target, self.target.root
+        made_before = (out / STATE_FILE).is_file() or (out / "prepare.json").is_file()
+        if made_before and not target.own.path.exists():
+            _adopt_layout(target)  # _read_state has checked that OUT is prepare's
+        for split in SPLITS:
+            for kind in ("before", "after"):
+                make_folder(out / split / kind, target.privacy)  # workers then write into folders of SOURCE's privacy
+                target.own.note_with_folders(out / split / kind)
+        # The workers' files are recorded before they are written (saved with the state below).
+        for job in self.jobs:
+            target.own.plan(*(out / job.split / kind / f"{job.pair.id}.png" for kind in ("before", "after")),
+                            *(out / job.split / REGIONS_DIR / name / f"{job.pair.id}.png" for name, _ in job.regions))
+        self.save()
+
+    def accept(self, outcome: _Outcome) -> None:
+        """Record one processed pair (or why it failed); save the state every few seconds."""
+        out = self.target.root
+        self.processed += 1
+        self.written_now += outcome.record is not None
+        fingerprint = self.fingerprints[outcome.id]
+        if outcome.record is None:
+            self.skipped.extend(outcome.skips)
+            self.failures[fingerprint] = [[s.file, s.reason, s.detail] for s in outcome.skips]
+        else:
+            record = outcome.record
+            self.records.append(record)
+            self.target.own.note_with_folders(*_pair_outputs(out, record.split, record.id))
+            # A region gone from --regions since the last run must not outlive it.
+            for stale in (out / record.split / REGIONS_DIR).glob(f"*/{record.id}.png"):
+                if stale.parent.name not in outcome.regions:
+                    self.target.own.remove(stale)
+            self.new_state[record.id] = {
+                "fingerprint": fingerprint, "split": record.split,
+                "sha256_before": record.sha256_before, "sha256_after": record.sha256_after,
+                "face_found": outcome.face_found, "alignment": outcome.alignment,
+                "regions": outcome.regions,
+            }
+        if time.monotonic() - self.last_save > SAVE_EVERY_S:
+            self.save()
+            self.last_save = time.monotonic()
+
+    def split(self, options: PrepareOptions) -> None:
+        """Split the subjects of the pairs actually written, so --test-fraction holds for them,
+        and move each pair whose split changed."""
+        self.records.sort(key=lambda r: r.id)
+        test_subjects = split_subjects({r.subject for r in self.records}, options.test_fraction, options.seed)
+        for record in self.records:
+            split = "test" if record.subject in test_subjects else "train"
+            if split != record.split:
+                _move_outputs(self.target, record.id, record.split, split)
+                record.split = split
+            self.new_state[record.id]["split"] = split
+
+    def counts(self) -> dict[str, int]:
+        return {split: sum(r.split == split for r in self.records) for split in SPLITS}
+
+
+def _find(source: Path, out: Path, options: PrepareOptions) -> PairingResult:
+    """The pairs of SOURCE and the files passed over, checked: some image, none inside OUT."""
     aliases = load_label_aliases(options.labels)
     found = find_pairs(source, options.pairing, pairs_csv=options.pairs_csv, order=options.order, aliases=aliases)
     if not found.pairs and not found.skipped:
@@ -548,114 +668,48 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
     inside_out = [p for pair in found.pairs for p in pair.files if _is_inside(p, out)]
     if inside_out:
         raise SvaiError(f"{inside_out[0]} lies inside OUT {out}: keep source photos outside the output folder")
+    return found
 
-    settings = options.image_settings()
-    old_pairs: dict = state.get("pairs", {}) if state.get("image_settings") == settings else {}
-    old_failures: dict = state.get("failures", {}) if state.get("image_settings") == settings else {}
 
-    jobs: list[_Job] = []
-    records: list[PairRecord] = []
-    new_state: dict[str, dict] = {}
-    failures: dict[str, list] = {}
-    skipped = list(found.skipped)
-    face_found: Counter[str] = Counter()
-    alignments: dict[str, dict] = {}
-    fingerprints: dict[str, str] = {}
-    region_index = index_regions(options.regions) if options.regions is not None else {}
-    for pair in found.pairs:
-        key = region_key(pair.id)
-        regions = tuple((name, files[key]) for name, files in region_index.items() if key in files)
-        fingerprint = _pair_digest(pair, settings, regions)
-        fingerprints[pair.id] = fingerprint
-        old = old_pairs.get(pair.id)
-        if old and old.get("fingerprint") == fingerprint and all(
-            (out / old["split"] / kind / f"{pair.id}.png").is_file() for kind in ("before", "after")
-        ):
-            records.append(PairRecord(
-                id=pair.id, split=old["split"], subject=pair.subject, procedures=pair.procedures,
-                source_before=_display(pair.before, root), source_after=_display(pair.after, root),
-                sha256_before=old["sha256_before"], sha256_after=old["sha256_after"],
-            ))
-            new_state[pair.id] = dict(old)
-            continue
-        if fingerprint in old_failures:
-            failures[fingerprint] = old_failures[fingerprint]
-            skipped.extend(Skip(*row) for row in old_failures[fingerprint])
-            continue
-        # Written where it most likely belongs; moved once the split of the good pairs is known.
-        split = old["split"] if old else "train"
-        jobs.append(_Job(pair, split, out, root, options.size, options.crop, options.align, options.max_pixels,
-                         regions))
-
-    made_before = (out / STATE_FILE).is_file() or (out / "prepare.json").is_file()
-    if made_before and not target.own.path.exists():
-        _adopt_layout(target)  # _read_state has checked that OUT is prepare's
-    for split in SPLITS:
-        for kind in ("before", "after"):
-            make_folder(out / split / kind, target.privacy)  # workers then write into folders of SOURCE's privacy
-            target.own.note_with_folders(out / split / kind)
-    # The workers' files are recorded before they are written (saved with the state below).
-    for job in jobs:
-        target.own.plan(*(out / job.split / kind / f"{job.pair.id}.png" for kind in ("before", "after")),
-                        *(out / job.split / REGIONS_DIR / name / f"{job.pair.id}.png" for name, _ in job.regions))
-    # Written before any image: it marks OUT as ours, so an interrupted run is resumed, not refused.
-    _write_state(target, source_key, settings, new_state, failures, complete=False)
+def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: Progress | None) -> PrepareReport:
+    """`prepare_dataset` once OUT is locked for this run."""
+    root = source if source.is_dir() else source.parent
+    source_key = str(source.resolve())
+    state = _read_state(out, source_key, options.force) or {}
+    run = _Run(_Out(out, Privacy.of(source), OwnFiles(out)), source_key, options.image_settings())
+    found = _find(source, out, options)
+    run.skipped = list(found.skipped)
+    run.plan(found.pairs, root, state, options)
+    run.open()
     workers = options.workers or default_workers()
-    log.info("%d pairs found, %d to process with %d workers", len(found.pairs), len(jobs), workers)
-    processed = written_now = 0
-    last_save = time.monotonic()
-
-    def accept(outcome: _Outcome) -> None:
-        nonlocal processed, written_now, last_save
-        processed += 1
-        written_now += outcome.record is not None
-        fingerprint = fingerprints[outcome.id]
-        if outcome.record is None:
-            skipped.extend(outcome.skips)
-            failures[fingerprint] = [[s.file, s.reason, s.detail] for s in outcome.skips]
-        else:
-            record = outcome.record
-            records.append(record)
-            target.own.note_with_folders(*_pair_outputs(out, record.split, record.id))
-            # A region gone from --regions since the last run must not outlive it.
-            for stale in (out / record.split / REGIONS_DIR).glob(f"*/{record.id}.png"):
-                if stale.parent.name not in outcome.regions:
-                    target.own.remove(stale)
-            new_state[record.id] = {
-                "fingerprint": fingerprint, "split": record.split,
-                "sha256_before": record.sha256_before, "sha256_after": record.sha256_after,
-                "face_found": outcome.face_found, "alignment": outcome.alignment,
-                "regions": outcome.regions,
-            }
-        if time.monotonic() - last_save > SAVE_EVERY_S:
-            _write_state(target, source_key, settings, new_state, failures, complete=False)
-            last_save = time.monotonic()
-
+    log.info("%d pairs found, %d to process with %d workers", len(found.pairs), len(run.jobs), workers)
+    run.last_save = time.monotonic()
     try:
         with stop_signals() as signals:
-            stopped = _run_jobs(jobs, workers, progress, accept, stop=lambda: signals["signal"] is not None)
+            stopped = _run_jobs(run.jobs, workers, progress, run.accept, stop=lambda: signals["signal"] is not None)
     except BaseException:
         # Whatever stopped the run (a full disk, a crash in a worker), keep what is done.
         try:
-            _write_state(target, source_key, settings, new_state, failures, complete=False)
+            run.save()
         except OSError:
             pass
         raise
     if stopped:
-        _write_state(target, source_key, settings, new_state, failures, complete=False)
-        counts = {split: sum(r.split == split for r in records) for split in SPLITS}
-        return PrepareReport(out, written=written_now, kept=len(records) - written_now, removed=0, pairs=counts,
-                             skipped=skipped, interrupted=True, processed=processed, to_process=len(jobs))
-    records.sort(key=lambda r: r.id)
-    # Split the subjects of the pairs actually written, so --test-fraction holds for them.
-    test_subjects = split_subjects({r.subject for r in records}, options.test_fraction, options.seed)
-    for record in records:
-        split = "test" if record.subject in test_subjects else "train"
-        if split != record.split:
-            _move_outputs(target, record.id, record.split, split)
-            record.split = split
-        new_state[record.id]["split"] = split
-    for pair_id, entry in new_state.items():
+        run.save()
+        return PrepareReport(out, written=run.written_now, kept=len(run.records) - run.written_now, removed=0,
+                             pairs=run.counts(), skipped=run.skipped, interrupted=True, processed=run.processed,
+                             to_process=len(run.jobs))
+    run.split(options)
+    return _finish(run, state, options, progress)
+
+
+def _finish(run: _Run, state: dict, options: PrepareOptions, progress: Progress | None) -> PrepareReport:
+    """Sweep outputs of pairs gone, write the manifest, prepare.json, skipped.csv, the
+    landmarks and the completed state; the report of the run."""
+    target, out, records, skipped = run.target, run.target.root, run.records, run.skipped
+    face_found: Counter[str] = Counter()
+    alignments: dict[str, dict] = {}
+    for pair_id, entry in run.new_state.items():
         if entry.get("face_found") is not None:
             face_found["found" if entry["face_found"] else "centre fallback"] += 1
         if entry.get("alignment"):
@@ -668,15 +722,15 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
     writer = DatasetWriter(out, privacy=target.privacy, own=target.own)
     writer.records = records
     run_settings = {
-        "kind": "photos", "source": source_key, **settings, "order": options.order, "pairing": options.pairing,
-        "pairs_csv": str(options.pairs_csv) if options.pairs_csv else None,
+        "kind": "photos", "source": run.source_key, **run.settings, "order": options.order,
+        "pairing": options.pairing, "pairs_csv": str(options.pairs_csv) if options.pairs_csv else None,
         "labels": str(options.labels) if options.labels else None,
         "regions": str(options.regions.resolve()) if options.regions else None,
         "seed": options.seed, "test_fraction": options.test_fraction,
     }
     extra: dict = {"skipped": dict(sorted(Counter(s.reason for s in skipped).items()))}
     if options.regions is not None:
-        extra["regions"] = dict(sorted(Counter(n for e in new_state.values() for n in e.get("regions", [])).items()))
+        extra["regions"] = dict(sorted(Counter(n for e in run.new_state.values() for n in e.get("regions", [])).items()))
     if options.crop == "face":
         extra["face_crop"] = dict(face_found)
     if options.align:
@@ -686,28 +740,26 @@ def _prepare_locked(source: Path, out: Path, options: PrepareOptions, progress: 
             "median_error_after": float(np.median(errors)) if errors else None,
             "pairs": dict(sorted(alignments.items())),
         }
-    marks = add_landmarks(out, records, options.landmarks, progress, draw_regions=True,
-                          user_regions={i: e.get("regions", []) for i, e in new_state.items()},
-                          own=target.own, privacy=target.privacy)
+    marks = _add_landmarks(target, records, options.landmarks, progress,
+                           user_regions={i: e.get("regions", []) for i, e in run.new_state.items()})
     if marks is not None:
         extra["landmarks"] = marks
     summary = writer.close(run_settings, extra)
     _write_skipped(target, skipped)
-    _write_state(target, source_key, settings, new_state, failures, complete=True)
-    processed_ids = {job.pair.id for job in jobs}
+    run.save(complete=True)
+    processed_ids = {job.pair.id for job in run.jobs}
     written = sum(r.id in processed_ids for r in records)
-    counts = {split: sum(r.split == split for r in records) for split in SPLITS}
     return PrepareReport(out, written=written, kept=len(records) - written, removed=removed,
-                         pairs=counts, skipped=skipped, summary=summary,
-                         processed=len(jobs), to_process=len(jobs))
+                         pairs=run.counts(), skipped=skipped, summary=summary,
+                         processed=len(run.jobs), to_process=len(run.jobs))
 
 
-def add_landmarks(out: Path, records: list[PairRecord], wanted: bool | None, progress: Progress | None, *,
-                  draw_regions: bool, user_regions: dict[str, list[str]] | None = None,
-                  own: OwnFiles | None = None, privacy: Privacy | None = None) -> dict | None:
-    """Store every pair's landmarks (and, for real photos, regions drawn from them) in OUT,
-    with the photos' `privacy`, recorded in `own` (or OUT's record of svai's files); the
-    summary for prepare.json, or None when not wanted.
+def _add_landmarks(target: _Out, records: list[PairRecord], wanted: bool | None, progress: Progress | None,
+                   user_regions: dict[str, list[str]] | None = None) -> dict | None:
+    """Store every pair's landmarks in OUT, with the photos' privacy, recorded in OUT's record
+    of svai's files; the summary for prepare.json, or None when not wanted. For real photos,
+    `user_regions` lists the procedures --regions gave each pair, and the other regions are
+    drawn from the landmarks; None (synthetic data draws its own regions): none are drawn.
 
     wanted None: when the face layer can run (else one warning saying why); True: the face
     layer must run (else a one-line error); False: never."""
@@ -722,12 +774,11 @@ def add_landmarks(out: Path, records: list[PairRecord], wanted: bool | None, pro
     from svai.face.store import landmark_dataset
 
     total = len(records)
-    report = landmark_dataset(out, records, face.finder.shared_finder(), draw_regions=draw_regions,
-                              user_regions=user_regions, privacy=privacy,
+    report = landmark_dataset(target.root, records, face.finder.shared_finder(), user_regions=user_regions,
+                              privacy=target.privacy,
                               progress=None if progress is None else lambda done: progress(done, total))
-    own = own or OwnFiles(out)
-    own.note_with_folders(*report.written)
-    own.save()
+    target.own.note_with_folders(*report.written)
+    target.own.save()
     if report.missing:
         log.warning("no face found in %d of %d pairs (listed in prepare.json under landmarks.missing): "
                     "their landmarks and landmark regions are left out", len(report.missing), total)
@@ -769,31 +820,25 @@ def _clear_own_outputs(out: Path) -> None:
 
 
 def prepare_synthetic(
-    out: Path,
-    count: int,
-    size: int,
-    seed: int,
-    test_fraction: float = 0.1,
-    force: bool = False,
-    progress: Callable[[int], None] | None = None,
-    landmarks: bool | None = None,
+    out: Path, options: SyntheticOptions | None = None, progress: Callable[[int], None] | None = None
 ) -> dict | None:
     """Draw the synthetic dataset into `out` under its lock; return the summary, or None when
     Ctrl-C or SIGTERM stopped it (running the same command again then starts it over).
 
-    OUT must be empty, absent, or an unfinished synthetic draw; `force` also rebuilds a
-    finished one. Drawing is deterministic, so starting over gives the same dataset.
+    OUT must be empty, absent, or an unfinished synthetic draw; `options.force` also rebuilds
+    a finished one. Drawing is deterministic, so starting over gives the same dataset.
     """
+    options = options or SyntheticOptions()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SvaiError(f"{out} is a file: give a folder for OUT")
     created = not out.exists()
     try:
         with RunLock(out, "prepared dataset"):
-            summary = _draw_synthetic(out, count, size, seed, test_fraction, force, progress)
+            summary = _draw_synthetic(out, options, progress)
             if summary is not None:
-                marks = add_landmarks(out, read_manifest(out), landmarks, None if progress is None else
-                                      lambda done, total: progress(done), draw_regions=False)
+                marks = _add_landmarks(_Out(out, OPEN, OwnFiles(out)), read_manifest(out), options.landmarks,
+                                       None if progress is None else lambda done, total: progress(done))
                 if marks is not None:
                     summary["landmarks"] = marks
                     write_atomic(out / "prepare.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -809,13 +854,12 @@ def prepare_synthetic(
         raise
 
 
-def _draw_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: float, force: bool,
-                    progress: Callable[[int], None] | None) -> dict | None:
+def _draw_synthetic(out: Path, options: SyntheticOptions, progress: Callable[[int], None] | None) -> dict | None:
     from svai.data.synthetic import write_synthetic_dataset
 
     if any(p.name not in (LOCK_FILE, OWN_FILES) for p in out.iterdir()):
         unfinished = not (out / "prepare.json").is_file()
-        if not _is_synthetic(out) or not (unfinished or force):
+        if not _is_synthetic(out) or not (unfinished or options.force):
             hint = " or add --force to draw it again" if _is_synthetic(out) else ""
             raise SvaiError(f"{out} is not empty: choose a new output folder{hint}")
         _clear_own_outputs(out)
@@ -833,8 +877,8 @@ def _draw_synthetic(out: Path, count: int, size: int, seed: int, test_fraction: 
                 progress(done)
 
         try:
-            summary = write_synthetic_dataset(out, count=count, size=size, seed=seed,
-                                              test_fraction=test_fraction, progress=step)
+            summary = write_synthetic_dataset(out, count=options.count, size=options.size, seed=options.seed,
+                                              test_fraction=options.test_fraction, progress=step)
         except PrepareStopped:
             return None
     own = OwnFiles(out)

@@ -110,16 +110,16 @@ def landmark_dataset(
     records: Iterable[PairRecord],
     finder,  # type: ignore[no-untyped-def]
     *,
-    draw_regions: bool = False,
     user_regions: dict[str, list[str]] | None = None,
     progress: Callable[[int], None] | None = None,
     privacy=None,  # type: ignore[no-untyped-def]
 ) -> LandmarkReport:
     """Compute (or reuse) every pair's landmarks and write each split's file.
 
-    finder: a `svai.face.FaceFinder`. With `draw_regions`, each pair's procedure regions
-    (the default procedures and those of its labels that the mesh knows) are drawn from its
-    before landmarks, except the procedures `user_regions[id]` lists (the user gave those).
+    finder: a `svai.face.FaceFinder`. With `user_regions` (None: no regions), each pair's
+    procedure regions (the default procedures and those of its labels that the mesh knows)
+    are drawn from its before landmarks, except the procedures `user_regions[id]` lists (the
+    user gave those).
     Files are written with `privacy` (`svai.io.Privacy`: landmarks are as personal as the
     photos they come from) and listed in the report's `written`.
     """
@@ -143,8 +143,8 @@ def landmark_dataset(
                 report.missing.append(record.id)
             else:
                 report.found += 1
-            if draw_regions and before is not None:
-                drawn = _draw_regions(root, record, before, (user_regions or {}).get(record.id, ()), privacy)
+            if user_regions is not None and before is not None:
+                drawn = _draw_regions(root, record, before, user_regions.get(record.id, ()), privacy)
                 report.regions += len(drawn)
                 report.written += drawn
             done += 1

@@ -15,19 +15,19 @@ current one is measured), so memory does not grow with the number of images. A m
 cannot run (weights missing, too few images) lands in `unavailable` with the reason and the
 fix; unreadable files land in `skipped`; neither stops the others.
 
-The steps of one evaluation: check the options (`_Options`), index the folders (`_Folders`),
-load the networks and look up cached target features (`_Evaluation`), measure batch by batch
-(`_Evaluation.measure`), then summarise each candidate into its JSON (`_Evaluation.results`).
+The steps of one evaluation: check the options (`svai.metrics.options.EvaluateOptions`),
+index the folders (`svai.metrics.folders`), load the networks and look up cached target
+features (`_Evaluation`), measure batch by batch (`_Evaluation.measure`, with the functions of
+`svai.metrics.measure`), then summarise each candidate into its JSON (`_Evaluation.results`,
+with `svai.metrics.summary`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,55 +35,24 @@ import numpy as np
 import torch
 
 from svai import __version__
-from svai.data.images import read_rgb
 from svai.devices import check_device
 from svai.errors import SvaiError
 from svai.io import write_atomic
 from svai.metrics import cache as feature_cache
-from svai.metrics.identity import IDENTITY_METRICS, IdentityMeter, region_mask_files, union_mask
-from svai.metrics.inference import channels_last, prepare_for_inference
-from svai.metrics.pairing import Pairing, index_folder, pair_ids
-from svai.metrics.perceptual import LPIPS_NETS
-from svai.metrics.psnr import psnr_from_mse, squared_error_map
-from svai.metrics.specs import REGIONS, get_spec, metric_names
-from svai.metrics.ssim import SSIM_SETTINGS, SSIM_WINDOW, crop_to_ssim_map, ssim_map
+from svai.metrics.folders import Candidate, Folders, check_pairs, index_folders, mask_source
+from svai.metrics.identity import IDENTITY_METRICS, IdentityMeter
+from svai.metrics.inference import prepare_for_inference
+from svai.metrics.measure import (
+    LPIPS_MIN_SIZE, MASK_THRESHOLD, PAIRED_PIXELS_PER_PASS, Decoded, PairGroup, TargetChunk, decode_batch,
+    inception_pass, measure_pairs, to_tensor, valid_pairs,
+)
+from svai.metrics.options import PAIRED_METRICS, SET_METRICS, EvaluateOptions
+from svai.metrics.ssim import SSIM_SETTINGS, SSIM_WINDOW
+from svai.metrics.summary import PSNR_SETTINGS, REGION_SETTINGS, metric_order, paired_results, set_metrics, versions
 
 logger = logging.getLogger(__name__)
 
-# Derived from the spec registry (`svai.metrics.specs`), in the order evaluate writes them.
-PAIRED_METRICS: tuple[str, ...] = metric_names("paired")
-SET_METRICS: tuple[str, ...] = metric_names("set")
-METRICS: tuple[str, ...] = metric_names()
-FID_DIMS: tuple[int, ...] = (64, 192, 768, 2048)
-KID_SUBSETS: int = 100
-KID_SUBSET_SIZE: int = 1000
-IS_SPLITS: int = 10
-# AlexNet's strided convolutions and pools need at least 31 px; a round bound is easier to state.
-LPIPS_MIN_SIZE: int = 32
-MASK_THRESHOLD: int = 128  # mask pixels >= this (of 255) belong to the changed region
-# Pixels per paired-metric pass (16 images of 256x256): bounds LPIPS activations, which for
-# VGG are about 0.5 KB per pixel, whatever the image size.
-PAIRED_PIXELS_PER_PASS: int = 16 * 256 * 256
-
-PSNR_SETTINGS = "per image on 8-bit RGB (peak 255), then averaged; identical pairs counted apart"
-REGION_SETTINGS = (
-    "changed = mask >= 128, kept = the rest; SSIM map (valid 11x11 windows) and squared error "
-    "averaged over each region's pixels, LPIPS spatial map likewise"
-)
-
 Progress = Callable[[int, int], None]
-# Decoded images of one batch: (role, id) -> (H, W, 3) uint8, or the error that stopped it.
-Decoded = dict[tuple[str, str], np.ndarray | SvaiError]
-
-
-def _versions() -> dict[str, str]:
-    found = {"svai": __version__}
-    for package in ("torch", "torchvision", "lpips", "pytorch-fid", "numpy", "scipy"):
-        try:
-            found[package.replace("-", "_")] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package.replace("-", "_")] = "not installed"
-    return found
 
 
 def _one_line(error: BaseException) -> str:
@@ -94,148 +63,6 @@ def _skip_reason(error: SvaiError, path: Path) -> str:
     message = _one_line(error)
     prefix = f"{path}: "
     return message[len(prefix):] if message.startswith(prefix) else message
-
-
-def normalize_metrics(metrics: list[str] | None) -> list[str]:
-    """Lower-case, split on commas, drop duplicates, check names. None -> every metric."""
-    if metrics is None:
-        return list(METRICS)
-    chosen: list[str] = []
-    for item in metrics:
-        for name in str(item).split(","):
-            name = name.strip().lower()
-            if not name:
-                continue
-            if name not in METRICS:
-                raise SvaiError(f"--metrics {name!r} is not known: choose from {', '.join(METRICS)}")
-            if name not in chosen:
-                chosen.append(name)
-    if not chosen:
-        raise SvaiError(f"--metrics is empty: choose from {', '.join(METRICS)}")
-    return chosen
-
-
-# --------------------------------------------------------------------------------------------
-# What one evaluation works on: options, folders, candidates, networks
-
-
-@dataclass(frozen=True)
-class _Options:
-    """The checked options of one evaluation (see `evaluate_folders`)."""
-
-    requested: list[str]
-    lpips_net: str
-    fid_dims: int
-    weights_dir: Path | None
-    batch_size: int
-    device: torch.device
-    use_cache: bool
-
-
-def _check_options(lpips_net: str, fid_dims: int, batch_size: int) -> None:
-    if lpips_net not in LPIPS_NETS:
-        raise SvaiError(f"--lpips-net {lpips_net!r} is not known: use alex, vgg or squeeze")
-    if fid_dims not in FID_DIMS:
-        raise SvaiError(f"--fid-dims {fid_dims} is not available: use one of {', '.join(map(str, FID_DIMS))}")
-    if not 1 <= batch_size <= 4096:
-        raise SvaiError(f"--batch-size must be between 1 and 4096; got {batch_size}")
-
-
-@dataclass
-class _Candidate:
-    """One folder measured against the targets: the model's output or the do-nothing baseline."""
-
-    role: str
-    name: str
-    root: Path
-    files: dict[str, Path]
-    pairing: Pairing
-    values: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> id -> value
-    features: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (dims,)
-    logits: dict[str, np.ndarray] = field(default_factory=dict)  # id -> (1008,)
-    skipped: dict[str, str] = field(default_factory=dict)  # file -> reason
-    evaluated: set[str] = field(default_factory=set)  # ids with paired values
-    without_mask: set[str] = field(default_factory=set)
-
-    def record(self, metric: str, key: str, value: float) -> None:
-        self.values.setdefault(metric, {})[key] = value
-
-
-@dataclass(frozen=True)
-class _Folders:
-    """The resolved folders of one evaluation and their files, indexed by id."""
-
-    target: Path
-    target_files: dict[str, Path]
-    masks: Path | None  # None: no region metrics
-    mask_files: dict[str, Path]
-    before: Path | None  # recorded for grids, never read here
-    candidates: list[_Candidate]  # the model first, then the baseline when there is one
-    passed_over: dict[str, str] = field(default_factory=dict)  # target and mask files not read as images
-
-
-def _mask_source(folders: "_Folders") -> str | None:
-    """What the changed region of `_changed`/`_kept` is: "change masks" (a masks folder) or
-    "procedure regions" (a dataset's regions, from the before landmarks or given)."""
-    if folders.masks is None:
-        return None
-    return "procedure regions" if any(isinstance(v, tuple) for v in folders.mask_files.values()) else "change masks"
-
-
-def _index_folders(
-    pred: Path, target: Path, masks: Path | None, baseline: Path | None, before: Path | None, name: str | None
-) -> _Folders:
-    """Resolve and index the folders; `masks` None looks for `target/../masks`."""
-    pred, target = Path(pred).resolve(), Path(target).resolve()
-    # Files a folder holds that are not read as images are reported, never passed over silently.
-    passed_pred: dict[str, str] = {}
-    passed: dict[str, str] = {}
-    pred_files = index_folder(pred, passed_pred)
-    target_files = index_folder(target, passed)
-    mask_files: dict[str, Path] = {}
-    if masks is None:
-        guess = target.parent / "masks"
-        if guess.is_dir() and guess not in (pred, target):
-            try:
-                mask_files, masks = index_folder(guess), guess
-            except SvaiError as error:
-                # A guess, not a request: an empty or odd folder just means no region metrics.
-                logger.warning("not using %s for region metrics: %s", guess, error)
-        if masks is None:
-            # No change masks: a dataset's procedure regions (drawn from the before landmarks).
-            masks, mask_files = region_mask_files(target)  # type: ignore[assignment]
-    else:
-        masks = Path(masks).resolve()
-        if not masks.is_dir():
-            raise SvaiError(f"--masks {masks} is not a folder: give the folder of masks (255 = changed region)")
-        mask_files = index_folder(masks, passed)
-    if baseline is not None:
-        baseline = Path(baseline).resolve()
-        before = before if before is not None else baseline
-    before = Path(before).resolve() if before is not None else None
-
-    candidates = [_Candidate("model", name or pred.name, pred, pred_files, pair_ids(pred_files, target_files, pred, target),
-                             skipped=passed_pred)]
-    if baseline is not None:
-        passed_baseline: dict[str, str] = {}
-        baseline_files = index_folder(baseline, passed_baseline)
-        candidates.append(
-            _Candidate("baseline", "baseline", baseline, baseline_files, pair_ids(baseline_files, target_files, baseline, target),
-                       skipped=passed_baseline)
-        )
-    return _Folders(target, target_files, masks, mask_files, before, candidates, passed)
-
-
-def _check_pairs(folders: _Folders, requested: list[str]) -> None:
-    """Paired metrics need pairs: a folder with no namesake in the targets is a user error."""
-    if not any(metric in PAIRED_METRICS for metric in requested):
-        return
-    for candidate in folders.candidates:
-        if not candidate.pairing.ids:
-            raise SvaiError(
-                f"no image in {candidate.root} has a namesake in {folders.target} (pairs match by relative path without "
-                "extension): rename the files, or ask only for set metrics with --metrics fid,kid,is"
-            )
 
 
 @dataclass
@@ -281,307 +108,6 @@ def _load_models(requested: list[str], lpips_net: str, weights_dir: Path | None,
     return models
 
 
-# --------------------------------------------------------------------------------------------
-# Measuring: functions of tensors, called by `_Evaluation` batch by batch
-
-
-def _decode(path: Path | tuple[Path, ...]) -> np.ndarray | SvaiError:
-    try:
-        return union_mask(path) if isinstance(path, tuple) else read_rgb(path)
-    except SvaiError as error:
-        return error
-
-
-def _decode_batch(jobs: list[tuple[str, str, Path]]) -> Decoded:
-    """Decode (role, id, path) jobs; failures come back as the error, not raised."""
-    return {(role, key): _decode(path) for role, key, path in jobs}
-
-
-def _to_tensor(images: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    """(H, W, 3) uint8 arrays of one shape -> (B, 3, H, W) uint8 on `device`."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
-
-
-def _masked_means(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Means of (B, H, W) `values` over each image's `mask` (bool (B, H, W)) and its complement.
-
-    Returns two (B,) float64 tensors; NaN where a region has no pixels.
-    """
-    values = values.to(torch.float64)
-    inside = mask.to(torch.float64)
-    outside = 1.0 - inside
-    count_in = inside.sum(dim=(1, 2))
-    count_out = outside.sum(dim=(1, 2))
-    mean_in = (values * inside).sum(dim=(1, 2)) / count_in
-    mean_out = (values * outside).sum(dim=(1, 2)) / count_out
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=values.device)
-    return torch.where(count_in > 0, mean_in, nan), torch.where(count_out > 0, mean_out, nan)
-
-
-class _TargetChunk:
-    """Targets of one shape measured together, shared by the model and the baseline.
-
-    images: (B, 3, H, W) uint8 on the measuring device; `position[id]` is an id's index in it.
-    Their LPIPS backbone features are computed on first use, once for every candidate.
-    """
-
-    def __init__(self, ids: list[str], images: torch.Tensor, lpips_model: torch.nn.Module | None) -> None:
-        self.images = images
-        self.position = {key: index for index, key in enumerate(ids)}
-        self.lpips_model = lpips_model
-        self._lpips_features: list[torch.Tensor] | None = None
-
-    def lpips_features(self) -> list[torch.Tensor]:
-        if self._lpips_features is None:
-            from svai.metrics.perceptual import lpips_features
-
-            self._lpips_features = lpips_features(self.lpips_model, channels_last(self.images.float() / 127.5 - 1.0))
-        return self._lpips_features
-
-
-@dataclass(frozen=True)
-class _PairGroup:
-    """Predictions of one candidate paired with targets of one `_TargetChunk`.
-
-    pred: (B, 3, H, W) uint8; target_index: (B,) each prediction's target in the chunk;
-    masks: (B, H, W) bool (True = changed region) or None for whole-image values only.
-    """
-
-    ids: list[str]
-    pred: torch.Tensor
-    target_index: torch.Tensor
-    masks: torch.Tensor | None
-
-
-def _record_regions(candidate: _Candidate, metric: str, ids: list[str], means: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """Record (changed, kept) region values; NaN (a region without pixels) is left out."""
-    for region, values in zip(REGIONS, means):
-        for key, value in zip(ids, values.tolist()):
-            if not math.isnan(value):
-                candidate.record(f"{metric}_{region}", key, value)
-
-
-def _measure_pairs(candidate: _Candidate, group: _PairGroup, chunk: _TargetChunk, metrics: list[str]) -> None:
-    """Record the paired `metrics` of `group` (ssim, psnr, and lpips when the chunk has its network)."""
-    paired_target = chunk.images.index_select(0, group.target_index)
-    pred, ids, masks = group.pred, group.ids, group.masks
-    channels = pred.shape[1]
-    if "psnr" in metrics:
-        error = squared_error_map(pred, paired_target) / channels  # (B, H, W) per-pixel MSE
-        for key, value in zip(ids, psnr_from_mse(error.mean(dim=(1, 2))).tolist()):
-            candidate.record("psnr", key, value)
-        if masks is not None:
-            region_mse = _masked_means(error, masks)
-            _record_regions(candidate, "psnr", ids, (psnr_from_mse(region_mse[0]), psnr_from_mse(region_mse[1])))
-    if "ssim" in metrics:
-        similarity = ssim_map(pred.float() / 255.0, paired_target.float() / 255.0)
-        for key, value in zip(ids, similarity.mean(dim=(1, 2)).tolist()):
-            candidate.record("ssim", key, value)
-        if masks is not None:
-            _record_regions(candidate, "ssim", ids, _masked_means(similarity, crop_to_ssim_map(masks)))
-    if chunk.lpips_model is not None:
-        from svai.metrics.perceptual import lpips_features, lpips_from_features
-
-        model = chunk.lpips_model
-        pred_features = lpips_features(model, channels_last(pred.float() / 127.5 - 1.0))
-        target_features = [f.index_select(0, group.target_index) for f in chunk.lpips_features()]
-        values, spatial = lpips_from_features(model, pred_features, target_features, tuple(pred.shape[-2:]))
-        for key, value in zip(ids, values.tolist()):
-            candidate.record("lpips", key, value)
-        if masks is not None:
-            _record_regions(candidate, "lpips", ids, _masked_means(spatial, masks))
-    candidate.evaluated.update(ids)
-
-
-def _inception_pass(
-    model: torch.nn.Module, images: dict[str, np.ndarray], dims: int, device: torch.device
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Features (dims,) float64 and logits (1008,) of every image, one forward per shape."""
-    from svai.metrics.inception import inception_outputs
-
-    features: dict[str, np.ndarray] = {}
-    logits: dict[str, np.ndarray] = {}
-    by_shape: dict[tuple[int, ...], list[str]] = {}
-    for key, image in images.items():
-        by_shape.setdefault(image.shape, []).append(key)
-    for keys in by_shape.values():
-        batch = channels_last(_to_tensor([images[k] for k in keys], device).float() / 255.0)
-        feats, logit = inception_outputs(model, batch, dims)
-        feats_np = feats.cpu().numpy().astype(np.float64)
-        logit_np = logit.float().cpu().numpy()
-        for i, key in enumerate(keys):
-            features[key] = feats_np[i]
-            logits[key] = logit_np[i]
-    return features, logits
-
-
-def _valid_pairs(
-    candidate: _Candidate, batch: list[str], preds: dict[str, np.ndarray], targets: dict[str, np.ndarray], min_side: int
-) -> set[str]:
-    """Ids of the batch whose pred and target are both decoded, of one size and big enough;
-    the others are recorded as skipped with the reason."""
-    valid: set[str] = set()
-    for key in batch:
-        if key not in preds or key not in targets:
-            continue
-        shape, target_shape = preds[key].shape, targets[key].shape
-        path = str(candidate.files[key])
-        if shape != target_shape:
-            candidate.skipped[path] = (
-                f"is {shape[1]}x{shape[0]} but its target is {target_shape[1]}x{target_shape[0]}: paired metrics need equal sizes"
-            )
-        elif min(shape[:2]) < min_side:
-            candidate.skipped[path] = f"is {shape[1]}x{shape[0]}, under the {min_side}x{min_side} the paired metrics need"
-        else:
-            valid.add(key)
-    return valid
-
-
-# --------------------------------------------------------------------------------------------
-# Summaries: per-image values -> the JSON entries
-
-
-def _summary(values: dict[str, float], higher_is_better: bool) -> dict[str, Any]:
-    ordered = dict(sorted(values.items()))
-    array = np.asarray(list(ordered.values()), dtype=np.float64)
-    return {
-        "mean": float(array.mean()),
-        "std": float(array.std()),
-        "n": int(array.size),
-        "higher_is_better": higher_is_better,
-        "per_image": {k: float(v) for k, v in ordered.items()},
-    }
-
-
-def _psnr_summary(values: dict[str, float]) -> dict[str, Any] | None:
-    """PSNR summary; identical pairs (infinite PSNR) are counted in `identical`, left out of
-    mean/std/n, and have `null` as their per-image value."""
-    higher_is_better = get_spec("psnr").higher_is_better
-    finite = {k: v for k, v in values.items() if math.isfinite(v)}
-    identical = len(values) - len(finite)
-    if finite:
-        entry = _summary(finite, higher_is_better)
-    else:
-        entry = {"mean": None, "std": None, "n": 0, "higher_is_better": higher_is_better, "per_image": {}}
-    entry["identical"] = identical
-    entry["per_image"] = {k: (float(v) if math.isfinite(v) else None) for k, v in sorted(values.items())}
-    if identical:
-        entry["warning"] = (
-            f"{identical} pair(s) are identical (infinite PSNR): left out of the mean, which covers {len(finite)} pair(s)"
-        )
-    return entry
-
-
-def _paired_summary(metric: str, values: dict[str, float]) -> dict[str, Any]:
-    return _psnr_summary(values) if metric == "psnr" else _summary(values, get_spec(metric).higher_is_better)
-
-
-def _fid_warning(n: int, n_target: int, dims: int) -> str | None:
-    smallest = min(n, n_target)
-    if smallest >= dims:
-        return None
-    advice = "compare KID, which is unbiased for small sets" if dims == 64 else "compare KID (unbiased for small sets) or use --fid-dims 64, 192 or 768"
-    return (
-        f"FID from {smallest} images at {dims} dims is unreliable: it is biased for small sets and needs at "
-        f"least {dims} images per folder for a full-rank covariance; {advice}"
-    )
-
-
-def _set_metrics(
-    candidate: _Candidate,
-    target_features: np.ndarray,
-    requested: list[str],
-    unavailable: dict[str, str],
-    dims: int,
-) -> dict[str, dict[str, Any]]:
-    from svai.metrics.fid import feature_statistics, frechet_distance
-    from svai.metrics.inception_score import inception_score
-    from svai.metrics.kid import kernel_inception_distance
-
-    out: dict[str, dict[str, Any]] = {}
-    keys = sorted(candidate.features)
-    n, n_target = len(keys), int(target_features.shape[0])
-    features = np.stack([candidate.features[k] for k in keys]) if keys else np.zeros((0, dims))
-    too_few = f"needs at least 2 readable images in each folder; got {n} in {candidate.root} and {n_target} in the targets"
-    if "fid" in requested and "fid" not in unavailable:
-        if min(n, n_target) < 2:
-            unavailable["fid"] = f"FID {too_few}"
-        else:
-            mu1, sigma1 = feature_statistics(features)
-            mu2, sigma2 = feature_statistics(target_features)
-            out["fid"] = {
-                "mean": frechet_distance(mu1, sigma1, mu2, sigma2), "n": n, "n_target": n_target,
-                "higher_is_better": get_spec("fid").higher_is_better,
-            }
-            warning = _fid_warning(n, n_target, dims)
-            if warning:
-                out["fid"]["warning"] = warning
-    if "kid" in requested and "kid" not in unavailable:
-        if min(n, n_target) < 2:
-            unavailable["kid"] = f"KID {too_few}"
-        else:
-            subset_size = min(KID_SUBSET_SIZE, n, n_target)
-            mean, std = kernel_inception_distance(features, target_features, subsets=KID_SUBSETS, subset_size=subset_size, seed=0)
-            out["kid"] = {
-                "mean": mean, "std": std, "n": n, "n_target": n_target,
-                "higher_is_better": get_spec("kid").higher_is_better,
-                "subsets": KID_SUBSETS, "subset_size": subset_size,
-            }
-    if "is" in requested and "is" not in unavailable:
-        if n < 2:
-            unavailable["is"] = f"IS needs at least 2 readable images in {candidate.root}; got {n}"
-        else:
-            splits = min(IS_SPLITS, n)
-            logits = np.stack([candidate.logits[k] for k in keys])
-            mean, std = inception_score(logits, splits=splits, seed=0)
-            out["is"] = {"mean": mean, "std": std, "n": n, "higher_is_better": get_spec("is").higher_is_better, "splits": splits}
-            if splits < IS_SPLITS:
-                out["is"]["warning"] = f"IS from {n} images uses {splits} splits instead of {IS_SPLITS}"
-    return out
-
-
-def _paired_results(
-    candidate: _Candidate, requested: list[str], unavailable: dict[str, str], masks: Path | None
-) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for metric in PAIRED_METRICS:
-        if metric not in requested or metric in unavailable:
-            continue
-        values = candidate.values.get(metric, {})
-        if not values:
-            unavailable[metric] = f"{get_spec(metric).label}: no pair could be measured (see skipped and unmatched)"
-            continue
-        out[metric] = _paired_summary(metric, values)
-        if masks is None or not get_spec(metric).regional:
-            continue
-        for region in REGIONS:
-            name = f"{metric}_{region}"
-            region_values = candidate.values.get(name, {})
-            if not region_values:
-                unavailable[name] = f"no measured pair has {region} pixels in its mask in {masks}"
-                continue
-            entry = _paired_summary(metric, region_values)
-            notes = []
-            if candidate.without_mask:
-                notes.append(f"{len(candidate.without_mask)} pair(s) have no usable mask in {masks} and are left out")
-            empty = len(candidate.evaluated) - len(candidate.without_mask) - len(region_values)
-            if empty > 0:
-                notes.append(f"{empty} pair(s) have no {region} pixels and are left out")
-            if "warning" in entry:
-                notes.insert(0, entry["warning"])
-            if notes:
-                entry["warning"] = "; ".join(notes)
-            out[name] = entry
-    return out
-
-
-def _metric_order(found: dict[str, Any]) -> list[str]:
-    order = []
-    for metric in PAIRED_METRICS:
-        order += [m for m in (metric, *(f"{metric}_{region}" for region in REGIONS)) if m in found]
-    order += [m for m in SET_METRICS if m in found]
-    return order
-
 
 # --------------------------------------------------------------------------------------------
 # The driver
@@ -594,15 +120,17 @@ class _Evaluation:
     `results` turns what the candidates gathered into the evaluation JSON.
     """
 
-    def __init__(self, options: _Options, folders: _Folders) -> None:
+    def __init__(self, options: EvaluateOptions, folders: Folders, device: torch.device) -> None:
         self.options = options
+        self.requested = options.requested
+        self.device = device
         self.folders = folders
         self.candidates = folders.candidates
-        self.models = _load_models(options.requested, options.lpips_net, options.weights_dir, options.device)
+        self.models = _load_models(self.requested, options.lpips_net, options.weights_dir, device)
         self.unavailable = dict(self.models.unavailable)
-        self.paired_active = [m for m in options.requested if m in PAIRED_METRICS and m not in self.unavailable]
+        self.paired_active = [m for m in self.requested if m in PAIRED_METRICS and m not in self.unavailable]
         self.sets_active = self.models.inception is not None and any(
-            m in options.requested and m not in self.unavailable for m in SET_METRICS
+            m in self.requested and m not in self.unavailable for m in SET_METRICS
         )
         self.identity = self._identity_meter()
         self.lpips_model = self.models.lpips if "lpips" in self.paired_active else None
@@ -692,7 +220,7 @@ class _Evaluation:
         batches = [work[i:i + size] for i in range(0, len(work), size)]
 
         def decode(batch: list[str]) -> Future:
-            return pool.submit(_decode_batch, [job for key in batch for job in jobs_by_id[key]])
+            return pool.submit(decode_batch, [job for key in batch for job in jobs_by_id[key]])
 
         done = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="svai-decode") as pool:
@@ -747,7 +275,7 @@ class _Evaluation:
         self, batch: list[str], images: dict[str, dict[str, np.ndarray]], masks: dict[str, np.ndarray]
     ) -> None:
         targets = images["target"]
-        valid = {c.role: _valid_pairs(c, batch, images[c.role], targets, self.min_side) for c in self.candidates}
+        valid = {c.role: valid_pairs(c, batch, images[c.role], targets, self.min_side) for c in self.candidates}
         # Targets grouped by shape, then cut into chunks of bounded pixel count: each chunk
         # is one tensor and one LPIPS backbone pass, shared by the model and the baseline.
         shapes: dict[tuple[int, ...], list[str]] = {}
@@ -758,11 +286,11 @@ class _Evaluation:
             step = max(1, PAIRED_PIXELS_PER_PASS // (shape[0] * shape[1]))
             for start in range(0, len(keys), step):
                 ids = keys[start:start + step]
-                chunk = _TargetChunk(ids, _to_tensor([targets[k] for k in ids], self.options.device), self.lpips_model)
+                chunk = TargetChunk(ids, to_tensor([targets[k] for k in ids], self.device), self.lpips_model)
                 for candidate in self.candidates:
                     ours = [k for k in ids if k in valid[candidate.role]]
                     for group in self._pair_groups(candidate, ours, images[candidate.role], masks, chunk):
-                        _measure_pairs(candidate, group, chunk, self.paired_active)
+                        measure_pairs(candidate, group, chunk, self.paired_active)
                     if self.identity is not None:
                         for key in ours:
                             for metric, value in self.identity.measure(key, images[candidate.role][key], targets[key]).items():
@@ -770,14 +298,14 @@ class _Evaluation:
 
     def _pair_groups(
         self,
-        candidate: _Candidate,
+        candidate: Candidate,
         ids: list[str],
         preds: dict[str, np.ndarray],
         masks: dict[str, np.ndarray],
-        chunk: _TargetChunk,
-    ) -> list[_PairGroup]:
+        chunk: TargetChunk,
+    ) -> list[PairGroup]:
         """`ids` as tensors: with a masks folder, pairs with a usable mask apart from the others."""
-        device = self.options.device
+        device = self.device
         if self.folders.mask_files:
             # Pairs without a usable mask still get whole-image values.
             candidate.without_mask.update(k for k in ids if k not in masks)
@@ -785,9 +313,9 @@ class _Evaluation:
         else:
             parts = [(ids, False)]
         return [
-            _PairGroup(
+            PairGroup(
                 ids=part,
-                pred=_to_tensor([preds[k] for k in part], device),
+                pred=to_tensor([preds[k] for k in part], device),
                 target_index=torch.tensor([chunk.position[k] for k in part], device=device),
                 masks=torch.from_numpy(np.stack([masks[k] for k in part])).to(device) if use_masks else None,
             )
@@ -797,16 +325,16 @@ class _Evaluation:
     def _measure_sets(self, images: dict[str, dict[str, np.ndarray]]) -> None:
         """Inception features and logits of every decoded candidate image, and of the targets
         unless they came from the cache."""
-        dims, device = self.options.fid_dims, self.options.device
+        dims, device = self.options.fid_dims, self.device
         for candidate in self.candidates:
             own = dict(images[candidate.role])
             if own:
-                feats, logits = _inception_pass(self.models.inception, own, dims, device)
+                feats, logits = inception_pass(self.models.inception, own, dims, device)
                 candidate.features.update(feats)
                 candidate.logits.update(logits)
         targets = images["target"]
         if self.targets_for_sets and targets:
-            feats, _ = _inception_pass(self.models.inception, targets, dims, device)
+            feats, _ = inception_pass(self.models.inception, targets, dims, device)
             self.target_features.update(feats)
 
     # ---------------------------------------------------------------------------- results
@@ -843,14 +371,14 @@ class _Evaluation:
         return result
 
     def _candidate_result(
-        self, candidate: _Candidate, target_matrix: np.ndarray, settings: dict[str, Any]
+        self, candidate: Candidate, target_matrix: np.ndarray, settings: dict[str, Any]
     ) -> dict[str, Any]:
         """One candidate's evaluation JSON; `target_matrix`: (N, dims) target features."""
-        folders, requested = self.folders, self.options.requested
+        folders, requested = self.folders, self.requested
         own_unavailable = dict(self.unavailable)
-        metrics_out = _paired_results(candidate, requested, own_unavailable, folders.masks)
+        metrics_out = paired_results(candidate, requested, own_unavailable, folders.masks)
         if self.sets_active:
-            metrics_out.update(_set_metrics(candidate, target_matrix, requested, own_unavailable, self.options.fid_dims))
+            metrics_out.update(set_metrics(candidate, target_matrix, requested, own_unavailable, self.options.fid_dims))
         skipped = dict(candidate.skipped)
         for file, reason in [*self.target_skipped.items(), *self.mask_skipped.items(), *folders.passed_over.items()]:
             skipped.setdefault(file, reason)
@@ -861,54 +389,36 @@ class _Evaluation:
             "pred": str(candidate.root),
             "target": str(folders.target),
             "masks": str(folders.masks) if folders.masks is not None else None,
-            "mask_source": _mask_source(folders),
+            "mask_source": mask_source(folders),
             "before": str(folders.before) if folders.before is not None else None,
-            "metrics": {k: metrics_out[k] for k in _metric_order(metrics_out)},
+            "metrics": {k: metrics_out[k] for k in metric_order(metrics_out)},
             "baseline": None,
             "unavailable": own_unavailable,
             "unmatched": candidate.pairing.unmatched(),
             "skipped": [{"file": f, "reason": r} for f, r in sorted(skipped.items())],
             "settings": settings,
             "weights": dict(self.models.weights),
-            "versions": _versions(),
+            "versions": versions(),
         }
 
 
 def evaluate_folders(
-    pred: Path,
-    target: Path,
-    *,
-    metrics: list[str] | None = None,
-    masks: Path | None = None,
-    baseline: Path | None = None,
-    before: Path | None = None,
-    name: str | None = None,
-    lpips_net: str = "alex",
-    fid_dims: int = 2048,
-    weights_dir: Path | None = None,
-    batch_size: int = 16,
-    device: str = "cpu",
-    use_cache: bool = True,
-    progress: Progress | None = None,
+    pred: Path, target: Path, options: EvaluateOptions | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Evaluate the images in `pred` against `target`; returns the evaluation JSON as a dict.
 
     pred, target: folders of images, paired by relative path without extension.
-    metrics: subset of ssim, psnr, lpips, fid, kid, is (None: all). A metric that cannot run
-        lands in result["unavailable"] with the reason; the caller decides whether that fails.
-    masks: folder of masks (255 = changed) paired with the targets; None: `target/../masks`
-        when that folder exists (the prepared dataset layout).
-    baseline: a do-nothing folder (usually the before images), evaluated alike into
-        result["baseline"]; also recorded as `before` unless `before` is given.
+    options: the metrics, the other folders (masks, baseline, before) and the settings; a
+        metric that cannot run lands in result["unavailable"] with the reason; the caller
+        decides whether that fails.
     progress: called as progress(ids_done, ids_total) after each batch.
     Raises `SvaiError` for bad folders or options.
     """
-    requested = normalize_metrics(metrics)
-    _check_options(lpips_net, fid_dims, batch_size)
-    options = _Options(requested, lpips_net, fid_dims, weights_dir, batch_size, check_device(device), use_cache)
-    folders = _index_folders(pred, target, masks, baseline, before, name)
-    _check_pairs(folders, requested)
-    evaluation = _Evaluation(options, folders)
+    options = options or EvaluateOptions()
+    device = check_device(options.device)
+    folders = index_folders(pred, target, options.masks, options.baseline, options.before, options.name)
+    check_pairs(folders, options.requested)
+    evaluation = _Evaluation(options, folders, device)
     try:
         evaluation.measure(progress)
     finally:

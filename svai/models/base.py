@@ -395,6 +395,4 @@ def eval_mode(nets: Networks) -> Iterator[None]:
             net.train(modes[name])
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 

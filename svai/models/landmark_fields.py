@@ -118,17 +118,28 @@ def shape_coordinates(shapes: np.ndarray, components: int) -> tuple[np.ndarray, 
     return mean, basis
 
 
-def fit_fields(before: np.ndarray, after: np.ndarray, strengths: np.ndarray, procedures: tuple[str, ...], *,
-               components: int = 8, ridge: float = 0.01, robust: bool = False, align: bool = True,
-               support: bool = True) -> Fields:
+@dataclass(frozen=True)
+class FitSettings:
+    """How `fit_fields` fits. components: K ≥ 0 shape coordinates; ridge ≥ 0: penalty on the
+    shape terms, relative to the mean squared strength; robust: Huber weights per pair; align:
+    similarity-align each after face on the landmarks no procedure moves; support: each
+    procedure moves only the landmarks of its region."""
+
+    components: int = 8
+    ridge: float = 0.01
+    robust: bool = False
+    align: bool = True
+    support: bool = True
+
+
+def fit_fields(before: np.ndarray, after: np.ndarray, strengths: np.ndarray, procedures: tuple[str, ...],
+               settings: FitSettings = FitSettings()) -> Fields:
     """Fit the fields of every procedure (module docstring).
 
     before, after: (N, 478, 2) landmarks of N pairs in their photos' pixels; strengths: (N, P)
-    in [0, 1] over `procedures`; components: K ≥ 0 shape coordinates; ridge ≥ 0: penalty on the
-    shape terms, relative to the mean squared strength; robust: Huber weights per pair;
-    align: similarity-align each after face on the landmarks no procedure moves; support:
-    each procedure moves only the landmarks of its region.
+    in [0, 1] over `procedures`.
     """
+    components, ridge, robust = settings.components, settings.ridge, settings.robust
     before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
     strengths = np.asarray(strengths, np.float64)
     count, n_proc = strengths.shape
@@ -136,8 +147,8 @@ def fit_fields(before: np.ndarray, after: np.ndarray, strengths: np.ndarray, pro
         raise ValueError(f"expected before/after ({count}, {mesh.POINTS}, 2) and strengths (N, {len(procedures)}); "
                          f"got {before.shape}, {after.shape}, {strengths.shape}")
     mean_points = np.mean([face_frame(b).to_frame(b) for b in before], axis=0)
-    masks = support_masks(procedures, mean_points) if support else np.ones((n_proc, mesh.POINTS), bool)
-    still = ~masks.any(axis=0) if align else None
+    masks = support_masks(procedures, mean_points) if settings.support else np.ones((n_proc, mesh.POINTS), bool)
+    still = ~masks.any(axis=0) if settings.align else None
     shapes, motions = frame_pairs(before, after, still)
     mean, basis = shape_coordinates(shapes, components)
     z = (shapes - mean) @ basis.T  # (N, K)
@@ -151,7 +162,7 @@ def fit_fields(before: np.ndarray, after: np.ndarray, strengths: np.ndarray, pro
     weights = np.ones(count)
     coefficients = np.zeros((design.shape[1], motions.shape[1]))
     for _ in range(5 if robust else 1):
-        coefficients = _solve(design, motions, weights, penalty, allowed, n_proc, components)
+        coefficients = _solve(design, motions, weights, penalty, allowed)
         if not robust:
             break
         residual = np.linalg.norm(motions - design @ coefficients, axis=1)
@@ -165,11 +176,14 @@ def fit_fields(before: np.ndarray, after: np.ndarray, strengths: np.ndarray, pro
     return Fields(mean, basis, fields, explained, count)
 
 
-def _solve(design: np.ndarray, targets: np.ndarray, weights: np.ndarray, penalty: np.ndarray, allowed: np.ndarray,
-           n_proc: int, components: int) -> np.ndarray:
+def _solve(design: np.ndarray, targets: np.ndarray, weights: np.ndarray, penalty: np.ndarray,
+           allowed: np.ndarray) -> np.ndarray:
     """Weighted ridge least squares per group of output coordinates sharing the same allowed
-    procedures: (features, 956) coefficients, zero for a procedure a coordinate may not use."""
-    per = 1 + components
+    procedures: (features, 956) coefficients, zero for a procedure a coordinate may not use.
+
+    design: (N, P·(1+K)) columns grouped per procedure; allowed: (P, 956) bool."""
+    n_proc = allowed.shape[0]
+    per = design.shape[1] // n_proc
     coefficients = np.zeros((design.shape[1], targets.shape[1]))
     patterns, groups = np.unique(allowed.T, axis=0, return_inverse=True)
     groups = np.asarray(groups).reshape(-1)
@@ -188,4 +202,4 @@ def _solve(design: np.ndarray, targets: np.ndarray, weights: np.ndarray, penalty
     return coefficients
 
 
-__all__ = ["Fields", "fit_fields", "frame_pairs", "inside_convex", "shape_coordinates", "support_masks"]
+__all__ = ["FitSettings", "Fields", "fit_fields", "frame_pairs", "inside_convex", "shape_coordinates", "support_masks"]

@@ -36,7 +36,7 @@ from svai.errors import SvaiError
 from svai.face import mesh
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext
 from svai.models.heads import OutputHead, check_intensity
-from svai.models.landmark_fields import Fields, fit_fields
+from svai.models.landmark_fields import Fields, FitSettings, fit_fields
 from svai.models.layers import UnetGenerator, check_before, init_weights, tile_labels
 from svai.models.options import OutputOptions, check_at_least, check_positive
 from svai.models.registry import register_family
@@ -216,9 +216,9 @@ class LandmarkWarp(ModelFamily):
 
     def _fit(self, nets: Networks, data, table) -> dict[str, float]:  # type: ignore[no-untyped-def]
         o = self.options
-        fitted = fit_fields(table.before, table.after, table.procedures, self.procedures,
-                            components=o.shape_components, ridge=o.ridge, robust=o.robust, align=o.align,
-                            support=o.support == "region")
+        settings = FitSettings(components=o.shape_components, ridge=o.ridge, robust=o.robust, align=o.align,
+                               support=o.support == "region")
+        fitted = fit_fields(table.before, table.after, table.procedures, self.procedures, settings)
         gains = self._calibrate(fitted, data, table) if o.calibrate else np.ones(len(self.procedures))
         nets["landmarks"].load(fitted, gains)
         log.info("landmark fields fitted on %d pairs; they explain %.1f %% of the landmark motion; gains %s",

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli.test_train_generate import TINY, assert_user_error, invoke
+from tests.support.cli import TINY, assert_user_error, invoke
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -51,7 +51,7 @@ def test_items_have_the_documented_shapes_and_ranges(tiny_dataset: Path) -> None
 
 
 def test_a_replaced_file_is_decoded_like_prepare_does(tmp_path: Path) -> None:
-    from tests.conftest import write_tiny_dataset
+    from tests.support.datasets import write_tiny_dataset
 
     data = write_tiny_dataset(tmp_path / "data")
     before = data / "train" / "before" / "p000.png"

@@ -86,14 +86,14 @@ def test_weights_import_takes_published_files_from_archives_by_sha256(face_weigh
 
 def test_without_the_face_layer_prepare_warns_once_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    from svai.data.prepare import prepare_synthetic
+    from svai.data.prepare import SyntheticOptions, prepare_synthetic
     from svai.face import finder
 
     monkeypatch.setenv("SVAI_WEIGHTS_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(finder, "_warned", type(finder._warned)())
     with caplog.at_level(logging.WARNING):
-        summary = prepare_synthetic(tmp_path / "data", count=6, size=32, seed=0)
+        summary = prepare_synthetic(tmp_path / "data", SyntheticOptions(count=6, size=32, seed=0))
     assert summary is not None and "landmarks" not in summary
     warnings = [r for r in caplog.records if "face" in r.getMessage()]
     assert len(warnings) == 1 and "no landmarks stored" in warnings[0].getMessage()

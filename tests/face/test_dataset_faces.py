@@ -16,6 +16,7 @@ from svai.cli import app
 from svai.face import mesh
 from svai.face.store import read_landmarks
 from svai.metrics.evaluate import evaluate_folders
+from svai.metrics.options import EvaluateOptions
 
 runner = CliRunner()
 
@@ -75,8 +76,9 @@ def test_evaluate_uses_regions_and_scores_identity(real_dataset: Path, face_weig
     split = next(s for s in ("test", "train") if any((real_dataset / s / "before").glob("*.png")))
     pred = tmp_path / "pred"
     shutil.copytree(real_dataset / split / "before", pred)
-    result = evaluate_folders(pred, real_dataset / split / "after", baseline=real_dataset / split / "before",
-                              metrics=["psnr", "identity", "identity_target"], weights_dir=face_weights)
+    options = EvaluateOptions(baseline=real_dataset / split / "before", metrics=["psnr", "identity", "identity_target"],
+                              weights_dir=face_weights)
+    result = evaluate_folders(pred, real_dataset / split / "after", options)
     assert result["mask_source"] == "procedure regions"
     assert "psnr_changed" in result["metrics"] and "identity_changed" not in result["metrics"]
     baseline = result["baseline"]["metrics"]

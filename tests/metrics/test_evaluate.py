@@ -19,6 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from svai.errors import SvaiError
 from svai.metrics import evaluate as driver
 from svai.metrics.evaluate import evaluate_folders, write_json
+from svai.metrics.options import EvaluateOptions
 
 SIZE = (40, 48)  # H, W: small, non-square, above LPIPS' 32 px minimum
 COUNT = 6
@@ -79,7 +80,7 @@ def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_ssim_and_psnr_per_image_match_skimage(dataset: dict[str, Path], no_weights: None) -> None:
-    result = evaluate_folders(dataset["pred"], dataset["target"], metrics=["ssim", "psnr"], batch_size=4)
+    result = evaluate_folders(dataset["pred"], dataset["target"], EvaluateOptions(metrics=["ssim", "psnr"], batch_size=4))
     ssim_entry, psnr_entry = result["metrics"]["ssim"], result["metrics"]["psnr"]
     ssim_diffs, psnr_diffs = [], []
     for i in range(COUNT):
@@ -106,7 +107,8 @@ def test_ssim_and_psnr_per_image_match_skimage(dataset: dict[str, Path], no_weig
 def test_region_metrics_follow_their_definition(dataset: dict[str, Path], use_torch_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SVAI_CACHE_DIR", str(tmp_path / "cache"))
     result = evaluate_folders(
-        dataset["pred"], dataset["target"], metrics=["ssim", "psnr", "lpips"], lpips_net="squeeze", batch_size=4
+        dataset["pred"], dataset["target"],
+        EvaluateOptions(metrics=["ssim", "psnr", "lpips"], lpips_net="squeeze", batch_size=4),
     )
     metrics = result["metrics"]
     with warnings.catch_warnings():
@@ -148,17 +150,17 @@ def test_region_metrics_follow_their_definition(dataset: dict[str, Path], use_to
 
 
 def test_batch_size_does_not_change_values(dataset: dict[str, Path], no_weights: None) -> None:
-    one = evaluate_folders(dataset["pred"], dataset["target"], metrics=["ssim", "psnr"], batch_size=1)
-    many = evaluate_folders(dataset["pred"], dataset["target"], metrics=["ssim", "psnr"], batch_size=64)
+    one = evaluate_folders(dataset["pred"], dataset["target"], EvaluateOptions(metrics=["ssim", "psnr"], batch_size=1))
+    many = evaluate_folders(dataset["pred"], dataset["target"], EvaluateOptions(metrics=["ssim", "psnr"], batch_size=64))
     for metric in ("ssim", "psnr", "ssim_changed", "psnr_kept"):
         assert one["metrics"][metric]["per_image"] == pytest.approx(many["metrics"][metric]["per_image"], abs=1e-12)
 
 
 def test_baseline_row_is_the_before_images_evaluated_alike(dataset: dict[str, Path], no_weights: None) -> None:
     result = evaluate_folders(
-        dataset["pred"], dataset["target"], metrics=["ssim", "psnr"], baseline=dataset["before"], name="p2p"
+        dataset["pred"], dataset["target"], EvaluateOptions(metrics=["ssim", "psnr"], baseline=dataset["before"], name="p2p")
     )
-    alone = evaluate_folders(dataset["before"], dataset["target"], metrics=["ssim", "psnr"])
+    alone = evaluate_folders(dataset["before"], dataset["target"], EvaluateOptions(metrics=["ssim", "psnr"]))
     baseline = result["baseline"]
     assert result["name"] == "p2p" and result["role"] == "model"
     assert result["before"] == str(dataset["before"].resolve())
@@ -186,7 +188,8 @@ def test_unreadable_and_mismatched_files_are_skipped_and_listed(dataset: dict[st
     (dataset["pred"] / "002.png").write_bytes(b"not a png")
     save(dataset["pred"] / "003.png", np.zeros((SIZE[0] + 2, SIZE[1], 3), np.uint8))
     save(dataset["pred"] / "extra.png", np.zeros((*SIZE, 3), np.uint8))
-    result = evaluate_folders(dataset["pred"], dataset["target"], metrics=["ssim", "psnr"], masks=dataset["masks"])
+    result = evaluate_folders(dataset["pred"], dataset["target"],
+                              EvaluateOptions(metrics=["ssim", "psnr"], masks=dataset["masks"]))
     skipped = {Path(item["file"]).name: item["reason"] for item in result["skipped"]}
     assert set(skipped) == {"002.png", "003.png"}
     assert "48x42" in skipped["003.png"] and "equal sizes" in skipped["003.png"]
@@ -198,19 +201,20 @@ def test_bad_inputs_are_one_line_errors(dataset: dict[str, Path], tmp_path: Path
     with pytest.raises(SvaiError, match="does not exist"):
         evaluate_folders(tmp_path / "nope", dataset["target"])
     with pytest.raises(SvaiError, match="--metrics 'sharpness'"):
-        evaluate_folders(dataset["pred"], dataset["target"], metrics=["ssim,sharpness"])
+        evaluate_folders(dataset["pred"], dataset["target"], EvaluateOptions(metrics=["ssim,sharpness"]))
     with pytest.raises(SvaiError, match="--fid-dims"):
-        evaluate_folders(dataset["pred"], dataset["target"], fid_dims=1000)
+        evaluate_folders(dataset["pred"], dataset["target"], EvaluateOptions(fid_dims=1000))
     with pytest.raises(SvaiError, match="--masks"):
-        evaluate_folders(dataset["pred"], dataset["target"], masks=tmp_path / "no_masks")
+        evaluate_folders(dataset["pred"], dataset["target"], EvaluateOptions(masks=tmp_path / "no_masks"))
     other = tmp_path / "renamed"
     save(other / "zzz.png", np.zeros((*SIZE, 3), np.uint8))
     with pytest.raises(SvaiError, match="namesake"):
-        evaluate_folders(other, dataset["target"], metrics=["ssim"])
+        evaluate_folders(other, dataset["target"], EvaluateOptions(metrics=["ssim"]))
 
 
 def test_json_is_strict_and_written_atomically(dataset: dict[str, Path], tmp_path: Path, no_weights: None) -> None:
-    result = evaluate_folders(dataset["pred"], dataset["target"], metrics=["ssim", "psnr"], baseline=dataset["before"])
+    result = evaluate_folders(dataset["pred"], dataset["target"],
+                              EvaluateOptions(metrics=["ssim", "psnr"], baseline=dataset["before"]))
     path = write_json(result, tmp_path / "out" / "evaluation.json")
 
     def refuse(constant: str) -> None:
@@ -244,16 +248,17 @@ def test_fid_kid_match_pytorch_fid_and_the_cache_skips_targets(
             shutil.copy(path, folder / path.name)
         folders.append(folder)
     passes: list[int] = []
-    real_pass = driver._inception_pass
+    real_pass = driver.inception_pass
 
     def counting_pass(model, images, dims, device):
         passes.append(len(images))
         return real_pass(model, images, dims, device)
 
-    monkeypatch.setattr(driver, "_inception_pass", counting_pass)
+    monkeypatch.setattr(driver, "inception_pass", counting_pass)
 
     def run() -> dict:
-        return evaluate_folders(folders[0], folders[1], metrics=["fid", "kid", "is"], batch_size=SET_IMAGES)
+        return evaluate_folders(folders[0], folders[1],
+                                EvaluateOptions(metrics=["fid", "kid", "is"], batch_size=SET_IMAGES))
 
     first = run()
     assert sum(passes) == 2 * SET_IMAGES  # pred and targets, each image once

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from svai.metrics import evaluate, specs
+from svai.metrics import options, specs
 
 
 def test_every_metric_evaluate_computes_has_exactly_one_spec():
     names = [spec.name for spec in specs.SPECS]
     assert len(names) == len(set(names))
-    assert evaluate.METRICS == specs.metric_names() == (
+    assert options.METRICS == specs.metric_names() == (
         "ssim", "psnr", "lpips", "identity", "identity_target", "fid", "kid", "is")
-    assert evaluate.normalize_metrics(None) == list(names)
-    assert set(evaluate.PAIRED_METRICS) | set(evaluate.SET_METRICS) == set(names)
-    assert not set(evaluate.PAIRED_METRICS) & set(evaluate.SET_METRICS)
+    assert options.normalize_metrics(None) == list(names)
+    assert set(options.PAIRED_METRICS) | set(options.SET_METRICS) == set(names)
+    assert not set(options.PAIRED_METRICS) & set(options.SET_METRICS)
 
 
 @pytest.mark.parametrize(

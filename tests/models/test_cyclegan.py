@@ -7,15 +7,16 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
 
 from svai.config import build_dataclass
 from svai.errors import SvaiError
-from svai.models.base import PhaseGradients, count_parameters
+from svai.models.base import PhaseGradients
 from svai.models.cyclegan import CycleGAN, CycleGANOptions
 from svai.models.gan_training import ImagePool
 from svai.models.layers import ResnetBlock, SelfAttention
 from svai.models.registry import families, resolve_model
+
+from tests.support.models import changed, count_parameters, snapshot
 
 SMALL = dict(ngf=8, ndf=8)
 PRESETS = ["cyclegan", "cyclegan-attn", "cyclegan-attn-gd"]
@@ -44,14 +45,6 @@ def make_batch(size: int, batch: int = 2, seed: int = 0, after: torch.Tensor | N
         "mask": torch.zeros(batch, 1, size, size),
         "procedures": torch.zeros(batch, 3),
     }
-
-
-def snapshot(module: nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def changed(module: nn.Module, before: list[torch.Tensor]) -> bool:
-    return any(not torch.equal(p, q) for p, q in zip(module.parameters(), before))
 
 
 def test_registered_with_reference_defaults() -> None:

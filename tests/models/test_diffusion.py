@@ -1,5 +1,5 @@
 """sd-lora and sd-lora-concat on a tiny randomly initialised Stable-Diffusion-shaped base
-(tests/diffusion_fixtures.py), offline: the base lookup, what trains and what checkpoints
+(tests/support/diffusion_fixtures.py), offline: the base lookup, what trains and what checkpoints
 hold, the two conditioning modes, guidance, sampler settings, generation, and the package
 working without the `diffusion` extra."""
 
@@ -35,7 +35,7 @@ from svai.models import diffusion  # noqa: E402
 from svai.models.base import Request, StepContext  # noqa: E402
 from svai.models.registry import make_family, parameter_counts  # noqa: E402
 from svai.train import Trainer, train  # noqa: E402
-from tests.diffusion_fixtures import (  # noqa: E402,F401  (fixtures)
+from tests.support.diffusion_fixtures import (  # noqa: E402,F401  (fixtures)
     VAE_FACTOR, snapshot_folder, tiny_hf_cache, use_tiny_base, write_tokenizer,
 )
 

@@ -14,10 +14,11 @@ from torch import nn
 from svai.checkpoint import find_checkpoint
 from svai.run import resolve
 from svai.errors import SvaiError
-from svai.models.base import Phase, PhaseGradients, Request, count_parameters
+from svai.models.base import Phase, PhaseGradients, Request
 from svai.models.gan import Dcgan, DcganOptions, halvings
 from svai.models.registry import families
 from svai.train import train
+from tests.support.models import count_parameters
 
 SMALL = dict(ngf=8, ndf=8, code_channels=16)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -17,11 +17,12 @@ from svai.checkpoint import load_networks, save_checkpoint
 from svai.run import resolve
 from svai.errors import SvaiError
 from svai.image_ops import warp, warp_fast
-from svai.models.base import ModelFamily, Networks, Request, count_parameters, eval_mode
+from svai.models.base import ModelFamily, Networks, Request, eval_mode
 from svai.models.heads import OutputHead, bound_excess, gradient_energy, inward_clamp, total_variation
 from svai.models.options import OutputOptions
 from svai.models.registry import make_family, parameter_counts
 from svai.train import Trainer
+from tests.support.models import count_parameters
 
 SIZE = 32
 FAMILIES = ["pix2pix", "cyclegan", "stargan"]

@@ -15,12 +15,12 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.face import mesh
 from svai.models.base import Request
-from svai.models.landmark_fields import fit_fields, support_masks
+from svai.models.landmark_fields import FitSettings, fit_fields, support_masks
 from svai.models.registry import make_family
 from svai.warp import (
     ThinPlateSpline, confine, face_frame, inner_feather, region_box, resample_box,
 )
-from tests.conftest import fake_face, write_tiny_dataset
+from tests.support.datasets import fake_face, write_tiny_dataset
 
 
 # -- the spline and the frame -----------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_fit_recovers_planted_fields_exactly() -> None:
     before, strengths, fields = data["before"], data["strengths"], data["fields"]
     after = np.stack([b + face_frame(b).vectors_to_photo((s @ fields[:, 0]).reshape(478, 2))
                       for b, s in zip(before, strengths)])
-    fitted = fit_fields(before, after, strengths, PROCEDURES, components=0, align=False, support=False)
+    fitted = fit_fields(before, after, strengths, PROCEDURES, FitSettings(components=0, align=False, support=False))
     np.testing.assert_allclose(fitted.fields, fields, atol=1e-9)
     assert fitted.explained == pytest.approx(1.0) and fitted.pairs == 60
 
@@ -79,12 +79,13 @@ def test_fit_recovers_fields_that_depend_on_the_face_shape() -> None:
     data = planted(80, 1, components=2)
     before, strengths, fields = data["before"], data["strengths"], data["fields"]
     shapes = np.stack([face_frame(b).to_frame(b).reshape(-1) for b in before])
-    first = fit_fields(before, before, strengths, PROCEDURES, components=2, align=False, support=False)
+    first = fit_fields(before, before, strengths, PROCEDURES, FitSettings(components=2, align=False, support=False))
     z = (shapes - first.mean_shape) @ first.basis.T  # the shape coordinates the fit will use
     after = np.stack([b + face_frame(b).vectors_to_photo(
         np.einsum("p,pkd,k->d", s, fields, np.concatenate([[1.0], zk])).reshape(478, 2))
         for b, s, zk in zip(before, strengths, z)])
-    fitted = fit_fields(before, after, strengths, PROCEDURES, components=2, ridge=0.0, align=False, support=False)
+    fitted = fit_fields(before, after, strengths, PROCEDURES,
+                        FitSettings(components=2, ridge=0.0, align=False, support=False))
     np.testing.assert_allclose(fitted.fields, fields, atol=1e-8)
     for b, s, a in zip(before[:3], strengths[:3], after[:3]):
         frame = face_frame(b)
@@ -99,7 +100,8 @@ def test_support_keeps_each_procedure_to_its_own_region() -> None:
     masks = support_masks(PROCEDURES, mean)
     assert masks.any(axis=1).all() and not masks.all(axis=1).any()
     noise = np.random.default_rng(3).normal(scale=0.5, size=before.shape)
-    fitted = fit_fields(before, before + noise, strengths, PROCEDURES, components=0, align=False, support=True)
+    fitted = fit_fields(before, before + noise, strengths, PROCEDURES,
+                        FitSettings(components=0, align=False, support=True))
     moved = np.abs(fitted.fields[:, 0].reshape(3, 478, 2)).sum(axis=2) > 0
     assert not (moved & ~masks).any()
     assert (moved & masks).any(axis=1).all()
@@ -111,8 +113,9 @@ def test_robust_weights_discount_a_pair_with_misread_landmarks() -> None:
     after = np.stack([b + face_frame(b).vectors_to_photo((s @ fields[:, 0]).reshape(478, 2))
                       for b, s in zip(before, strengths)])
     after[0] += np.random.default_rng(5).normal(scale=8.0, size=(478, 2))  # one face read wrongly
-    error = {robust: np.abs(fit_fields(before, after, strengths, PROCEDURES, components=0, align=False,
-                                       support=False, robust=robust).fields - fields).mean()
+    error = {robust: np.abs(fit_fields(before, after, strengths, PROCEDURES,
+                                       FitSettings(components=0, align=False, support=False, robust=robust)).fields
+                            - fields).mean()
              for robust in (False, True)}
     assert error[True] < 0.2 * error[False], error
 
@@ -200,12 +203,12 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     saved = os.environ.get("SVAI_WEIGHTS_DIR")
     os.environ["SVAI_WEIGHTS_DIR"] = str(weights)
     try:
-        from svai.data.prepare import prepare_synthetic
+        from svai.data.prepare import SyntheticOptions, prepare_synthetic
         from svai.generate import load_model
         from svai.train import train
 
         root = tmp_path_factory.mktemp("lw") / "data"
-        prepare_synthetic(root, count=90, size=128, seed=3, landmarks=True)
+        prepare_synthetic(root, SyntheticOptions(count=90, size=128, seed=3, landmarks=True))
         config = resolve("landmark-warp", sets=["train.evaluate=false"], flags={"data.root": str(root)})
         run = root.parent / "run"
         train(config, run)

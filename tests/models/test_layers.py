@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from svai.errors import SvaiError
-from svai.models.base import count_parameters
 from svai.models.gan_training import ImagePool, gan_loss, linear_decay_factor
 from svai.models.layers import (
     PatchDiscriminator, ResnetGenerator, SelfAttention, UnetGenerator, check_attention_heads, init_weights, norm_layer,
     patch_output_size,
 )
+from tests.support.models import count_parameters
 
 
 def attention_parameters(channels: int) -> int:

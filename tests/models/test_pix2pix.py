@@ -11,9 +11,10 @@ from torch import nn
 
 from svai.config import build_dataclass
 from svai.errors import SvaiError
-from svai.models.base import Phase, PhaseGradients, count_parameters
+from svai.models.base import Phase, PhaseGradients
 from svai.models.pix2pix import Pix2Pix, Pix2PixOptions
 from svai.models.registry import families, resolve_model
+from tests.support.models import changed, count_parameters, snapshot
 
 SMALL = dict(ngf=8, ndf=8)
 
@@ -36,14 +37,6 @@ def optimisers(family: Pix2Pix, nets: dict[str, nn.Module]) -> dict[str, torch.o
         )
         for phase in family.phases()
     }
-
-
-def snapshot(module: nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def changed(module: nn.Module, before: list[torch.Tensor]) -> bool:
-    return any(not torch.equal(p, q) for p, q in zip(module.parameters(), before))
 
 
 def test_registered_with_reference_defaults() -> None:
@@ -270,7 +263,7 @@ def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:
 
 
 def test_procedure_maps_train_through_the_loop(tiny_dataset, tmp_path) -> None:
-    from loop_helpers import changed, first_batch, snapshot
+    from tests.support.loop_helpers import changed, first_batch, snapshot
 
     from svai.run import resolve
     from svai.train import Trainer

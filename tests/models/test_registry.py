@@ -15,7 +15,7 @@ from svai.run import resolve
 from svai.models.base import Request
 from svai.models.registry import families, list_models, make_family, parameter_counts, presets, resolve_model
 from svai.train import Trainer
-from tests.diffusion_fixtures import diffusion_registry_base, tiny_hf_cache, use_tiny_base  # noqa: F401  (sd-lora models: a tiny base, autouse)
+from tests.support.diffusion_fixtures import diffusion_registry_base, tiny_hf_cache, use_tiny_base  # noqa: F401  (sd-lora models: a tiny base, autouse)
 
 SIZE = 32
 COMPUTE = {"no": torch.float32, "bf16": torch.bfloat16}
@@ -195,7 +195,7 @@ def test_procedures_change_nothing_outside_their_regions(name: str) -> None:
     left outside the nose region came from the confinement."""
     from svai.face import mesh
     from svai.generate import translate_batch
-    from tests.conftest import fake_face
+    from tests.support.datasets import fake_face
 
     model = loaded(name)
     image = photo(3, 96, 80)

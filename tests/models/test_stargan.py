@@ -16,7 +16,7 @@ from svai.checkpoint import find_checkpoint
 from svai.config import RunConfig
 from svai.run import resolve
 from svai.errors import SvaiError
-from svai.models.base import Request, StepContext, count_parameters, eval_mode
+from svai.models.base import Request, StepContext, eval_mode
 from svai.models.layers import SelfAttention
 from svai.models.penalties import wgan_gradient_penalty
 from svai.models.registry import families, make_family, resolve_model
@@ -31,7 +31,8 @@ from svai.models.stargan import (
     discriminator_layout,
 )
 from svai.train import Trainer, prepare_training, train
-from loop_helpers import changed, first_batch, snapshot
+from tests.support.loop_helpers import changed, first_batch, snapshot
+from tests.support.models import count_parameters
 
 SIZE = 32
 PRESETS = ["stargan", "stargan-attn", "stargan-mha", "stargan-attn-rec", "stargan-mha-rec", "stargan-attn-gd-rec"]

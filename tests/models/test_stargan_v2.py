@@ -14,11 +14,12 @@ from torch import nn
 from svai.checkpoint import find_checkpoint
 from svai.run import resolve
 from svai.errors import SvaiError
-from svai.models.base import Request, StepContext, count_parameters
+from svai.models.base import Request, StepContext
 from svai.models.registry import families, resolve_model
 from svai.models.stargan_v2 import EMA_OF, StarGANv2, StarGANv2Options
 from svai.train import Trainer, train
-from loop_helpers import first_batch
+from tests.support.loop_helpers import first_batch
+from tests.support.models import count_parameters
 
 SIZE = 32
 TINY = dict(ngf=8, ndf=8, max_conv_dim=16, latent_dim=4, style_dim=8, hidden_dim=16)

@@ -19,13 +19,15 @@ from svai.cli import app
 from svai.run import resolve
 from svai.errors import SvaiError
 from svai.generate import load_model, translate_batch
-from svai.models.base import Request, count_parameters
+from svai.models.base import Request
 from svai.models.registry import families, parameter_counts
 from svai.models.style_transfer import (
     EPS, AdaINDecoder, StyleStatistics, StyleTransfer, StyleTransferOptions, adain, channel_stats, content_loss,
     style_loss, stylised_features,
 )
 from svai.train import Trainer, train
+
+from tests.support.models import count_parameters
 
 SIZE = 32
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from report.support import collect  # tests/report/support.py
+from tests.support.html import collect
 from svai import report
 from svai.cli import app
 from svai.report import curves

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from report.support import Collector, collect  # tests/report/support.py
+from tests.support.html import Collector, collect
 from svai import report
 
 

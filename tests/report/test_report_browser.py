@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("websocket", reason="the browser test drives Chromium with websocket-client")
 
-from serve.devtools import Chromium, find_browser  # noqa: E402  (tests/serve/devtools.py)
+from tests.support.devtools import Chromium, find_browser  # noqa: E402
 
 from svai.cli import app  # noqa: E402
 

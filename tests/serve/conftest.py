@@ -4,7 +4,7 @@
         "procedures", conditioned on the procedures (model.procedure_maps), and "plain", not.
     simulator (session): both runs loaded, served as models "1" and "2".
     small_photo (session): a 480 x 640 face photo stored under EXIF orientation 6
-        (`serve.support.face_jpeg`).
+        (`tests.support.serve.face_jpeg`).
     make_app(...): the app over `simulator`, with a private upload folder under tmp_path.
     live_server: the app served by uvicorn on 127.0.0.1 in a thread; yields its base URL.
 """
@@ -27,8 +27,8 @@ from svai.serve.simulate import Simulator, serve_models
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-from serve.support import FacePhoto, LiveServer  # tests/serve/support.py
-from serve.support import face_jpeg
+from tests.support.serve import FacePhoto, LiveServer
+from tests.support.serve import face_jpeg
 
 TINY = ["--steps", "2", "--batch-size", "2", "--image-size", "32", "--set", "model.ngf=8", "--set", "model.ndf=8",
         "--set", "train.sample_every=0", "--set", "train.evaluate=false"]

@@ -19,7 +19,6 @@ from PIL import Image
 pytest.importorskip("starlette", reason="svai serve needs the app extra: pip install 'svai[app]'")
 pytest.importorskip("httpx", reason="the app's test client needs httpx")
 
-from httpx import Response  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
@@ -28,24 +27,13 @@ from svai.generate import translate_batch  # noqa: E402
 from svai.serve.app import LOOPBACK_NAMES, display  # noqa: E402
 from svai.models.base import Request  # noqa: E402
 from svai.serve.photo import pixels_sha256, region, simulated_photo, view_box  # noqa: E402
-from svai.serve.simulate import Settings, Simulation, Simulator, model_request  # noqa: E402
+from svai.serve.simulate import Settings, Simulator, model_request  # noqa: E402
 
-from serve.support import FacePhoto, LiveServer, face_jpeg  # noqa: E402  (tests/serve/support.py)
+from tests.support.app_client import client_for, held, simulate, upload  # noqa: E402
+from tests.support.serve import FacePhoto, LiveServer, face_jpeg  # noqa: E402
 
 
 MakeApp = Callable[..., Starlette]
-
-
-def client_for(app: Starlette) -> TestClient:
-    return TestClient(app, base_url="http://127.0.0.1")
-
-
-def upload(client: TestClient, data: bytes, name: str = "photo.jpg") -> Response:
-    return client.post("/api/photos", content=data, headers={"X-Filename": name})
-
-
-def simulate(client: TestClient, photo: str, **settings: Any) -> Response:
-    return client.post("/api/simulate", json={"photo": photo, "model": "1", **settings})
 
 
 def png(client: TestClient, url: str) -> np.ndarray:
@@ -53,11 +41,6 @@ def png(client: TestClient, url: str) -> np.ndarray:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
-
-
-def held(app: Starlette, result: str) -> Simulation:
-    """A simulation the app holds, with its full-resolution result."""
-    return app.state.consultation.results.get(result).simulation
 
 
 def chunk_types(data: bytes) -> list[str]:

@@ -20,8 +20,8 @@ from PIL import Image
 pytest.importorskip("websocket", reason="the browser test drives Chromium with websocket-client")
 pytest.importorskip("uvicorn", reason="svai serve needs the app extra: pip install 'svai[app]'")
 
-from serve.devtools import Chromium, Page, find_browser  # noqa: E402  (tests/serve/devtools.py)
-from serve.support import LiveServer, face_jpeg  # noqa: E402  (tests/serve/support.py)
+from tests.support.devtools import Chromium, Page, find_browser  # noqa: E402
+from tests.support.serve import LiveServer, face_jpeg  # noqa: E402
 
 BROWSER = find_browser()
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium here (Debian: apt-get install chromium)")

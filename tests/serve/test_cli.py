@@ -20,7 +20,7 @@ pytest.importorskip("uvicorn", reason="svai serve needs the app extra: pip insta
 pytest.importorskip("starlette", reason="svai serve needs the app extra: pip install 'svai[app]'")
 
 from svai.cli import app  # noqa: E402
-from tests.cli.test_train_generate import assert_user_error  # noqa: E402
+from tests.support.cli import assert_user_error  # noqa: E402
 
 
 def invoke(*args: object) -> Result:

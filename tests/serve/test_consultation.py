@@ -17,8 +17,8 @@ from skimage import data
 
 pytest.importorskip("starlette", reason="svai serve needs the app extra: pip install 'svai[app]'")
 
-from serve.test_app import client_for, held, simulate, upload  # noqa: E402  (tests/serve/test_app.py)
-from serve.support import face_jpeg  # noqa: E402
+from tests.support.app_client import client_for, held, simulate, upload  # noqa: E402
+from tests.support.serve import face_jpeg  # noqa: E402
 
 
 def jpeg_of(rgb: np.ndarray) -> bytes:
