@@ -250,21 +250,24 @@ def restore_rng(path: Path, rank: int, meta: dict[str, Any]) -> None:
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
 
 
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    nets: dict[str, nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
-    extra: dict[str, Any] | None = None,
-    rng_states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    keep: int = 2,
-    frozen: Frozen | None = None,
-) -> Path:
-    """Write a checkpoint for `step` atomically, point `latest` at it, prune to `keep`.
+@dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint holds: the step, the networks, the optimizers, `extra` entries for
+    state.json, one `rng_payload()` per process in rank order (None: this process's only), and
+    which network entries are frozen (left out)."""
 
-    `rng_states` holds one `rng_payload()` per process (rank order); by default this
-    process's only. Entries `frozen` names are left out. Call on the main process only.
-    """
+    step: int
+    nets: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    extra: dict[str, Any] | None = None
+    rng_states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None
+    frozen: Frozen | None = None
+
+
+def save_checkpoint(run_dir: Path, state: TrainingState, keep: int = 2) -> Path:
+    """Write a checkpoint of `state` atomically, point `latest` at it, prune to `keep`. Call on
+    the main process only."""
+    step = state.step
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(root)
@@ -274,7 +277,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _write_folder(tmp, nets, optimizers, step, extra, rng_states, frozen)
+        _write_folder(tmp, state)
     except BaseException:
         # A full disk or a stop half-way: the partial folder goes, the last checkpoint stays.
         shutil.rmtree(tmp, ignore_errors=True)
@@ -293,21 +296,17 @@ def save_checkpoint(
     return final
 
 
-def _write_folder(
-    tmp: Path, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], step: int,
-    extra: dict[str, Any] | None, rng_states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None,
-    frozen: Frozen | None,
-) -> None:
+def _write_folder(tmp: Path, state: TrainingState) -> None:
     """Every file of a checkpoint, written and synced into the (temporary) folder `tmp`."""
-    _save_tensors(network_tensors(nets, frozen), tmp / "weights.safetensors")
-    optimizer_tensors, optimizer_meta = optimizer_payload(optimizers)
+    _save_tensors(network_tensors(state.nets, state.frozen), tmp / "weights.safetensors")
+    optimizer_tensors, optimizer_meta = optimizer_payload(state.optimizers)
     _save_tensors(optimizer_tensors, tmp / "optimizer.safetensors")
     rng_meta: dict[str, Any] = {}
-    for rank, (tensors, meta) in enumerate(rng_states or [rng_payload()]):
+    for rank, (tensors, meta) in enumerate(state.rng_states or [rng_payload()]):
         _save_tensors(tensors, tmp / f"rng-{rank}.safetensors")
         rng_meta[str(rank)] = meta
-    state = {"step": step, "optimizers": optimizer_meta, "rng": rng_meta, **(extra or {})}
-    (tmp / "state.json").write_text(json.dumps(state) + "\n", encoding="utf-8")
+    record = {"step": state.step, "optimizers": optimizer_meta, "rng": rng_meta, **(state.extra or {})}
+    (tmp / "state.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
     mode = default_file_mode()
     for file in tmp.iterdir():
         # safetensors creates its files owner-only; give them the mode of the run's other files.

@@ -466,6 +466,8 @@ def check_writable(folder: Path, option: str = "--output", privacy: Privacy | No
 # ------------------------------------------------------------------------- svai's own files
 
 OWN_FILES = ".svai-files.json"
+# The lock file of a folder svai is writing (`svai.runlock`).
+LOCK_FILE = ".svai.lock"
 PLANNED = (0, -1, -1)  # the entry of a path svai is about to write (no file has inode 0)
 
 
@@ -609,8 +611,6 @@ class OwnFiles:
     def foreign(self, names: list[str] | None = None) -> list[Path]:
         """Entries at the top of the folder, or under `names` in it, that svai did not record
         (the record and the lock excepted), for refusing before anything is deleted."""
-        from svai.runlock import LOCK_FILE
-
         found: list[Path] = []
         tops = [self.root / n for n in names] if names is not None else sorted(self.root.iterdir())
         for top in tops:

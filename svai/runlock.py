@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from svai.errors import SvaiError
-from svai.io import USER_ERRNOS, Privacy, make_folder, process_alive
+from svai.io import LOCK_FILE, USER_ERRNOS, Privacy, make_folder, process_alive
 
 try:
     import fcntl
@@ -28,7 +28,6 @@ except ImportError:  # not POSIX
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".svai.lock"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 

@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from svai.checkpoint import (
-    find_checkpoint, load_networks, load_optimizers, read_state, restore_rng, rng_payload, save_checkpoint,
+    TrainingState, find_checkpoint, load_networks, load_optimizers, read_state, restore_rng, rng_payload,
+    save_checkpoint,
 )
 from svai.config import RunConfig
 from svai.data.augment import augment_batch
@@ -490,8 +491,8 @@ class Trainer:
                 "family": self.config.family,
             }
             optimizers = {n: getattr(o, "optimizer", o) for n, o in self.optimizers.items()}
-            path = save_checkpoint(self.run_dir, step, self.nets, optimizers, extra, states,
-                                   keep=self.config.train.keep_checkpoints, frozen=self.family.is_frozen)
+            state = TrainingState(step, self.nets, optimizers, extra, states, frozen=self.family.is_frozen)
+            path = save_checkpoint(self.run_dir, state, keep=self.config.train.keep_checkpoints)
             self._record(path.parent)
             self.on_event({"event": "checkpoint", "step": step, "path": str(path)})
         accelerator.wait_for_everyone()

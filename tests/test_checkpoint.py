@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from svai.checkpoint import checkpoint_problem, find_checkpoint, save_checkpoint, safetensors_problem
+from svai.checkpoint import TrainingState, checkpoint_problem, find_checkpoint, safetensors_problem, save_checkpoint
 from svai.errors import SvaiError
 from svai.generate import load_model
 from svai.train import train
@@ -106,7 +106,7 @@ def test_leftovers_of_a_crashed_save_are_removed_at_the_next_save(tmp_path: Path
     live = root / f".tmp-step-00000009-{os.getppid()}"  # a live process's save is left alone
     live.mkdir()
     net = torch.nn.Linear(2, 2)
-    save_checkpoint(tmp_path, 1, {"G": net}, {"g": torch.optim.Adam(net.parameters())})
+    save_checkpoint(tmp_path, TrainingState(1, {"G": net}, {"g": torch.optim.Adam(net.parameters())}))
     assert not dead.exists() and live.exists()
 
 
@@ -124,7 +124,7 @@ def test_frozen_entries_are_left_out_and_not_expected_back(tmp_path: Path) -> No
         return network == "vgg" or key.startswith("0.")
 
     saved = nets()
-    path = save_checkpoint(tmp_path, 1, saved, {}, frozen=frozen)
+    path = save_checkpoint(tmp_path, TrainingState(1, saved, {}, frozen=frozen))
     with safe_open(str(path / "weights.safetensors"), framework="pt") as handle:
         assert sorted(handle.keys()) == ["G.1.bias", "G.1.weight"]
     fresh = nets()
@@ -176,5 +176,5 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_folder(
 
     monkeypatch.setattr("svai.checkpoint.save_file", full)
     with pytest.raises(SvaiError, match="no space left"):
-        save_checkpoint(run, 3, model.nets, {})
+        save_checkpoint(run, TrainingState(3, model.nets, {}))
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")) == []

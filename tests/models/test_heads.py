@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from svai.checkpoint import load_networks, save_checkpoint
+from svai.checkpoint import TrainingState, load_networks, save_checkpoint
 from svai.run import resolve
 from svai.errors import SvaiError
 from svai.image_ops import warp, warp_fast
@@ -73,7 +73,7 @@ def test_untrained_models_return_their_input_exactly_also_after_a_round_trip(
     nets = family.build()
     before = images()
     assert torch.equal(translate(family, nets, before), before)
-    path = save_checkpoint(tmp_path, 1, nets, {})
+    path = save_checkpoint(tmp_path, TrainingState(1, nets, {}))
     torch.manual_seed(7)
     fresh = tiny_family(family_name, mode).build()
     load_networks(path, fresh)

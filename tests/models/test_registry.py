@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from svai.checkpoint import load_networks, save_checkpoint
+from svai.checkpoint import TrainingState, load_networks, save_checkpoint
 from svai.run import resolve
 from svai.models.base import Request
 from svai.models.registry import families, list_models, make_family, parameter_counts, presets, resolve_model
@@ -98,7 +98,7 @@ def test_safetensors_round_trip(model, tmp_path: Path) -> None:
     name, family, nets = model
     optimizers = {p.name: torch.optim.Adam([q for n in p.networks for q in nets[n].parameters()], lr=p.lr)
                   for p in family.phases()}
-    path = save_checkpoint(tmp_path, 1, nets, optimizers, frozen=family.is_frozen)
+    path = save_checkpoint(tmp_path, TrainingState(1, nets, optimizers, frozen=family.is_frozen))
     torch.manual_seed(123)
     fresh = make_family(resolve(name, sets=[f"data.image_size={SIZE}"])).build()
     load_networks(path, fresh, frozen=family.is_frozen)
