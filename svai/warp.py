@@ -243,23 +243,27 @@ def border_points(width: float, height: float, per_side: int = 8) -> np.ndarray:
     return np.concatenate([top, bottom, left, right])
 
 
-def backward_field(source: np.ndarray, target: np.ndarray, frame: FaceFrame, box: Box, width: int, height: int,
-                   smoothing: float, grid_step: float = 0.06) -> np.ndarray:
+# Spacing of the nodes the spline is evaluated on, in inter-ocular distances (bilinear between).
+GRID_STEP = 0.06
+
+
+def backward_field(source: np.ndarray, target: np.ndarray, frame: FaceFrame, box: Box, size: tuple[int, int],
+                   smoothing: float) -> np.ndarray:
     """The backward displacement at every pixel centre of `box`: output pixel q takes the
     photo's colour at q + field(q).
 
     source, target: (N, 2) landmarks before and after the move (photo pixels); the spline
-    maps target_i to source_i − target_i, with the photo's border held still. It is evaluated
-    in the face frame (`smoothing` in squared inter-ocular units) on a grid of nodes about
-    `grid_step` inter-ocular distances apart over the box, and interpolated bilinearly
-    between them. Returns (2, y1 − y0, x1 − x0) float32 pixels (x then y).
+    maps target_i to source_i − target_i, with the border of the photo (`size`: width, height)
+    held still. It is evaluated in the face frame (`smoothing` in squared inter-ocular units)
+    on a grid of nodes `GRID_STEP` inter-ocular distances apart over the box, and interpolated
+    bilinearly between them. Returns (2, y1 − y0, x1 − x0) float32 pixels (x then y).
     """
-    anchors = border_points(width, height)
+    anchors = border_points(*size)
     points = frame.to_frame(np.concatenate([target, anchors]))
     back = np.concatenate([source - target, np.zeros_like(anchors)]) @ frame.rotation / frame.unit
     spline = ThinPlateSpline(points, back, smoothing)
     x0, y0, x1, y1 = box
-    step = max(1.0, grid_step * frame.unit)
+    step = max(1.0, GRID_STEP * frame.unit)
     nx = min(x1 - x0, int(math.ceil((x1 - x0 - 1) / step)) + 1)
     ny = min(y1 - y0, int(math.ceil((y1 - y0 - 1) / step)) + 1)
     gx = np.linspace(x0 + 0.5, x1 - 0.5, max(nx, 1))

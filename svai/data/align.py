@@ -146,23 +146,29 @@ def _masked_error(a, b, valid) -> float:  # type: ignore[no-untyped-def]
     return float(((a - b).abs().mean(dim=1, keepdim=True) * valid).sum() / weight * 255.0)
 
 
+@dataclass(frozen=True)
+class RegistrationLimits:
+    """How the similarity is fitted (working size, iterations, tolerance) and which fits are
+    accepted: at most `max_angle` degrees of rotation, a scale in `scale_range`, a shift of at
+    most `max_shift` of the frame."""
+
+    work_size: int = 96
+    iterations: int = 50
+    tolerance: float = 1e-4
+    max_angle: float = 20.0
+    scale_range: tuple[float, float] = (0.75, 1.33)
+    max_shift: float = 0.25
+
+
 def register_pair(
-    before: np.ndarray,
-    after: np.ndarray,
-    work_size: int = 96,
-    iterations: int = 50,
-    tolerance: float = 1e-4,
-    max_angle: float = 20.0,
-    scale_range: tuple[float, float] = (0.75, 1.33),
-    max_shift: float = 0.25,
+    before: np.ndarray, after: np.ndarray, limits: RegistrationLimits = RegistrationLimits()
 ) -> tuple[np.ndarray, Alignment]:
     """Warp `after` onto `before` with a similarity fitted by kornia's `ImageRegistrator`.
 
     before, after: (S, S, 3) uint8. Returns the warped after photo (S, S, 3) uint8 (edges
     it leaves uncovered repeat the border) and the `Alignment`. A fit is rejected (`ok`
-    False) when it is not finite, rotates more than `max_angle` degrees, scales outside
-    `scale_range`, shifts more than `max_shift` of the frame, or leaves the photos further
-    apart than they started: then the returned image is `after` unchanged.
+    False) when it is not finite, rotates, scales or shifts more than `limits` allow, or leaves
+    the photos further apart than they started: then the returned image is `after` unchanged.
     """
     import torch
     import torch.nn.functional as F
@@ -174,10 +180,11 @@ def register_pair(
         full_before = torch.from_numpy(np.array(before)).permute(2, 0, 1)[None].float() / 255.0
         full_after = torch.from_numpy(np.array(after)).permute(2, 0, 1)[None].float() / 255.0
         size = full_before.shape[-1]
-        work = min(work_size, size)
+        work = min(limits.work_size, size)
         small_before = F.interpolate(full_before, size=(work, work), mode="area")
         small_after = F.interpolate(full_after, size=(work, work), mode="area")
-        registrator = ImageRegistrator("similarity", lr=1e-2, num_iterations=iterations, pyramid_levels=3, tolerance=tolerance)
+        registrator = ImageRegistrator("similarity", lr=1e-2, num_iterations=limits.iterations, pyramid_levels=3,
+                                       tolerance=limits.tolerance)
         model = registrator.model
         # The angle is in degrees while scale and shift are fractions of the frame: give the
         # angle a 30x larger Adam step so a few degrees of head tilt are reachable.
@@ -198,12 +205,13 @@ def register_pair(
         if not all(math.isfinite(v) for v in (angle, scale, *shift, error_after)):
             problems.append("the fit did not converge")
         else:
-            if abs(angle) > max_angle:
-                problems.append(f"rotation {angle:.1f} deg exceeds {max_angle:g}")
-            if not scale_range[0] <= scale <= scale_range[1]:
-                problems.append(f"scale {scale:.2f} outside {scale_range[0]:g}-{scale_range[1]:g}")
-            if max(abs(shift[0]), abs(shift[1])) > 2 * max_shift:
-                problems.append(f"shift {max(abs(shift[0]), abs(shift[1])) / 2:.2f} of the frame exceeds {max_shift:g}")
+            if abs(angle) > limits.max_angle:
+                problems.append(f"rotation {angle:.1f} deg exceeds {limits.max_angle:g}")
+            if not limits.scale_range[0] <= scale <= limits.scale_range[1]:
+                problems.append(f"scale {scale:.2f} outside {limits.scale_range[0]:g}-{limits.scale_range[1]:g}")
+            largest_shift = max(abs(shift[0]), abs(shift[1])) / 2  # kornia's shift spans the frame as 2
+            if largest_shift > limits.max_shift:
+                problems.append(f"shift {largest_shift:.2f} of the frame exceeds {limits.max_shift:g}")
             if error_after > error_before:
                 problems.append(f"alignment raised the error from {error_before:.1f} to {error_after:.1f}")
         result = Alignment(angle, scale, (shift[0], shift[1]), error_before, error_after, not problems, "; ".join(problems))

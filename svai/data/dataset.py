@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, TypeVar
 
@@ -176,6 +176,7 @@ class PairedImages(Dataset):
         return item
 
 
+@dataclass(eq=False)
 class StepBatches:
     """Batch indices as a pure function of the training step, so a resumed run sees the same data.
 
@@ -185,26 +186,15 @@ class StepBatches:
     their "after" images, as an unaligned dataset draws them.
     """
 
-    def __init__(
-        self,
-        size: int,
-        batch_size: int,
-        start_step: int,
-        total_steps: int,
-        seed: int,
-        unpaired: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.size = size
-        self.batch_size = batch_size
-        self.start_step = start_step
-        self.total_steps = total_steps
-        self.seed = seed
-        self.unpaired = unpaired
-        self.rank = rank
-        self.world_size = world_size
-        self._permutations: dict[tuple[int, int], torch.Tensor] = {}
+    size: int
+    batch_size: int
+    start_step: int
+    total_steps: int
+    seed: int
+    unpaired: bool = False
+    rank: int = 0
+    world_size: int = 1
+    _permutations: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def _permutation(self, stream: int, epoch: int) -> torch.Tensor:
         key = (stream, epoch)

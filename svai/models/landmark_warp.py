@@ -345,7 +345,7 @@ class LandmarkWarp(ModelFamily):
         if move is None or box is None:
             return None
         weight = region_weight(move.regions, box, self.options.feather * move.frame.unit)
-        field = backward_field(move.source, move.target, move.frame, box, width, height, self.options.smoothing)
+        field = backward_field(move.source, move.target, move.frame, box, (width, height), self.options.smoothing)
         return box, weight, field * weight[None]
 
     def _warp_one(self, image: torch.Tensor, move: Move | None) -> tuple[torch.Tensor, Box | None, np.ndarray]:
