@@ -47,6 +47,11 @@ class LoadedModel:
     step: int
     device: torch.device
 
+    @property
+    def composite_default(self) -> bool:
+        """Whether a simulation composites when not told (the run's generate.composite)."""
+        return bool(self.config.generate.composite)
+
 
 @dataclass
 class GenerateReport:
@@ -309,9 +314,10 @@ def reference_for(references: list[Path], index: int, file: Path) -> Path:
     return references[index % len(references)]
 
 
-def load_square(file: Path, size: int) -> torch.Tensor:
-    """A photo as (1, 3, size, size) in [-1, 1]: padded square by its border, then resized."""
-    return resize(pad_to_square(to_tensor(read_rgb(file))[None])[0], size)
+def square_input(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """A photo's (H, W, 3) uint8 pixels as (1, 3, size, size) in [-1, 1]: padded square by its
+    border, then resized (a reference photo as a model takes it)."""
+    return resize(pad_to_square(to_tensor(pixels)[None])[0], size)
 
 
 def generation_inputs(input_dir: Path, settings: Generation | None = None) -> dict[str, Path]:
@@ -397,7 +403,7 @@ def simulate_photos(
                                                             for file, _ in photos]))
     if settings.references:
         chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(photos)]
-        request = replace(request, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
+        request = replace(request, reference=torch.cat([square_input(read_rgb(r), model.config.data.image_size) for r in chosen]))
     views = [(file, _model_view(file, image, squares)) for file, image in photos]
     known = None
     if folder.landmarks is not None:
