@@ -255,21 +255,22 @@ class Generation:
         if self.regions is not None and self.composite is None:
             raise SvaiError("--regions steers a composite: add --composite")
 
-    def inputs(self) -> dict[str, Path]:
-        """The files generation reads besides the input folder, by the option that names them:
-        the reference photos and the regions."""
-        inputs = {}
-        references = self.references or []
-        if references:
-            # One photo, or the folder they were listed from.
-            inputs["--reference"] = references[0] if len(references) == 1 else Path(
-                os.path.commonpath([str(p) for p in references]))
-        if self.regions is not None:
-            inputs["--regions"] = Path(self.regions)
-        return inputs
 
 
 MAX_BATCH_SIZE = 4096
+
+
+def generation_reads(references: list[Path] | None, regions: Path | None) -> dict[str, Path]:
+    """The files generation reads besides the input folder, by the option that names them:
+    the reference photos (`Generation.references`) and the regions (`Generation.regions`)."""
+    reads = {}
+    if references:
+        # One photo, or the folder they were listed from.
+        reads["--reference"] = references[0] if len(references) == 1 else Path(
+            os.path.commonpath([str(p) for p in references]))
+    if regions is not None:
+        reads["--regions"] = Path(regions)
+    return reads
 
 
 FACE_CROP_FACTOR = 2
@@ -348,22 +349,24 @@ def square_input(pixels: np.ndarray, size: int) -> torch.Tensor:
 
 @dataclass
 class InputFolder:
-    """A folder of input photos, understood once: whether it is a split of a prepared dataset
-    (`DATA/{split}/before`, its manifest two levels up), that split's manifest rows and stored
-    landmarks, and where a composite's regions come from. Generation, its composite and the
-    Python API read the folder through it.
+    """A folder of input photos, understood once: its photos (`listing`), whether it is a split
+    of a prepared dataset (`DATA/{split}/before`, its manifest two levels up), that split's
+    manifest rows and stored landmarks, and where a composite's regions come from. Generation,
+    its composite and the Python API read the folder through it.
 
     - path: the folder, as given.
     - split: (dataset root, split name), or None for a folder that is not a dataset split.
     - records: the split's manifest rows by image id (empty for another folder).
     - regions: where composite regions are found (`RegionLookup`, or any object with its
       `find_with_source`); set by `use_regions` for a composite.
+    - output: the output folder `check_output` accepted, None before.
     """
 
     path: Path
     split: tuple[Path, str] | None = None
     records: dict[str, PairRecord] = field(default_factory=dict)
     regions: Any = None
+    output: Path | None = None
 
     @classmethod
     def open(cls, path: Path) -> "InputFolder":
@@ -377,6 +380,17 @@ class InputFolder:
         """What generation reads of the folder, by the option that names it: the folder and the
         dataset it is a split of."""
         return {"--input": self.path, **({"the dataset": self.split[0]} if self.split else {})}
+
+    @cached_property
+    def listing(self) -> Listing:
+        """The folder's images, and the files it passed over (`scan_images`)."""
+        return scan_images(self.path)
+
+    def check_output(self, output_dir: Path, reads: dict[str, Path]) -> None:
+        """Refuse an `output_dir` that overlaps the folder, its dataset or `reads` (the other
+        files generation reads, `generation_reads`), in one line naming the option."""
+        check_output_folder({**self.inputs(), **reads}, output_dir)
+        self.output = Path(output_dir)
 
     def strengths(self, image_id: str, vocabulary: tuple[str, ...]) -> torch.Tensor:
         """Image `image_id`'s labelled procedure strengths (P,) over `vocabulary` (zeros unlabelled)."""
@@ -465,21 +479,23 @@ def generate_folder(
     output_dir: Path,
     settings: Generation | None = None,
     progress: Callable[[int], None] | None = None,
-    listing: Listing | None = None,
+    folder: InputFolder | None = None,
 ) -> GenerateReport:
     """Translate every image under `input_dir` into `output_dir`; unusable files are skipped.
 
-    `listing` is the input folder's `scan_images` when the caller already has it; every file it
-    passed over is reported as skipped, with the reason prepare gives it. A model that reads
+    `folder` is `input_dir` opened (`InputFolder.open`) when the caller already has it, with
+    its listing and its check of `output_dir`. Every file the listing passed over is reported
+    as skipped, with the reason prepare gives it. A model that reads
     procedure strengths, given none in the request, takes each image's own labels from the
     dataset's manifest when `input_dir` is a split of a prepared dataset. Each output is no
     more readable than its input photo (`svai.io.Privacy`). No output may land in anything
     generation reads; the output folder is created.
     """
     settings = settings or Generation()
-    folder = InputFolder.open(input_dir)
-    check_output_folder({**folder.inputs(), **settings.inputs()}, output_dir)
-    listing = scan_images(input_dir) if listing is None else listing
+    folder = folder or InputFolder.open(input_dir)
+    if folder.output != Path(output_dir):
+        folder.check_output(output_dir, generation_reads(settings.references, settings.regions))
+    listing = folder.listing
     if not listing.images:
         raise no_images(Path(input_dir), listing)
     if settings.composite is not None:

@@ -67,8 +67,8 @@ def generate(
 
     from svai.composite import CompositeOptions
     from svai.config import MAX_INT
-    from svai.data.images import list_images, scan_images
-    from svai.generate import Generation, generate_folder, load_model, parse_procedures
+    from svai.data.images import list_images
+    from svai.generate import Generation, InputFolder, generate_folder, generation_reads, load_model, parse_procedures
     from svai.models.base import Request
 
     for option, value, low, high in (("--seed", seed, 0, MAX_INT), ("--steps", steps, 1, 1000),
@@ -83,6 +83,9 @@ def generate(
             raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
     if regions is not None and composite is False:
         raise SvaiError("--regions steers a composite: drop --no-composite")
+    # Every path generation reads is known now: no output may land in one, before anything loads.
+    folder = InputFolder.open(input)
+    folder.check_output(output, generation_reads(references, regions))
     model = load_model(run, checkpoint, device)
     request = Request(procedures=parse_procedures(procedures, model.family.procedures), intensity=intensity,
                       generator=torch.Generator().manual_seed(seed) if seed is not None else None,
@@ -91,12 +94,12 @@ def generate(
     use_composite = model.composite_default if composite is None else composite
     settings = Generation(request=request, references=references, composite=CompositeOptions() if use_composite else None,
                           regions=regions, face_crop=face_crop, **({} if batch_size is None else {"batch_size": batch_size}))
-    listing = scan_images(input)
+    listing = folder.listing
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as progress:
         task = progress.add_task("generate", total=len(listing.images))
         report = generate_folder(model, input, output, settings,
-                                 progress=lambda n: progress.advance(task, n), listing=listing)
+                                 progress=lambda n: progress.advance(task, n), folder=folder)
     for file, note in report.notes:
         console.print(f"note: {file}: {note}", highlight=False, markup=False)
     for file, reason in report.skipped:
