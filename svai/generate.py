@@ -2,8 +2,10 @@
 
 Every image under the input folder becomes a PNG at the same relative path in the output
 folder, at the input's own size. Non-square photos are padded to a square by repeating
-their border, resized to the model's size, translated, resized back and cropped, so the
-face is never squashed.
+their border and resized to the model's size; the model's change is applied to the padded
+photo at its own size (`ModelFamily.translate_at`), which is cropped back, so the face is
+never squashed and keeps its own detail wherever the model changed nothing. The input folder
+is read once (`InputFolder`: its photos, the dataset split it may be, its regions).
 
 With a composite (`Generation.composite`) each output is blended back into its input, at the
 input's full resolution, inside the feathered region of the chosen procedures
@@ -28,12 +30,12 @@ from svai.checkpoint import find_checkpoint, load_networks
 from svai.composite import CompositeOptions, RegionLookup, composite
 from svai.config import RunConfig, load_run_config, resolve
 from svai.data.dataset import procedure_vector
-from svai.devices import check_device
 from svai.data.images import MAX_SQUARE_PIXELS, Listing, no_images, read_rgb, scan_images
 from svai.data.layout import (
     PROCEDURE_SEPARATOR, PROCEDURES, REGIONS_DIR, SPLITS, PairRecord, parse_strengths, read_manifest,
 )
 from svai.data.regions import index_regions
+from svai.devices import check_device
 from svai.errors import SvaiError
 from svai.image_ops import resize, to_tensor, to_uint8
 from svai.io import Privacy, check_output_folder, check_writable, write_png
@@ -254,7 +256,6 @@ class Generation:
         self.request.checked_intensity()
         if self.regions is not None and self.composite is None:
             raise SvaiError("--regions steers a composite: add --composite")
-
 
 
 MAX_BATCH_SIZE = 4096
