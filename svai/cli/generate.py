@@ -81,8 +81,6 @@ def generate(
             references = [reference] if reference.is_file() else list_images(reference)
         except SvaiError as error:
             raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
-    if regions is not None and composite is False:
-        raise SvaiError("--regions steers a composite: drop --no-composite")
     # Every path generation reads is known now: no output may land in one, before anything loads.
     folder = InputFolder.open(input)
     folder.check_output(output, generation_reads(references, regions))
