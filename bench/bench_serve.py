@@ -176,7 +176,7 @@ def main() -> None:
             print(f"\nsplit (face square {photo.side} px, shown {photo.size[0]}x{photo.size[1]}):")
             line("decode", decode_m, decode_b)
             line("crop (face box + square)", crop_m, crop_b, f"face box {face_m * 1000:.0f}")
-            line("model (resize, forward, change at the square's size)", model_m, model_b)
+            line("model (on the face square)", model_m, model_b, "resize, forward, change at its size")
             line("paste", paste_m, paste_b, f"with composite {comp_m * 1000:.0f} ms")
             line("encode (face view, 3 PNGs)", encode_m, encode_b, f"{encoded / 2**20:.1f} MB")
             total = decode_m + crop_m + model_m + paste_m + encode_m

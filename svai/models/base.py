@@ -153,7 +153,8 @@ REQUEST_OPTIONS: dict[str, str] = {
 
 
 class ModelFamily:
-    """Base class of a model family. Subclasses set the class attributes and methods below.
+    """Base class of a model family. Subclasses set the class attributes and methods below;
+    a family whose generator ends in an output head extends `GeneratorFamily`.
 
     A family instance holds only its options and image size; network weights live in the
     `Networks` dict built by `build`, so the loop can wrap them for devices and processes.
@@ -266,9 +267,9 @@ class ModelFamily:
         raise NotImplementedError
 
     def changes_at_size(self) -> bool:
-        """Whether `translate_at` applies the change to each photo at its own size (an output
-        head that changes the before photo: residual, masked, warp) rather than resizing the
-        model-size output."""
+        """Whether `translate_at` has the family apply its change to each photo itself
+        (`at_sizes`: an output head that changes the before photo, residual, masked or warp)
+        rather than add the resized model-size change."""
         return False
 
     def moves_pixels(self) -> bool:
