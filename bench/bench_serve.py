@@ -18,11 +18,11 @@ trained, only on its architecture and size.
 
 Figures, each the median of --repeat rounds (the best in brackets):
 - the split, calling the app's own functions in the order a request does: decode (the
-  upload decoded, EXIF applied), crop (the face found, its square resized to the model's
-  size), model (the forward pass), for a warp model the warp at the face's own size (the
-  field upsampled and the full-resolution square resampled through it), paste (the change
-  put into the full-resolution square; with and without composite), encode (the face view the page shows: before,
-  simulation and difference shrunk to 1024 px and PNG-encoded);
+  upload decoded, EXIF applied), crop (the face found, its square cut out), model (the square
+  resized to the model's size, the forward pass, and the change applied to the square at its
+  own size: for a warp model the field upsampled and the square resampled through it), paste
+  (the simulation put into the photo; with and without composite), encode (the face view the
+  page shows: before, simulation and difference shrunk to 1024 px and PNG-encoded);
 - end to end through the HTTP app in this process (Starlette's test client): POST the photo,
   POST the settings, GET the before, simulation and difference images, as the page does;
 - two tabs at once: two simulations of the same photo sent together, both answered;
@@ -60,10 +60,10 @@ from svai.io import png_bytes  # noqa: E402
 from svai.models.registry import recommended_model  # noqa: E402
 from svai.serve.app import display  # noqa: E402
 from svai.serve.photo import (  # noqa: E402
-    PrivateFolder, decode_upload, difference, frame_photo, model_input, paste, pixels_sha256, region,
+    PrivateFolder, decode_upload, difference, face_square, frame_photo, paste, pixels_sha256, region,
     simulated_photo, view_box,
 )
-from svai.serve.simulate import Settings, Simulator, face_square, model_request, serve_models, warps  # noqa: E402
+from svai.serve.simulate import Settings, Simulator, model_request, serve_models  # noqa: E402
 
 T = TypeVar("T")
 
@@ -155,16 +155,12 @@ def main() -> None:
             decode_m, decode_b, image = timed(lambda: decode_upload(data, "photo.jpg", private.path),
                                               args.repeat)
             face_m, face_b, photo = timed(lambda: frame_photo(image, "photo.jpg", "0"), args.repeat)
-            input_m, input_b, before = timed(lambda: model_input(photo, size), args.repeat)
-            translate_batch(model, [before], request)  # warm-up: the first call allocates
-            model_m, model_b, predicted = timed(lambda: translate_batch(model, [before], request)[0],
-                                                args.repeat)
-            # A warp model also resamples the face square at its own size (what the app pastes).
-            full_m, full_b, full = (timed(lambda: translate_batch(model, [face_square(photo)], request)[0],
-                                          args.repeat) if warps(served[0]) else (0.0, 0.0, None))
-            paste_m, paste_b, patch = timed(lambda: paste(photo, before, predicted, full=full), args.repeat)
-            comp_m, comp_b, _ = timed(lambda: paste(photo, before, predicted, CompositeOptions(), full),
-                                      args.repeat)
+            square_m, square_b, square = timed(lambda: face_square(photo), args.repeat)
+            translate_batch(model, [square], request)  # warm-up: the first call allocates
+            # The model on the square: resized to the model's size, its change applied at the square's size.
+            model_m, model_b, simulated = timed(lambda: translate_batch(model, [square], request)[0], args.repeat)
+            paste_m, paste_b, patch = timed(lambda: paste(photo, simulated), args.repeat)
+            comp_m, comp_b, _ = timed(lambda: paste(photo, simulated, CompositeOptions()), args.repeat)
 
             def encode() -> int:
                 area = view_box(photo, "face")
@@ -176,26 +172,23 @@ def main() -> None:
 
             encode_m, encode_b, encoded = timed(encode, args.repeat)
             digest_m, digest_b, _ = timed(lambda: pixels_sha256(simulated_photo(photo, patch)), args.repeat)
-            crop_m, crop_b = face_m + input_m, face_b + input_b
+            crop_m, crop_b = face_m + square_m, face_b + square_b
             print(f"\nsplit (face square {photo.side} px, shown {photo.size[0]}x{photo.size[1]}):")
             line("decode", decode_m, decode_b)
-            line("crop (face box + resize)", crop_m, crop_b,
-                 f"face box {face_m * 1000:.0f} + resize {input_m * 1000:.0f}")
-            line("model", model_m, model_b)
-            if full is not None:
-                line("warp at the face's own size", full_m, full_b, "the field upsampled, the photo resampled")
+            line("crop (face box + square)", crop_m, crop_b, f"face box {face_m * 1000:.0f}")
+            line("model (on the face square)", model_m, model_b, "resize, forward, change at its size")
             line("paste", paste_m, paste_b, f"with composite {comp_m * 1000:.0f} ms")
             line("encode (face view, 3 PNGs)", encode_m, encode_b, f"{encoded / 2**20:.1f} MB")
-            total = decode_m + crop_m + model_m + full_m + paste_m + encode_m
-            line("sum", total, decode_b + crop_b + model_b + full_b + paste_b + encode_b,
+            total = decode_m + crop_m + model_m + paste_m + encode_m
+            line("sum", total, decode_b + crop_b + model_b + paste_b + encode_b,
                  f"model {model_m / total:.0%} of it, the rest {1 - model_m / total:.0%}")
             if args.audit:
                 line("audit: sha256 of the output", digest_m, digest_b)
-            return before
+            return square
 
         with ThreadPoolExecutor(1) as worker:
-            before = worker.submit(split).result()
-        main_m, main_b, _ = timed(lambda: translate_batch(model, [before], request), args.repeat)
+            square = worker.submit(split).result()
+        main_m, main_b, _ = timed(lambda: translate_batch(model, [square], request), args.repeat)
         line("model, in the main thread instead", main_m, main_b)
 
         # -- end to end through the app --------------------------------------------------------

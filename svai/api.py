@@ -138,7 +138,7 @@ class Run:
     @property
     def composite_default(self) -> bool:
         """Whether `simulate` composites when `composite` is None (the run's generate.composite)."""
-        return bool(self._model.config.generate.composite)
+        return self._model.composite_default
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, model={self.name!r}, step={self.step})"
@@ -175,60 +175,55 @@ class Run:
 
         Raises `SvaiError` for a keyword this model does not read or a value out of range.
         """
-        import torch
-
         from svai.composite import CompositeOptions
-        from svai.generate import (
-            FACE_CROP_FACTOR, Generation, InputFolder, _face_finder, face_square_of, pad_to_square, parse_procedures,
-            simulate_photos,
-        )
-        from svai.image_ops import resize, to_tensor
-        from svai.models.base import Request
+        from svai.generate import FACE_CROP_FACTOR, Generation, InputFolder, face_crop_finder, input_photo, simulate_photos
 
         model = self._model
-        if intensity is not None and not 0.0 <= intensity <= 1.0:
-            raise SvaiError(f"intensity must be between 0 and 1; got {intensity}")
         pixels, file = _pixels(photo, "photo")
-        request = Request(
-            procedures=parse_procedures(_procedure_text(procedures), model.family.procedures)
-            if procedures is not None else None,
-            intensity=intensity, generator=torch.Generator().manual_seed(seed) if seed is not None else None,
-            steps=steps, guidance=guidance, strength=strength, prompt=prompt)
-        if reference is not None:
-            square = pad_to_square(to_tensor(_pixels(reference, "reference")[0])[None])[0]
-            request.reference = resize(square, self.image_size)
-        unused = [field for field in request.given() if field not in model.family.uses]
-        if unused:
-            raise SvaiError(f"{_KEYWORDS[unused[0]]}: {self.name} models do not use it "
-                            f"(they take {', '.join(self.controls) or 'no option'}); leave it out")
+        request = self._request(procedures, seed, reference, intensity=intensity, steps=steps, guidance=guidance,
+                                strength=strength, prompt=prompt)
         if composite is None:
             composite = self.composite_default
         if regions is not None and not composite:
             raise SvaiError("regions steer a composite: pass composite=True")
         settings = Generation(1, request=request, composite=CompositeOptions() if composite else None)
-        if file is not None:
-            folder = InputFolder.read(model, file.parent, settings)
-            if regions is not None:
-                folder.lookup = _GivenRegions(regions)
-        else:
-            file = Path("photo.png")  # a name for the lookups; nothing is read or written
-            folder = InputFolder(wanted=None, lookup=None)
-            if composite:
-                from svai.generate import chosen_procedures
-
-                folder.wanted = chosen_procedures(request.procedures, model.family.procedures)
-                folder.lookup = _GivenRegions(regions or {})
-        squares = {}
-        finder = _face_finder(None)
-        if finder is not None and max(pixels.shape[:2]) > FACE_CROP_FACTOR * self.image_size:
-            square, _ = face_square_of(pixels, finder)
-            if square is None:
-                raise SvaiError(f"no face found in the photo (the face layer looks for one in photos larger than "
-                                f"{FACE_CROP_FACTOR * self.image_size} px): crop it to the face first")
-            squares[file] = square
+        # A file is read as `svai generate` reads its folder (a dataset split's labels and
+        # regions count); pixels in memory get a name for the lookups, nothing is read or written.
+        folder = InputFolder.open(file.parent) if file is not None else InputFolder(Path("."))
+        if composite and (regions is not None or file is None):
+            folder.regions = _GivenRegions(regions or {})
+        elif composite:
+            folder.use_regions(None)
+        inputs, _ = input_photo(file or Path("photo.png"), pixels, face_crop_finder(None), self.image_size)
+        if inputs is None:
+            raise SvaiError("no face found in the photo (the face layer looks for one in photos larger than "
+                            f"{FACE_CROP_FACTOR * self.image_size} px): crop it to the face first")
         with self._lock:
-            [result] = simulate_photos(model, [(file, pixels)], settings, folder, squares=squares)
+            [result] = simulate_photos(model, [inputs], settings, folder)
         return Image.fromarray(result)
+
+    def _request(self, procedures: ProceduresLike | None, seed: int | None, reference: PhotoLike | None,
+                 **fields: Any) -> Any:
+        """The `svai.models.base.Request` of `simulate`'s keywords; `fields` are the request
+        fields it takes as they are (intensity and the sampler settings). A keyword the model
+        does not read is an error naming it."""
+        import torch
+
+        from svai.generate import parse_procedures, square_input
+        from svai.models.base import Request
+
+        family = self._model.family
+        request = Request(
+            procedures=parse_procedures(_procedure_text(procedures), family.procedures) if procedures is not None
+            else None,
+            generator=torch.Generator().manual_seed(seed) if seed is not None else None, **fields)
+        if reference is not None:
+            request.reference = square_input(_pixels(reference, "reference")[0], self.image_size)
+        unused = [field for field in request.given() if field not in family.uses]
+        if unused:
+            raise SvaiError(f"{_KEYWORDS[unused[0]]}: {self.name} models do not use it "
+                            f"(they take {', '.join(self.controls) or 'no option'}); leave it out")
+        return request
 
 
 def load_run(run: str | Path, *, checkpoint: str | int = "latest", device: str | None = None) -> Run:

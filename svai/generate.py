@@ -2,8 +2,10 @@
 
 Every image under the input folder becomes a PNG at the same relative path in the output
 folder, at the input's own size. Non-square photos are padded to a square by repeating
-their border, resized to the model's size, translated, resized back and cropped, so the
-face is never squashed.
+their border and resized to the model's size; the model's change is applied to the padded
+photo at its own size (`ModelFamily.translate_at`), which is cropped back, so the face is
+never squashed and keeps its own detail wherever the model changed nothing. The input folder
+is read once (`InputFolder`: its photos, the dataset split it may be, its regions).
 
 With a composite (`Generation.composite`) each output is blended back into its input, at the
 input's full resolution, inside the feathered region of the chosen procedures
@@ -16,8 +18,9 @@ import errno
 import logging
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,11 +32,14 @@ from svai.config import RunConfig
 from svai.run import saved_config
 from svai.data.dataset import procedure_vector
 from svai.data.images import MAX_SQUARE_PIXELS, Listing, no_images, read_rgb, scan_images
-from svai.data.layout import PROCEDURE_SEPARATOR, PROCEDURES, REGIONS_DIR, SPLITS, parse_strengths, read_manifest
+from svai.data.layout import (
+    PROCEDURE_SEPARATOR, PROCEDURES, REGIONS_DIR, SPLITS, PairRecord, parse_strengths, read_manifest,
+)
 from svai.data.regions import index_regions
+from svai.devices import check_device
 from svai.errors import SvaiError
 from svai.image_ops import resize, to_tensor, to_uint8
-from svai.io import Privacy, check_output_folder, write_png
+from svai.io import Privacy, check_output_folder, check_writable, write_png
 from svai.models.base import ModelFamily, Networks, Request, eval_mode
 from svai.models.registry import build_on_meta, make_family
 
@@ -48,6 +54,11 @@ class LoadedModel:
     step: int
     device: torch.device
 
+    @property
+    def composite_default(self) -> bool:
+        """Whether a simulation composites when not told (the run's generate.composite)."""
+        return bool(self.config.generate.composite)
+
 
 @dataclass
 class GenerateReport:
@@ -60,7 +71,10 @@ class GenerateReport:
 
 
 def load_model(run_dir: Path, checkpoint: str | int = "latest", device: str | torch.device | None = None) -> LoadedModel:
-    """Build a run's model from its `config.yaml` and load the inference networks' weights."""
+    """Build a run's model from its `config.yaml` and load the inference networks' weights onto
+    `device` (cpu, cuda or cuda:N, checked before anything loads; default: cuda when available)."""
+    if device is not None:
+        check_device(device)
     config = saved_config(run_dir)
     ref = find_checkpoint(run_dir, checkpoint)
     family = make_family(config)
@@ -175,41 +189,16 @@ def input_landmarks(images: list[np.ndarray], layouts: list[tuple[int, int, tupl
     return landmark_rows(rows)
 
 
-def dataset_landmarks(input_dir: Path) -> dict[str, np.ndarray] | None:
-    """Per-image before landmarks (in the image's pixels) when `input_dir` is a split of a
-    prepared dataset that stores them (`svai.face.store`), else None."""
-    found = dataset_split(input_dir)
-    if found is None:
-        return None
-    from svai.face.store import landmarks_path, read_landmarks
-
-    if not landmarks_path(*found).is_file():
-        return None
-    stored = read_landmarks(*found)
-    return {pair_id: before for pair_id, (before, _) in stored.rows.items() if before is not None}
-
-
 def dataset_procedures(input_dir: Path, vocabulary: tuple[str, ...] = PROCEDURES) -> dict[str, torch.Tensor] | None:
     """Per-image procedure strengths when `input_dir` is a split of a prepared dataset.
 
     `DATA/test/before` has its manifest two levels up; each image id maps to the (P,) row of
     its labelled procedures' strengths over `vocabulary`. None for any other folder.
     """
-    found = dataset_split(input_dir)
-    if found is None:
+    folder = InputFolder.open(input_dir)
+    if folder.split is None:
         return None
-    root, split = found
-    return {record.id: procedure_vector(record.strength_of(), vocabulary)
-            for record in read_manifest(root) if record.split == split}
-
-
-def dataset_split(input_dir: Path) -> tuple[Path, str] | None:
-    """(dataset root, split) when `input_dir` is `DATA/{split}/before` of a prepared dataset, else None."""
-    folder = Path(input_dir).resolve()
-    root = folder.parent.parent
-    if folder.parent.name not in SPLITS or not (root / "manifest.csv").is_file():
-        return None
-    return root, folder.parent.name
+    return {image_id: folder.strengths(image_id, vocabulary) for image_id in folder.records}
 
 
 def chosen_procedures(strengths: torch.Tensor | None, vocabulary: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -220,16 +209,6 @@ def chosen_procedures(strengths: torch.Tensor | None, vocabulary: tuple[str, ...
     row = strengths.reshape(-1, len(vocabulary))[0]
     names = tuple(name for name, value in zip(vocabulary, row.tolist()) if value > 0)
     return names or None
-
-
-def region_lookup(input_dir: Path, regions: Path | None) -> RegionLookup:
-    """Where composite regions come from: the dataset split's own regions, then `regions`,
-    then each photo's landmarks when the face layer can run (else one warning saying why)."""
-    found = dataset_split(input_dir)
-    own = found[0] / found[1] / REGIONS_DIR if found else None
-    dataset = index_regions(own, "regions folder") if own is not None and own.is_dir() else None
-    folder = index_regions(regions, "--regions") if regions is not None else None
-    return RegionLookup(input_dir, dataset, folder, regions_finder())
 
 
 def regions_finder():  # type: ignore[no-untyped-def]
@@ -251,7 +230,7 @@ def output_path(input_dir: Path, output_dir: Path, file: Path) -> Path:
 class Generation:
     """How to generate, besides which model and folders.
 
-    - batch_size: images per forward pass.
+    - batch_size: images per forward pass, 1 to `MAX_BATCH_SIZE`.
     - request: what every image asks of the model (`svai.models.base.Request`); procedure
       strengths given here apply to every image.
     - references: reference "after" photos (reference-guided models). Input `x.jpg` takes
@@ -272,22 +251,76 @@ class Generation:
     # stays the photo's. None: when the face layer can run; a photo without a face is skipped.
     face_crop: bool | None = None
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise SvaiError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}; got {self.batch_size}")
+        self.request.checked_intensity()
+        if self.regions is not None and self.composite is None:
+            raise SvaiError("--regions steers a composite: add --composite")
+
+
+MAX_BATCH_SIZE = 4096
+
+
+def generation_reads(references: list[Path] | None, regions: Path | None) -> dict[str, Path]:
+    """The files generation reads besides the input folder, by the option that names them:
+    the reference photos (`Generation.references`) and the regions (`Generation.regions`)."""
+    reads = {}
+    if references:
+        # One photo, or the folder they were listed from.
+        reads["--reference"] = references[0] if len(references) == 1 else Path(
+            os.path.commonpath([str(p) for p in references]))
+    if regions is not None:
+        reads["--regions"] = Path(regions)
+    return reads
+
 
 FACE_CROP_FACTOR = 2
 
 
-def face_square_of(image: np.ndarray, finder) -> tuple[tuple[int, int, int, int] | None, int]:  # type: ignore[no-untyped-def]
-    """The integer face square of the largest face, moved inside the photo (as `svai serve`
-    frames a photo), or None when the photo has no face; and how many faces it has."""
+@dataclass
+class InputPhoto:
+    """One input photo: its file (a name for the lookups when it came from memory), its
+    (H, W, 3) uint8 pixels and, when the model is run on its largest face only, that face's
+    square (x0, y0, x1, y1) in its pixels."""
+
+    file: Path
+    pixels: np.ndarray
+    square: tuple[int, int, int, int] | None = None
+
+    def model_view(self) -> np.ndarray:
+        """What the model is given: the face square when the photo has one, else the photo."""
+        if self.square is None:
+            return self.pixels
+        x0, y0, x1, y1 = self.square
+        return np.ascontiguousarray(self.pixels[y0:y1, x0:x1])
+
+    def with_view(self, simulated: np.ndarray) -> np.ndarray:
+        """The photo with its model view replaced by the model's result for it."""
+        if self.square is None:
+            return simulated
+        x0, y0, x1, y1 = self.square
+        out = self.pixels.copy()
+        out[y0:y1, x0:x1] = simulated
+        return out
+
+
+def input_photo(file: Path, pixels: np.ndarray, finder, size: int) -> tuple[InputPhoto | None, int]:  # type: ignore[no-untyped-def]
+    """The photo as generation runs it, and how many faces were looked for and found (0 when
+    none was looked for): with a face `finder`, a photo over FACE_CROP_FACTOR x the model's
+    `size` is run on its largest face's square (as `svai serve` frames a photo), None when it
+    has no face; any other photo whole."""
+    if finder is None or max(pixels.shape[:2]) <= FACE_CROP_FACTOR * size:
+        return InputPhoto(file, pixels), 0
     from svai.face.mesh import square_inside
 
-    faces = finder.find(image)
+    faces = finder.find(pixels)
     if not faces:
         return None, 0
-    return square_inside(faces[0].square, image.shape[1], image.shape[0]), len(faces)
+    return InputPhoto(file, pixels, square_inside(faces[0].square, pixels.shape[1], pixels.shape[0])), len(faces)
 
 
-def _face_finder(wanted: bool | None):  # type: ignore[no-untyped-def]
+def face_crop_finder(wanted: bool | None):  # type: ignore[no-untyped-def]
     """The face finder for face-square generation, or None when it is not wanted or cannot run."""
     if wanted is False:
         return None
@@ -310,114 +343,135 @@ def reference_for(references: list[Path], index: int, file: Path) -> Path:
     return references[index % len(references)]
 
 
-def load_square(file: Path, size: int) -> torch.Tensor:
-    """A photo as (1, 3, size, size) in [-1, 1]: padded square by its border, then resized."""
-    return resize(pad_to_square(to_tensor(read_rgb(file))[None])[0], size)
-
-
-def generation_inputs(input_dir: Path, settings: Generation | None = None) -> dict[str, Path]:
-    """Everything generation reads, by the option that names it: the input folder, the
-    dataset it is a split of, the reference photos and the regions. No output may land in any."""
-    inputs = {"--input": Path(input_dir)}
-    found = dataset_split(input_dir)
-    if found is not None:
-        inputs["the dataset"] = found[0]
-    if settings is not None:
-        references = settings.references or []
-        if references:
-            # One photo, or the folder they were listed from.
-            inputs["--reference"] = references[0] if len(references) == 1 else Path(
-                os.path.commonpath([str(p) for p in references]))
-        if settings.regions is not None:
-            inputs["--regions"] = Path(settings.regions)
-    return inputs
+def square_input(pixels: np.ndarray, size: int) -> torch.Tensor:
+    """A photo's (H, W, 3) uint8 pixels as (1, 3, size, size) in [-1, 1]: padded square by its
+    border, then resized (a reference photo as a model takes it)."""
+    return resize(pad_to_square(to_tensor(pixels)[None])[0], size)
 
 
 @dataclass
 class InputFolder:
-    """What generation reads about the photos besides their pixels, from the folder they come
-    from: each image's procedure strengths (a dataset split's manifest, for a model that reads
-    procedures and a request that names none) and where a composite's region comes from.
+    """A folder of input photos, understood once: its photos (`listing`), whether it is a split
+    of a prepared dataset (`DATA/{split}/before`, its manifest two levels up), that split's
+    manifest rows and stored landmarks, and where a composite's regions come from. Generation,
+    its composite and the Python API read the folder through it.
 
-    - labels: image id -> (P,) strengths, or None.
-    - wanted: the procedures the request asks for (their region is the composite's).
-    - lookup: where regions are found (`RegionLookup`, or any object with its `find_with_source`); None
-      without a composite.
-    - labelled: image id -> its labelled procedures, whose region is used when `wanted` is None.
+    - path: the folder, as given.
+    - split: (dataset root, split name), or None for a folder that is not a dataset split.
+    - records: the split's manifest rows by image id (empty for another folder).
+    - regions: where composite regions are found (`RegionLookup`, or any object with its
+      `find_with_source`); set by `use_regions` for a composite.
+    - output: the output folder `check_output` accepted, None before.
     """
 
-    labels: dict[str, torch.Tensor] | None = None
-    wanted: tuple[str, ...] | None = None
-    lookup: RegionLookup | None = None
-    labelled: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    # For a family that reads landmarks: a dataset split's stored before landmarks by image id.
-    landmarks: dict[str, np.ndarray] | None = None
+    path: Path
+    split: tuple[Path, str] | None = None
+    records: dict[str, PairRecord] = field(default_factory=dict)
+    regions: Any = None
+    output: Path | None = None
 
     @classmethod
-    def read(cls, model: LoadedModel, input_dir: Path, settings: Generation) -> "InputFolder":
-        request = settings.request
-        folder = cls()
-        if "procedures" in model.family.uses and request.procedures is None:
-            folder.labels = dataset_procedures(input_dir, model.family.procedures)
-        # A family that reads landmarks takes a dataset split's stored ones (else the face layer's).
-        if model.family.reads_landmarks():
-            folder.landmarks = dataset_landmarks(input_dir)
-        if settings.composite is not None:
-            # The region of the procedures asked for, else of each image's labels in the manifest.
-            folder.wanted = chosen_procedures(request.procedures, model.family.procedures)
-            folder.lookup = region_lookup(input_dir, settings.regions)
-            found = dataset_split(input_dir)
-            if folder.wanted is None and found is not None:
-                folder.labelled = {r.id: r.procedures for r in read_manifest(found[0]) if r.split == found[1]}
-        elif settings.regions is not None:
-            raise SvaiError("--regions steers a composite: add --composite")
-        return folder
+    def open(cls, path: Path) -> "InputFolder":
+        folder = Path(path).resolve()
+        root, split = folder.parent.parent, folder.parent.name
+        if split not in SPLITS or not (root / "manifest.csv").is_file():
+            return cls(Path(path))
+        return cls(Path(path), (root, split), {r.id: r for r in read_manifest(root) if r.split == split})
+
+    def inputs(self) -> dict[str, Path]:
+        """What generation reads of the folder, by the option that names it: the folder and the
+        dataset it is a split of."""
+        return {"--input": self.path, **({"the dataset": self.split[0]} if self.split else {})}
+
+    @cached_property
+    def listing(self) -> Listing:
+        """The folder's images, and the files it passed over (`scan_images`)."""
+        return scan_images(self.path)
+
+    def check_output(self, output_dir: Path, reads: dict[str, Path]) -> None:
+        """Refuse an `output_dir` that overlaps the folder, its dataset or `reads` (the other
+        files generation reads, `generation_reads`), in one line naming the option."""
+        check_output_folder({**self.inputs(), **reads}, output_dir)
+        self.output = Path(output_dir)
+
+    def strengths(self, image_id: str, vocabulary: tuple[str, ...]) -> torch.Tensor:
+        """Image `image_id`'s labelled procedure strengths (P,) over `vocabulary` (zeros unlabelled)."""
+        record = self.records.get(image_id)
+        return procedure_vector(record.strength_of() if record is not None else {}, vocabulary)
+
+    def labelled(self, image_id: str) -> tuple[str, ...] | None:
+        """The procedures the manifest labels image `image_id` with; None when it has no row."""
+        record = self.records.get(image_id)
+        return record.procedures if record is not None else None
+
+    @cached_property
+    def landmarks(self) -> dict[str, np.ndarray] | None:
+        """The split's stored before landmarks (`svai.face.store`, in each image's pixels) by
+        image id; None when it stores none."""
+        if self.split is None:
+            return None
+        from svai.face.store import landmarks_path, read_landmarks
+
+        if not landmarks_path(*self.split).is_file():
+            return None
+        stored = read_landmarks(*self.split)
+        return {pair_id: before for pair_id, (before, _) in stored.rows.items() if before is not None}
+
+    def use_regions(self, regions: Path | None) -> None:
+        """Find composite regions in the split's own `regions` folder, then in `regions` (the
+        `--regions` folder), then in each photo's landmarks when the face layer can run (else
+        one warning saying why)."""
+        own = self.split[0] / self.split[1] / REGIONS_DIR if self.split else None
+        dataset = index_regions(own, "regions folder") if own is not None and own.is_dir() else None
+        given = index_regions(regions, "--regions") if regions is not None else None
+        self.regions = RegionLookup(self.path, dataset, given, regions_finder())
 
 
-def simulate_photos(
-    model: LoadedModel,
-    photos: list[tuple[Path, np.ndarray]],
-    settings: Generation,
-    folder: InputFolder,
-    start: int = 0,
-    composited: dict[str, int] | None = None,
-    squares: dict[Path, tuple[int, int, int, int]] | None = None,
-    skipped: list[tuple[Path, str]] | None = None,
-) -> list[np.ndarray | None]:
-    """The after image of each (file, (H, W, 3) uint8 pixels) as `svai generate` makes it:
-    the request with each image's labels, its reference (`start` is the index of the first
-    photo among all inputs), the model (on the photo's face square where `squares` names one,
-    pasted back), then the composite. `composited` counts where each composite's region came
-    from ("regions", "landmark regions", "change map"). A photo that does not fit in memory
-    even alone is None, and listed in `skipped` (without it, the memory error is raised)."""
-    squares = squares or {}
-    request = settings.request
-    if folder.labels is not None:
-        unlabelled = procedure_vector({}, model.family.procedures)
-        request = replace(request, procedures=torch.stack([folder.labels.get(file.stem, unlabelled)
-                                                            for file, _ in photos]))
+def photos_request(model: LoadedModel, photos: list[InputPhoto], settings: Generation, folder: InputFolder,
+                   start: int = 0) -> Request:
+    """The request of a batch of photos: `settings.request`, with each image's manifest labels
+    (a model that reads procedures, a request that names none, a dataset split) and its
+    reference (`start`: the index of the first photo among all inputs)."""
+    request, family = settings.request, model.family
+    if "procedures" in family.uses and request.procedures is None and folder.split is not None:
+        request = replace(request, procedures=torch.stack([folder.strengths(p.file.stem, family.procedures)
+                                                            for p in photos]))
     if settings.references:
-        chosen = [reference_for(settings.references, start + i, file) for i, (file, _) in enumerate(photos)]
-        request = replace(request, reference=torch.cat([load_square(r, model.config.data.image_size) for r in chosen]))
-    views = [(file, _model_view(file, image, squares)) for file, image in photos]
+        chosen = [reference_for(settings.references, start + i, p.file) for i, p in enumerate(photos)]
+        size = model.config.data.image_size
+        request = replace(request, reference=torch.cat([square_input(read_rgb(r), size) for r in chosen]))
+    return request
+
+
+def simulate_photos(model: LoadedModel, photos: list[InputPhoto], settings: Generation, folder: InputFolder,
+                    report: GenerateReport | None = None) -> list[np.ndarray | None]:
+    """The after image of each photo as `svai generate` makes it: the request with each
+    image's labels and reference (`photos_request`), the model on its model view (pasted back
+    into the photo), then the composite (regions from `folder.regions`). With a `report`,
+    references continue from the photos it has written, composites count where each region
+    came from, and a photo that does not fit in memory even alone is None and listed as
+    skipped (without one, the memory error is raised)."""
+    request = photos_request(model, photos, settings, folder, len(report.written) if report is not None else 0)
     known = None
-    if folder.landmarks is not None:
-        known = [None if file in squares else folder.landmarks.get(file.stem) for file, _ in photos]
-    predictions = _translate_each(model, views, request, skipped, known)
-    predictions = [_paste_square(image, prediction, squares[file]) if file in squares and prediction is not None
-                   else prediction for (file, image), prediction in zip(photos, predictions)]
-    if folder.lookup is None or settings.composite is None:
+    if model.family.reads_landmarks() and folder.landmarks is not None:
+        known = [None if p.square is not None else folder.landmarks.get(p.file.stem) for p in photos]
+    views = [(p.file, p.model_view()) for p in photos]
+    predictions = _translate_each(model, views, request, report.skipped if report is not None else None, known)
+    predictions = [None if prediction is None else photo.with_view(prediction)
+                   for photo, prediction in zip(photos, predictions)]
+    if settings.composite is None or folder.regions is None:
         return predictions
+    wanted = chosen_procedures(settings.request.procedures, model.family.procedures)
     out: list[np.ndarray | None] = []
-    for (file, image), prediction in zip(photos, predictions):
+    for photo, prediction in zip(photos, predictions):
         if prediction is None:
             out.append(None)
             continue
-        chosen = folder.wanted or folder.labelled.get(file.stem)
-        region, source = folder.lookup.find_with_source(file, image.shape[:2], chosen, image)
-        if composited is not None:
-            composited[source] = composited.get(source, 0) + 1
-        out.append(composite(image, prediction, region, settings.composite)[0])
+        chosen = wanted or folder.labelled(photo.file.stem)
+        region, source = folder.regions.find_with_source(photo.file, photo.pixels.shape[:2], chosen, photo.pixels)
+        if report is not None:
+            report.composited[source] = report.composited.get(source, 0) + 1
+        out.append(composite(photo.pixels, prediction, region, settings.composite)[0])
     return out
 
 
@@ -427,104 +481,101 @@ def generate_folder(
     output_dir: Path,
     settings: Generation | None = None,
     progress: Callable[[int], None] | None = None,
-    listing: Listing | None = None,
+    folder: InputFolder | None = None,
 ) -> GenerateReport:
     """Translate every image under `input_dir` into `output_dir`; unusable files are skipped.
 
-    `listing` is the input folder's `scan_images` when the caller already has it; every file it
-    passed over is reported as skipped, with the reason prepare gives it. A model that reads
+    `folder` is `input_dir` opened (`InputFolder.open`) when the caller already has it, with
+    its listing and its check of `output_dir`. Every file the listing passed over is reported
+    as skipped, with the reason prepare gives it. A model that reads
     procedure strengths, given none in the request, takes each image's own labels from the
     dataset's manifest when `input_dir` is a split of a prepared dataset. Each output is no
-    more readable than its input photo (`svai.io.Privacy`).
+    more readable than its input photo (`svai.io.Privacy`). No output may land in anything
+    generation reads; the output folder is created.
     """
     settings = settings or Generation()
-    if settings.batch_size < 1:
-        raise SvaiError(f"--batch-size must be at least 1; got {settings.batch_size}")
-    check_output_folder(generation_inputs(input_dir, settings), output_dir)
-    listing = scan_images(input_dir) if listing is None else listing
+    folder = folder or InputFolder.open(input_dir)
+    if folder.output != Path(output_dir):
+        folder.check_output(output_dir, generation_reads(settings.references, settings.regions))
+    listing = folder.listing
     if not listing.images:
         raise no_images(Path(input_dir), listing)
-    files = listing.images
-    folder = InputFolder.read(model, input_dir, settings)
-    report = GenerateReport()
-    report.skipped.extend((p.path, f"{p.reason}: {p.detail}") for p in listing.passed_over)
-    seen: dict[Path, Path] = {}
-    queue: list[tuple[Path, np.ndarray]] = []
-    squares: dict[Path, tuple[int, int, int, int]] = {}
-    finder = _face_finder(settings.face_crop)
-    crop_above = FACE_CROP_FACTOR * model.config.data.image_size
+    if settings.composite is not None:
+        folder.use_regions(settings.regions)
+    check_writable(output_dir, privacy=Privacy.of(input_dir))
+    batches = _Batches(model, folder, Path(output_dir), settings, progress)
+    batches.report.skipped.extend((p.path, f"{p.reason}: {p.detail}") for p in listing.passed_over)
+    for file in listing.images:
+        batches.add(file)
+    batches.flush()
+    return batches.report
 
-    def flush() -> None:
-        # Photos of different sizes batch fine: each is padded and resized to the model size.
-        if not queue:
+
+class _Batches:
+    """`generate_folder`'s work: photos read one by one, simulated a batch at a time, written."""
+
+    def __init__(self, model: LoadedModel, folder: InputFolder, output_dir: Path, settings: Generation,
+                 progress: Callable[[int], None] | None) -> None:
+        self.model, self.folder, self.output_dir, self.settings = model, folder, output_dir, settings
+        self.progress = progress or (lambda count: None)
+        self.report = GenerateReport()
+        self.queue: list[InputPhoto] = []
+        self.seen: dict[Path, Path] = {}
+        self.finder = face_crop_finder(settings.face_crop)
+
+    def add(self, file: Path) -> None:
+        photo = self._read(file)
+        if photo is None:
+            self.progress(1)
             return
-        predictions = simulate_photos(model, queue, settings, folder, len(report.written), report.composited, squares,
-                                      report.skipped)
-        for (file, _), prediction in zip(queue, predictions):
-            if prediction is None:
-                continue
-            target = output_path(input_dir, output_dir, file)
-            try:
-                write_png(target, prediction, Privacy.of(file, input_dir))
-            except OSError as error:
-                if error.errno not in _NAME_ERRNOS:
-                    raise  # a full disk or a lost permission stops the run: every later file would fail too
-                report.skipped.append((file, f"cannot write {target.name}: {os.strerror(error.errno)}"))
-                continue
-            report.written.append(target)
-        if progress is not None:
-            progress(len(queue))
-        queue.clear()
+        self.queue.append(photo)
+        if len(self.queue) >= self.settings.batch_size:
+            self.flush()
 
-    for file in files:
-        target = output_path(input_dir, output_dir, file)
-        if target in seen:
-            report.skipped.append((file, f"same output name as {seen[target].relative_to(input_dir)}"))
-            if progress is not None:
-                progress(1)
-            continue
-        seen[target] = file
+    def _read(self, file: Path) -> InputPhoto | None:
+        """The input photo of `file`, or None when it is skipped (the reason in the report)."""
+        target = output_path(self.folder.path, self.output_dir, file)
+        if target in self.seen:
+            return self._skip(file, f"same output name as {self.seen[target].relative_to(self.folder.path)}")
+        self.seen[target] = file
         try:
             # Bounded before decoding: the photo is padded to a square of its long side.
             image = read_rgb(file, max_pixels=MAX_SQUARE_PIXELS, square=True)
         except SvaiError as error:
-            report.skipped.append((file, str(error).removeprefix(f"{file}: ")))
-            if progress is not None:
-                progress(1)
-            continue
-        if finder is not None and max(image.shape[:2]) > crop_above:
-            square, count = face_square_of(image, finder)
-            if count > 1:
-                report.notes.append((file, f"{count} faces found; the largest was simulated"))
-            if square is None:
-                report.skipped.append((file, "no face found (the face layer looks for one in photos larger than "
-                                             f"{crop_above} px): crop it by hand, or use --no-face-crop"))
-                if progress is not None:
-                    progress(1)
-                continue
-            squares[file] = square
-        queue.append((file, image))
-        if len(queue) >= settings.batch_size:
-            flush()
-    flush()
-    return report
+            return self._skip(file, str(error).removeprefix(f"{file}: "))
+        size = self.model.config.data.image_size
+        photo, faces = input_photo(file, image, self.finder, size)
+        if faces > 1:
+            self.report.notes.append((file, f"{faces} faces found; the largest was simulated"))
+        if photo is None:
+            return self._skip(file, "no face found (the face layer looks for one in photos larger than "
+                                    f"{FACE_CROP_FACTOR * size} px): crop it by hand, or use --no-face-crop")
+        return photo
 
+    def _skip(self, file: Path, reason: str) -> None:
+        self.report.skipped.append((file, reason))
 
-def _model_view(file: Path, image: np.ndarray, squares: dict[Path, tuple[int, int, int, int]]) -> np.ndarray:
-    """What the model is given: the face square when the photo has one, else the photo."""
-    if file not in squares:
-        return image
-    x0, y0, x1, y1 = squares[file]
-    return np.ascontiguousarray(image[y0:y1, x0:x1])
+    def flush(self) -> None:
+        # Photos of different sizes batch fine: each is padded and resized to the model size.
+        if not self.queue:
+            return
+        predictions = simulate_photos(self.model, self.queue, self.settings, self.folder, self.report)
+        for photo, prediction in zip(self.queue, predictions):
+            if prediction is not None:
+                self._write(photo.file, prediction)
+        self.progress(len(self.queue))
+        self.queue.clear()
 
-
-def _paste_square(image: np.ndarray, square: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """The photo with its face square replaced by the model's result for it."""
-    x0, y0, x1, y1 = box
-    out = image.copy()
-    out[y0:y1, x0:x1] = square
-    return out
-
+    def _write(self, file: Path, prediction: np.ndarray) -> None:
+        target = output_path(self.folder.path, self.output_dir, file)
+        try:
+            write_png(target, prediction, Privacy.of(file, self.folder.path))
+        except OSError as error:
+            if error.errno not in _NAME_ERRNOS:
+                raise  # a full disk or a lost permission stops the run: every later file would fail too
+            self.report.skipped.append((file, f"cannot write {target.name}: {os.strerror(error.errno)}"))
+            return
+        self.report.written.append(target)
 
 
 # Errors of one output's name (too long, not encodable here): that file is skipped, the rest written.
@@ -575,5 +626,5 @@ def _one_of(request: Request, index: int, count: int) -> Request:
     return replace(request, procedures=row(request.procedures), reference=row(request.reference))
 
 
-__all__ = ["LoadedModel", "GenerateReport", "Generation", "InputFolder", "load_model", "generate_folder",
+__all__ = ["LoadedModel", "GenerateReport", "Generation", "InputFolder", "InputPhoto", "load_model", "generate_folder",
            "parse_procedures", "simulate_photos"]

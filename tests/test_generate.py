@@ -78,3 +78,55 @@ def test_photos_larger_than_the_model_keep_their_own_pixels_where_nothing_change
         nets["G"].output_layer.bias.fill_(0.5)
     moved = translate_batch(model, [photo])[0]
     assert moved.shape == photo.shape and not np.array_equal(moved, photo)
+
+
+def test_generation_checks_its_options_where_they_are_built() -> None:
+    import pytest
+
+    from svai.errors import SvaiError
+    from svai.generate import Generation
+
+    for batch_size in (0, 4097):
+        with pytest.raises(SvaiError, match=f"--batch-size must be between 1 and 4096; got {batch_size}"):
+            Generation(batch_size=batch_size)
+    with pytest.raises(SvaiError, match="--intensity must be between 0 and 1; got 1.5"):
+        Generation(request=Request(intensity=1.5))
+    with pytest.raises(SvaiError, match="--regions steers a composite: add --composite"):
+        Generation(regions=Path("regions"))
+    assert Generation().batch_size == 8
+
+
+def test_an_input_folder_reads_its_manifest_once(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    import svai.generate as generate
+
+    reads = []
+    real = generate.read_manifest
+    monkeypatch.setattr(generate, "read_manifest", lambda root: reads.append(root) or real(root))
+    folder = generate.InputFolder.open(tiny_dataset / "test" / "before")
+    records = [r for r in real(tiny_dataset) if r.split == "test"]
+    for record in records:
+        assert folder.labelled(record.id) == record.procedures
+        assert folder.strengths(record.id, PROCEDURES).tolist() == [float(p in record.procedures) for p in PROCEDURES]
+    assert folder.split == (tiny_dataset.resolve(), "test") and len(reads) == 1
+    assert folder.inputs() == {"--input": tiny_dataset / "test" / "before", "the dataset": tiny_dataset.resolve()}
+    plain = generate.InputFolder.open(tmp_path)
+    assert plain.split is None and plain.labelled("x") is None and plain.inputs() == {"--input": tmp_path}
+
+
+def test_a_model_without_a_changing_head_adds_its_change_to_a_larger_photo() -> None:
+    """A direct-output model's change (output minus input, at the model's size) is resized and
+    added to the photo itself, so the photo keeps its own detail."""
+    import numpy as np
+
+    from svai.run import resolve
+    from svai.generate import LoadedModel, translate_batch
+    from svai.models.registry import make_family
+
+    config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8"])
+    family = make_family(config)
+    assert not family.changes_at_size()
+    family.translate = lambda nets, before, request=None: before + 0.1  # type: ignore[method-assign]
+    model = LoadedModel(config, family, {"G": family.build()["G"]}, 0, torch.device("cpu"))
+    photo = np.random.default_rng(0).integers(0, 200, size=(128, 100, 3), dtype=np.uint8)
+    # 0.1 in [-1, 1] is 12.75 grey levels.
+    assert np.array_equal(translate_batch(model, [photo])[0], photo + 13)

@@ -36,7 +36,7 @@ def generate(
     input: Path = typer.Option(..., "--input", help="Folder of 'before' photos (searched recursively)."),
     output: Path = typer.Option(..., "--output", help="Folder for the predicted 'after' PNGs."),
     checkpoint: str = typer.Option("latest", "--checkpoint", help="latest, or a step number."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass, 1 to 4096 (default 8)."),
     procedures: Optional[str] = typer.Option(
         None, "--procedures", help="Procedures to simulate on every image, e.g. nose+jaw (or nose,jaw; nose:0.5 for half strength)."),
     intensity: Optional[float] = typer.Option(
@@ -67,29 +67,14 @@ def generate(
 
     from svai.composite import CompositeOptions
     from svai.config import MAX_INT
-    from svai.data.images import list_images, no_images, scan_images
-    from svai.data.regions import index_regions
-    from svai.devices import check_device
-    from svai.generate import Generation, generate_folder, generation_inputs, load_model, parse_procedures
-    from svai.io import Privacy, check_output_folder, check_writable
+    from svai.data.images import list_images
+    from svai.generate import Generation, InputFolder, generate_folder, generation_reads, load_model, parse_procedures
     from svai.models.base import Request
 
-    listing = scan_images(input)
-    if not listing.images:
-        raise no_images(input, listing)
-    total = len(listing.images) + len(listing.passed_over)
-    if intensity is not None and not 0.0 <= intensity <= 1.0:
-        raise SvaiError(f"--intensity must be between 0 and 1; got {intensity}")
-    if not 1 <= batch_size <= 4096:
-        raise SvaiError(f"--batch-size must be between 1 and 4096; got {batch_size}")
-    if seed is not None and not 0 <= seed <= MAX_INT:
-        raise SvaiError(f"--seed must be between 0 and {MAX_INT}; got {seed}")
-    if steps is not None and not 1 <= steps <= 1000:
-        raise SvaiError(f"--steps must be between 1 and 1000; got {steps}")
-    if guidance is not None and not 0.0 <= guidance <= 100.0:
-        raise SvaiError(f"--guidance must be between 0 and 100; got {guidance}")
-    if strength is not None and not 0.0 <= strength <= 1.0:
-        raise SvaiError(f"--strength must be between 0 and 1; got {strength}")
+    for option, value, low, high in (("--seed", seed, 0, MAX_INT), ("--steps", steps, 1, 1000),
+                                     ("--guidance", guidance, 0, 100), ("--strength", strength, 0, 1)):
+        if value is not None and not low <= value <= high:
+            raise SvaiError(f"{option} must be between {low} and {high}; got {value}")
     references = None
     if reference is not None:
         try:
@@ -97,30 +82,22 @@ def generate(
         except SvaiError as error:
             raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
     # Every path generation reads is known now: no output may land in one, before anything loads.
-    check_output_folder(generation_inputs(input, Generation(references=references, regions=regions)), output)
-    if regions is not None:
-        if composite is False:
-            raise SvaiError("--regions steers a composite: drop --no-composite")
-        index_regions(regions)  # a malformed folder fails before the model loads
-    if device is not None:
-        check_device(device)
+    folder = InputFolder.open(input)
+    folder.check_output(output, generation_reads(references, regions))
     model = load_model(run, checkpoint, device)
-    if composite is None:
-        composite = model.config.generate.composite
-    if regions is not None and not composite:
-        raise SvaiError("--regions steers a composite: add --composite")
-    check_writable(output, privacy=Privacy.of(input))
     request = Request(procedures=parse_procedures(procedures, model.family.procedures), intensity=intensity,
                       generator=torch.Generator().manual_seed(seed) if seed is not None else None,
                       steps=steps, guidance=guidance, strength=strength, prompt=prompt)
     model.family.check_request([*request.given(), *(["reference"] if references else [])])
-    settings = Generation(batch_size, request=request, references=references,
-                          composite=CompositeOptions() if composite else None, regions=regions, face_crop=face_crop)
+    use_composite = model.composite_default if composite is None else composite
+    settings = Generation(request=request, references=references, composite=CompositeOptions() if use_composite else None,
+                          regions=regions, face_crop=face_crop, **({} if batch_size is None else {"batch_size": batch_size}))
+    listing = folder.listing
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as progress:
         task = progress.add_task("generate", total=len(listing.images))
         report = generate_folder(model, input, output, settings,
-                                 progress=lambda n: progress.advance(task, n), listing=listing)
+                                 progress=lambda n: progress.advance(task, n), folder=folder)
     for file, note in report.notes:
         console.print(f"note: {file}: {note}", highlight=False, markup=False)
     for file, reason in report.skipped:
@@ -130,4 +107,5 @@ def generate(
         console.print("composited inside " + ", ".join(
             f"{where} ({count})" for where, count in sorted(report.composited.items())))
     if report.skipped:
+        total = len(listing.images) + len(listing.passed_over)
         raise fail(f"{len(report.skipped)} of {total} inputs were skipped (listed above); fix or remove them")

@@ -118,15 +118,12 @@ def serve(
         raise SvaiError(f"svai serve needs the app extra ({missing} is not installed): pip install 'svai[app]'")
     import uvicorn
 
-    from svai.devices import check_device
     from svai.generate import load_model
     from svai.serve.app import LOOPBACK_NAMES, create_app
     from svai.serve.audit import AuditLog
     from svai.serve.photo import PrivateFolder
     from svai.serve.simulate import Simulator, serve_models
 
-    if device is not None:
-        check_device(device)
     tls = _tls_files(certfile, keyfile)
     audit_log = AuditLog(audit) if audit is not None else None
     loopback = _is_loopback(host)

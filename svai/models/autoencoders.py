@@ -37,9 +37,8 @@ from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import LossResult, ModelFamily, Networks, Phase, Request, StepContext
+from svai.models.base import GeneratorFamily, LossResult, Networks, Phase, Request, StepContext
 from svai.models.gan_training import linear_decay_factor
-from svai.models.heads import OutputHead, check_intensity
 from svai.models.layers import check_before, conv_bias, init_weights, norm_layer
 from svai.models.options import Norm, OutputOptions, check_at_least, check_in_unit_interval, check_positive
 from svai.models.registry import register_family
@@ -300,7 +299,7 @@ class ConvDecoder(nn.Module):
 
 # -- families ---------------------------------------------------------------------------------
 @register_family
-class Autoencoder(ModelFamily):
+class Autoencoder(GeneratorFamily):
     """``ae``. Networks: ``encoder`` (before -> code) and ``decoder`` (code -> after, through
     the output head). One phase, ``G``, trains both."""
 
@@ -312,7 +311,6 @@ class Autoencoder(ModelFamily):
 
     def __init__(self, options: AutoencoderOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         super().__init__(options, image_size, procedures)
-        self.head = OutputHead(options)
         self.depth = self._depth(options.depth, image_size)
         self.bottleneck = image_size // 2 ** self.depth
         self.layout = ConvLayout(options.ngf, self.depth, self.bottleneck, options.norm)
@@ -384,21 +382,10 @@ class Autoencoder(ModelFamily):
         return torch.zeros((), device=before.device), {}
 
     # -- inference ----------------------------------------------------------------------
-    @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
-        """before: (B, 3, S, S) in [-1, 1], S the configured image size -> after, same shape, in
-        [-1, 1]. ``request.intensity`` α in [0, 1] (default 1) scales the change through the
-        output head: 0 returns the before image."""
-        raw, alpha = self.generator_output(nets, before, request)
-        return self.head(raw, before, alpha)[0]
-
-    def generator_output(self, nets: Networks, before: torch.Tensor,
-                         request: Request | None) -> tuple[torch.Tensor, float | None]:
-        """The decoder's raw output for before (B, 3, S, S) and the intensity."""
-        size = self.image_size
-        check_before(before, size=size)
-        z = self.inference_latent(nets["encoder"](before), request)
-        return nets["decoder"](z), check_intensity(request.intensity if request is not None else None)
+    def generator_output(self, nets: Networks, before: torch.Tensor, request: Request | None) -> torch.Tensor:
+        """The decoder's raw output for before (B, 3, S, S) in [-1, 1], S the configured image size."""
+        check_before(before, size=self.image_size)
+        return nets["decoder"](self.inference_latent(nets["encoder"](before), request))
 
     def inference_latent(self, code: torch.Tensor, request: Request | None) -> torch.Tensor:
         """code: (B, code_size) -> the z to decode, (B, latent_dim)."""

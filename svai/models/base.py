@@ -33,7 +33,7 @@ from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.image_ops import resize
+from svai.models.heads import OutputHead, change_at_size
 
 Batch = dict[str, torch.Tensor]
 Networks = dict[str, nn.Module]
@@ -154,6 +154,16 @@ class Request:
     prompt: str | None = None
     landmarks: torch.Tensor | None = None
 
+    def checked_intensity(self) -> float | None:
+        """The intensity as a float, None when not asked; SvaiError naming ``--intensity``
+        unless it is in [0, 1]."""
+        if self.intensity is None:
+            return None
+        value = float(self.intensity)
+        if not 0.0 <= value <= 1.0:
+            raise SvaiError(f"--intensity must be between 0 and 1; got {self.intensity}")
+        return value
+
     def given(self) -> list[str]:
         """Names of the fields that were asked for."""
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
@@ -180,7 +190,8 @@ REQUEST_OPTIONS: dict[str, str] = {
 
 
 class ModelFamily:
-    """Base class of a model family. Subclasses set the class attributes and methods below.
+    """Base class of a model family. Subclasses set the class attributes and methods below;
+    a family whose generator ends in an output head extends `GeneratorFamily`.
 
     A family instance holds only its options and image size; network weights live in the
     `Networks` dict built by `build`, so the loop can wrap them for devices and processes.
@@ -198,6 +209,9 @@ class ModelFamily:
     # later one reuses (a discriminator phase runs the generator once for both): while the
     # first runs, the later one's networks keep gradients on, on steps where it is due.
     prepares: ClassVar[dict[str, str]] = {}
+    # How the generator's last layer becomes the after image (`svai.models.heads`), for a family
+    # whose generator ends in an output head; None otherwise.
+    head: OutputHead | None = None
 
     def __init__(self, options: Any, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         """`procedures` is the run's vocabulary: the columns of `batch["procedures"]` and of
@@ -286,55 +300,54 @@ class ModelFamily:
             reads = ", ".join(REQUEST_OPTIONS.get(n, n) for n in sorted(self.uses)) or "no such option"
             raise SvaiError(f"{option}: {self.name} models do not use it (they take {reads}); leave it out")
 
+    def intensity(self, request: Request | None) -> float | None:
+        """The request's intensity α in [0, 1], checked; None when not asked (the default, 1)."""
+        return request.checked_intensity() if request is not None else None
+
     @torch.no_grad()
     def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1] -> predicted after, same shape and range."""
         raise NotImplementedError
 
-    def generator_output(self, nets: Networks, before: torch.Tensor,
-                         request: Request | None) -> tuple[torch.Tensor, float | None]:
-        """For a family whose generator ends in an output head (`self.head`, `svai.models.heads`):
-        the generator's raw output for the checked before images (B, 3, S, S), and the
-        intensity the head applies (None: the family applied it already, or it is 1). A family
-        that provides it gets the photo-size path of `translate_at`."""
-        raise NotImplementedError
-
     def changes_at_size(self) -> bool:
-        """Whether `translate_at` applies the change to each photo at its own size: the family
-        gives `generator_output` and its head changes the before photo (residual, masked, warp)."""
-        head = getattr(self, "head", None)
-        return (head is not None and head.mode != "direct"
-                and type(self).generator_output is not ModelFamily.generator_output)
+        """Whether `translate_at` has the family apply its change to each photo itself
+        (`at_sizes`: an output head that changes the before photo, residual, masked or warp)
+        rather than add the resized model-size change."""
+        return False
+
+    def moves_pixels(self) -> bool:
+        """Whether the change resamples the photo's own pixels (a warp) at the photo's size, so
+        applying it to a full-resolution photo keeps that photo sharp."""
+        return False
 
     @torch.no_grad()
     def translate_at(self, nets: Networks, before: torch.Tensor, request: Request | None,
                      photos: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The after images at the photos' own sizes.
+        """The after images at the photos' own sizes: the one way from the model's size to a
+        photo's pixels, for generate, the Python API and the consultation app alike.
 
         before: (B, 3, S, S) in [-1, 1] at the model's size; photos[i]: (1, 3, H_i, W_i) in
         [-1, 1], the image before[i] was resized from -> [(1, 3, H_i, W_i) in [-1, 1]].
-        Where `changes_at_size`, the change is applied to each photo itself
-        (`OutputHead.at_size`), which keeps the photo's detail; otherwise the model-size
-        output is resized.
+        Where `changes_at_size`, the head's change is applied to each photo itself
+        (`at_sizes`); otherwise the model-size change, output minus before, is resized and
+        added to the photo (`change_at_size`). Either way the photo keeps its own detail
+        wherever the model changed nothing.
         """
-        if request is not None and request.intensity is not None and float(request.intensity) == 0.0:
+        if self.intensity(request) == 0.0:
             # Intensity 0 asks for no change: every family returns the photo itself.
             return [photo.float().clone() for photo in photos]
         if self.changes_at_size():
-            raw, alpha = self.generator_output(nets, before, request)
-            head = self.head  # type: ignore[attr-defined]
-            outs = [head.at_size(raw[i:i + 1], before[i:i + 1], photo, alpha) for i, photo in enumerate(photos)]
+            outs = self.at_sizes(nets, before, request, photos)
         else:
-            out = self.translate(nets, before, request).float()
-            outs = [resize(out[i:i + 1], tuple(photo.shape[2:])) for i, photo in enumerate(photos)]
+            out = self.translate(nets, before, request)
+            outs = [change_at_size(out[i:i + 1], before[i:i + 1], photo) for i, photo in enumerate(photos)]
         return self.confine_to_procedures(outs, before, request, photos)
 
-    def moves_pixels(self) -> bool:
-        """Whether the change resamples the photo's own pixels (a warp) at the photo's size, so
-        applying it to a full-resolution photo keeps that photo sharp (the consultation app
-        then simulates on the full-resolution face, `svai.serve.simulate`)."""
-        head = getattr(self, "head", None)
-        return self.changes_at_size() and head is not None and head.mode == "warp"
+    def at_sizes(self, nets: Networks, before: torch.Tensor, request: Request | None,
+                 photos: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The change applied to each photo at its own size (families that `changes_at_size`);
+        arguments as `translate_at`."""
+        raise NotImplementedError
 
     def reads_landmarks(self) -> bool:
         """Whether generation should give this family the photos' face landmarks
@@ -380,6 +393,53 @@ class ModelFamily:
         if not bool(((labels >= 0) & (labels <= 1)).all()):
             raise SvaiError(f"--procedures: strengths must be between 0 and 1; got {labels.tolist()}")
         return labels.to(device=before.device, dtype=torch.float32).expand(before.shape[0], -1)
+
+
+class GeneratorFamily(ModelFamily):
+    """A family whose generator draws from the before photo and ends in an output head
+    (`svai.models.heads`, built from the family's `OutputOptions`): `translate` and the
+    photo-size output both come from one `generator_output`, and the head applies the
+    request's intensity.
+    """
+
+    head: OutputHead
+
+    def __init__(self, options: Any, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
+        super().__init__(options, image_size, procedures)
+        self.head = OutputHead(options)
+
+    def generator_output(self, nets: Networks, before: torch.Tensor, request: Request | None) -> torch.Tensor:
+        """The generator's raw output (B, `head.channels`, S, S) for before (B, 3, S, S) in
+        [-1, 1], checked against what the generator accepts."""
+        raise NotImplementedError
+
+    def head_intensity(self, request: Request | None) -> float | None:
+        """The intensity the head applies (None: 1): the request's, unless the family applies
+        it inside its generator."""
+        return self.intensity(request)
+
+    @torch.no_grad()
+    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
+        """before: (B, 3, S, S) in [-1, 1] -> after, same shape, in [-1, 1].
+
+        ``request.intensity`` α in [0, 1] (default 1) scales the change (`OutputHead`): 0
+        returns the before image. Runs the generator in whatever mode the caller set (eval
+        uses batch norm's running statistics).
+        """
+        raw = self.generator_output(nets, before, request)
+        return self.head(raw, before, self.head_intensity(request))[0]
+
+    def changes_at_size(self) -> bool:
+        return self.head.mode != "direct"
+
+    def moves_pixels(self) -> bool:
+        return self.head.mode == "warp"
+
+    def at_sizes(self, nets: Networks, before: torch.Tensor, request: Request | None,
+                 photos: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The head's change applied to each photo itself (`OutputHead.at_size`)."""
+        raw, alpha = self.generator_output(nets, before, request), self.head_intensity(request)
+        return [self.head.at_size(raw[i:i + 1], before[i:i + 1], photo, alpha) for i, photo in enumerate(photos)]
 
 
 @contextmanager

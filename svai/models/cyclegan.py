@@ -25,9 +25,9 @@ from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request
+from svai.models.base import Batch, GeneratorFamily, LossResult, Networks, Phase, Request
 from svai.models.gan_training import ImagePool, gan_loss, linear_decay_factor
-from svai.models.heads import Aux, OutputHead, check_intensity
+from svai.models.heads import Aux, OutputHead
 from svai.models.layers import (
     PatchDiscriminator, ResnetGenerator, check_attention_heads, check_before, check_residual_trunk, init_weights,
     patch_output_size,
@@ -78,7 +78,7 @@ class CycleGANOptions(GanOptions):
 
 
 @register_family
-class CycleGAN(ModelFamily):
+class CycleGAN(GeneratorFamily):
     """Networks: ``G_AB`` (before → after), ``G_BA`` (after → before), ``D_A`` (judges
     before photos), ``D_B`` (judges after photos), and the state modules ``pool_A`` /
     ``pool_B`` (histories of generated A / B images for D_A / D_B).
@@ -97,7 +97,6 @@ class CycleGAN(ModelFamily):
     def __init__(self, options: CycleGANOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         super().__init__(options, image_size, procedures)
         o = options
-        self.head = OutputHead(o)
         self.n_blocks = o.n_blocks if o.n_blocks is not None else (9 if image_size >= 256 else 6)
         self.attention_position = o.attention_position if o.attention_position is not None else self.n_blocks // 2
         check_residual_trunk("cyclegan", image_size, o.attention, self.attention_position, self.n_blocks,
@@ -220,18 +219,7 @@ class CycleGAN(ModelFamily):
         return 0.5 * (gan_loss(discriminator(real), True, mode) + gan_loss(discriminator(fake.detach()), False, mode))
 
     # -- inference ----------------------------------------------------------------------
-    @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
-        """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after by G_AB, same shape, in [-1, 1].
-
-        ``request.intensity`` α in [0, 1] (default 1) scales the change (`OutputHead`): 0
-        returns the before image.
-        """
-        raw, alpha = self.generator_output(nets, before, request)
-        return self.head(raw, before, alpha)[0]
-
-    def generator_output(self, nets: Networks, before: torch.Tensor,
-                         request: Request | None) -> tuple[torch.Tensor, float | None]:
-        """G_AB's raw output for before (B, 3, H, W), H and W divisible by 4, and the intensity."""
+    def generator_output(self, nets: Networks, before: torch.Tensor, request: Request | None) -> torch.Tensor:
+        """G_AB's raw output for before (B, 3, H, W) in [-1, 1], H and W divisible by 4."""
         check_before(before, multiple=4)
-        return nets["G_AB"](before), check_intensity(request.intensity if request is not None else None)
+        return nets["G_AB"](before)

@@ -37,7 +37,6 @@ from svai import weights
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext
-from svai.models.heads import check_intensity
 from svai.models.options import check_at_least, check_in_unit_interval, check_positive
 from svai.models.registry import register_family
 
@@ -486,7 +485,7 @@ class StableDiffusionLora(ModelFamily):
         strength = o.strength if request.strength is None else float(request.strength)
         if not 0 <= strength <= 1:
             raise SvaiError(f"--strength must be between 0 and 1; got {strength}")
-        intensity = check_intensity(request.intensity)
+        intensity = self.intensity(request)
         return steps, guidance, strength * (1.0 if intensity is None else intensity)
 
     def _guidance(self, text_encoder: nn.Module, prompts: list[str], image: torch.Tensor,

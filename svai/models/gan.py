@@ -29,7 +29,6 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Networks, Request
 from svai.models.gan_training import initialised_pair
-from svai.models.heads import OutputHead, check_intensity
 from svai.models.layers import check_before, conv_bias, norm_layer
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.paired_gan import PairedGan
@@ -194,7 +193,6 @@ class Dcgan(PairedGan):
 
     def __init__(self, options: DcganOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         super().__init__(options, image_size, procedures)
-        self.head = OutputHead(options)
         if halvings(image_size) < 1:
             raise SvaiError(f"gan needs an even image size of at least {2 * MIN_SIDE}; got {image_size} "
                             "(set data.image_size to 32, 64, 128 …)")
@@ -209,9 +207,7 @@ class Dcgan(PairedGan):
         return initialised_pair(generator, discriminator, o.init_gain, self.head)
 
     # -- inference ----------------------------------------------------------------------
-    def generator_output(self, nets: Networks, before: torch.Tensor,
-                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+    def generator_output(self, nets: Networks, before: torch.Tensor, request: Request | None) -> torch.Tensor:
         """before: (B, 3, S, S) in [-1, 1], S the run's image size."""
-        size = self.image_size
-        check_before(before, size=size)
-        return nets["G"](before), check_intensity(request.intensity if request is not None else None)
+        check_before(before, size=self.image_size)
+        return nets["G"](before)

@@ -107,14 +107,17 @@ def bound_excess(z: torch.Tensor) -> torch.Tensor:
     return (torch.relu(-z) + torch.relu(z - 1)).mean()
 
 
-def check_intensity(intensity: float | None) -> float | None:
-    """Raise SvaiError naming ``--intensity`` unless it is None or in [0, 1]; return it as float."""
-    if intensity is None:
-        return None
-    value = float(intensity)
-    if not 0.0 <= value <= 1.0:
-        raise SvaiError(f"--intensity must be between 0 and 1; got {intensity}")
-    return value
+def change_at_size(after: torch.Tensor, before: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+    """A model-size change applied to the photo it was made from, at the photo's own size.
+
+    after, before: (B, 3, h, w) in [-1, 1] at the model's size; photo: (B, 3, H, W) in [-1, 1],
+    the image `before` was resized from -> photo + resize(after − before), clamped to [-1, 1],
+    float32 (after itself where the sizes agree): the photo keeps its own detail wherever the
+    model changed nothing.
+    """
+    if photo.shape[2:] == before.shape[2:]:
+        return after.float()
+    return (photo.float() + resize(after.float() - before.float(), tuple(photo.shape[2:]))).clamp(-1, 1)
 
 
 # -- the head --------------------------------------------------------------------------------
@@ -215,13 +218,12 @@ class OutputHead:
         (B, 3, H, W) in [-1, 1], the same images at their own size -> (B, 3, H, W) in [-1, 1],
         float32. The residual, the mask and drawing, or the field (in units of the image side,
         so the same motion at any size) and colour change are resized (bilinear) and applied to
-        the photo's pixels; direct resizes its drawing. At the generator's size this is exactly
-        ``self(raw, before, intensity)[0]``, and a zero change returns `photo` bit for bit.
+        the photo's pixels; direct adds its drawing's change (`change_at_size`). At the
+        generator's size this is exactly ``self(raw, before, intensity)[0]``, and a zero change
+        returns `photo` bit for bit.
         """
-        if photo.shape[2:] == before.shape[2:]:
-            return self(raw, before, intensity)[0].float()
-        if self.mode == "direct":
-            return resize(self(raw, before, intensity)[0].float(), tuple(photo.shape[2:])).clamp(-1, 1)
+        if photo.shape[2:] == before.shape[2:] or self.mode == "direct":
+            return change_at_size(self(raw, before, intensity)[0], before, photo)
         alpha = 1.0 if intensity is None else float(intensity)
         with torch.autocast(device_type=raw.device.type, enabled=False):
             return self._apply(self._change(raw.float(), alpha), photo.float())[0]

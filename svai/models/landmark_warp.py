@@ -35,7 +35,7 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.face import mesh
 from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext
-from svai.models.heads import OutputHead, check_intensity
+from svai.models.heads import OutputHead
 from svai.models.landmark_fields import Fields, FitSettings, fit_fields
 from svai.models.layers import UnetGenerator, check_before, init_weights, tile_labels
 from svai.models.options import OutputOptions, check_at_least, check_positive
@@ -275,7 +275,7 @@ class LandmarkWarp(ModelFamily):
         before's pixels) are scaled to the photo, and the warp and its region are computed
         there, so the photo's own pixels move."""
         check_before(before)
-        alpha = check_intensity(request.intensity if request is not None else None)
+        alpha = self.intensity(request)
         if alpha == 0.0:
             return [photo.float().clone() for photo in photos]
         # Small tensors and a few hundred unknowns: one thread (see `svai.threads`).
@@ -309,7 +309,7 @@ class LandmarkWarp(ModelFamily):
     def _moves(self, nets: Networks, before: torch.Tensor, request: Request | None) -> list[Move | None]:
         """Each image's motion in before's pixels, or None where it has no face or nothing to move."""
         strengths = self.requested_procedures(request, before).cpu().numpy().astype(np.float64)
-        alpha = check_intensity(request.intensity if request is not None else None)
+        alpha = self.intensity(request)
         strengths = strengths * (1.0 if alpha is None else alpha)
         fitted = nets["landmarks"]
         if not bool(fitted.fitted):

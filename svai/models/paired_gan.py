@@ -17,19 +17,17 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request
+from svai.models.base import Batch, GeneratorFamily, LossResult, Networks, Phase
 from svai.models.gan_training import gan_loss, linear_decay_factor
-from svai.models.heads import OutputHead
 
 
-class PairedGan(ModelFamily):
-    """Phases ``D`` and ``G`` of a conditional GAN on pairs; subclasses set `head` and build
-    ``{"G": generator, "D": discriminator}``."""
+class PairedGan(GeneratorFamily):
+    """Phases ``D`` and ``G`` of a conditional GAN on pairs; subclasses build
+    ``{"G": generator, "D": discriminator}`` and give `generator_output`."""
 
     # The factor on D's loss: pix2pix halves it so D learns more slowly than G (Sec. 3.3).
     d_loss_scale: ClassVar[float] = 1.0
     prepares = {"D": "G"}
-    head: OutputHead
 
     def inference_networks(self) -> tuple[str, ...]:
         return ("G",)
@@ -41,17 +39,6 @@ class PairedGan(ModelFamily):
 
     def lr_factor(self, step: int, total_steps: int) -> float:
         return linear_decay_factor(step, total_steps, self.options.lr_decay_fraction)
-
-    @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
-        """before: (B, 3, S, S) in [-1, 1] -> after, same shape, in [-1, 1].
-
-        ``request.intensity`` α in [0, 1] (default 1) scales the change (`OutputHead`): 0
-        returns the before image. Runs G in whatever mode the caller set (eval uses batch
-        norm's running statistics).
-        """
-        raw, alpha = self.generator_output(nets, before, request)
-        return self.head(raw, before, alpha)[0]
 
     def _input(self, before: torch.Tensor, procedures: torch.Tensor | None) -> torch.Tensor:
         """G's input for before (B, 3, H, W) and the procedure strengths (B, P): the before image."""

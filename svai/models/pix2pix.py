@@ -18,7 +18,6 @@ from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.models.base import Networks, Request
 from svai.models.gan_training import initialised_pair
-from svai.models.heads import OutputHead, check_intensity
 from svai.models.layers import (
     PatchDiscriminator, UnetGenerator, check_attention_heads, check_before, patch_output_size, tile_labels,
 )
@@ -88,7 +87,6 @@ class Pix2Pix(PairedGan):
         o = options
         if o.procedure_maps:
             self.uses = self.uses | {"procedures"}
-        self.head = OutputHead(o)
         available = _halvings(image_size)
         if o.unet_depth is None:
             if available < MIN_UNET_DEPTH:
@@ -146,14 +144,12 @@ class Pix2Pix(PairedGan):
         return initialised_pair(generator, discriminator, o.init_gain, self.head)
 
     # -- inference ----------------------------------------------------------------------
-    def generator_output(self, nets: Networks, before: torch.Tensor,
-                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+    def generator_output(self, nets: Networks, before: torch.Tensor, request: Request | None) -> torch.Tensor:
         """before: (B, 3, H, W) in [-1, 1], H and W divisible by 2^depth; with procedure maps
         the request's procedure strengths are G's extra input."""
         check_before(before, multiple=2 ** self.depth)
-        alpha = check_intensity(request.intensity if request is not None else None)
         labels = self.requested_procedures(request, before) if self.options.procedure_maps else None
-        return nets["G"](self._input(before, labels)), alpha
+        return nets["G"](self._input(before, labels))
 
     def _input(self, before: torch.Tensor, procedures: torch.Tensor | None) -> torch.Tensor:
         """G's input: the before image, plus one constant map per procedure strength when

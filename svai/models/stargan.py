@@ -40,9 +40,9 @@ from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request, StepContext
+from svai.models.base import Batch, GeneratorFamily, LossResult, Networks, Phase, Request, StepContext
 from svai.models.gan_training import initialised_pair, linear_decay_factor
-from svai.models.heads import Aux, OutputHead, check_intensity
+from svai.models.heads import Aux
 from svai.models.layers import (
     SelfAttention, check_attention_heads, check_before, check_residual_trunk, run_trunk, tile_labels,
 )
@@ -336,7 +336,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 # -- the family -----------------------------------------------------------------------------
 @register_family
-class StarGAN(ModelFamily):
+class StarGAN(GeneratorFamily):
     """Networks: ``G`` (label-conditioned generator) and ``D`` (critic + label classifier).
 
     Phases per step, in the reference order: ``D`` every step, then ``G`` every
@@ -356,7 +356,6 @@ class StarGAN(ModelFamily):
     def __init__(self, options: StarGANOptions, image_size: int, procedures: tuple[str, ...] = PROCEDURES) -> None:
         super().__init__(options, image_size, procedures)
         o = options
-        self.head = OutputHead(o)
         if not self.procedures:
             raise SvaiError("stargan needs at least one procedure to condition on (data.procedures is empty)")
         self.attention_position = o.attention_position if o.attention_position is not None else o.n_res_blocks // 2
@@ -475,24 +474,15 @@ class StarGAN(ModelFamily):
         raise ValueError(f"stargan has phases D and G; got {phase!r}")
 
     # -- inference ----------------------------------------------------------------------
-    @torch.no_grad()
-    def translate(self, nets: Networks, before: torch.Tensor, request: Request | None = None) -> torch.Tensor:
-        """before: (B, 3, H, W) in [-1, 1], H and W divisible by 4 -> after, same shape, in [-1, 1].
+    def generator_output(self, nets: Networks, before: torch.Tensor, request: Request | None) -> torch.Tensor:
+        """G's raw output for before (B, 3, H, W) in [-1, 1], H and W divisible by 4, conditioned
+        on the target label ``request.procedures`` ((B, P) or (1, P) strengths in [0, 1] over
+        `self.procedures`).
 
-        The target label is ``request.procedures`` ((B, P) or (1, P) strengths in [0, 1], one
-        column per procedure of the run's vocabulary `self.procedures`). ``request.intensity``
-        α in [0, 1] (default 1) scales the change from the before photo in every output mode
-        (`OutputHead`; in direct mode α·drawn + (1 − α)·before), so the change is proportional
-        to α and α = 0 returns the before photo. (Scaling the labels instead, as svai once did,
-        makes the generator redraw the whole face even at α = 0.)
+        The intensity α scales the change from the before photo in every output mode, in the
+        head (in direct mode α·drawn + (1 − α)·before), so α = 0 returns the before photo.
+        (Scaling the labels instead, as svai once did, makes the generator redraw the whole
+        face even at α = 0.)
         """
-        raw, alpha = self.generator_output(nets, before, request)
-        return self.head(raw, before, alpha)[0]
-
-    def generator_output(self, nets: Networks, before: torch.Tensor,
-                         request: Request | None) -> tuple[torch.Tensor, float | None]:
-        """G's raw output for before (B, 3, H, W), H and W divisible by 4, conditioned on the
-        request's procedure strengths, and the intensity (the modes other than direct)."""
         check_before(before, multiple=4)
-        labels = self.requested_procedures(request, before)
-        return nets["G"](before, labels), check_intensity(request.intensity if request is not None else None)
+        return nets["G"](before, self.requested_procedures(request, before))

@@ -522,9 +522,8 @@ class StarGANv2(ModelFamily):
         request = request or Request()
         size = self.image_size
         check_before(before, size=size)
-        alpha = 1.0 if request.intensity is None else float(request.intensity)
-        if not 0.0 <= alpha <= 1.0:
-            raise SvaiError(f"--intensity must be between 0 and 1; got {request.intensity}")
+        intensity = self.intensity(request)
+        alpha = 1.0 if intensity is None else intensity
         G, mapping, encoder = (nets.get(EMA_OF[name], nets.get(name)) for name in ("G", "mapping", "style_encoder"))
         if G is None or mapping is None or encoder is None:
             raise ValueError(f"stargan-v2 translate needs {', '.join(EMA_OF.values())}; got {sorted(nets)}")

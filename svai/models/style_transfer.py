@@ -38,8 +38,7 @@ from torch import nn
 
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
-from svai.models.base import Batch, LossResult, ModelFamily, Networks, Phase, Request
-from svai.models.heads import OutputHead, check_intensity
+from svai.models.base import Batch, GeneratorFamily, LossResult, Networks, Phase, Request
 from svai.models.layers import check_before
 from svai.models.options import OutputOptions, check_at_least, check_in_unit_interval, check_positive
 from svai.models.registry import register_family
@@ -229,7 +228,7 @@ def _features(vgg: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @register_family
-class StyleTransfer(ModelFamily):
+class StyleTransfer(GeneratorFamily):
     """Networks: ``decoder`` (trained), ``vgg`` (VGG-19 to relu4_1, pretrained and frozen)
     and ``style_stats`` (`StyleStatistics`, buffers only).
 
@@ -248,7 +247,6 @@ class StyleTransfer(ModelFamily):
         super().__init__(options, image_size, procedures)
         if options.style_source == "reference":
             self.uses = self.uses | {"reference"}
-        self.head = OutputHead(options)
         if image_size < DOWNSCALE or image_size % DOWNSCALE:
             raise SvaiError(f"style-transfer needs an image size divisible by {DOWNSCALE} (relu4_1 lies after "
                             f"three poolings); got {image_size}")
@@ -334,16 +332,19 @@ class StyleTransfer(ModelFamily):
         ``request.reference`` (1 or B, 3, S, S) in [-1, 1]; without one (the training samples;
         `check_request` makes generation ask for it) and with "mean", the running mean.
         """
-        raw, _ = self.generator_output(nets, before, request)
-        return self.head(raw, before)[0].clamp(-1, 1)
+        # The decoder has no final tanh: direct output is bounded here.
+        return super().translate(nets, before, request).clamp(-1, 1)
 
-    def generator_output(self, nets: Networks, before: torch.Tensor,
-                         request: Request | None) -> tuple[torch.Tensor, float | None]:
+    def head_intensity(self, request: Request | None) -> float | None:
+        """None: the intensity α acts on the features (`generator_output`), not in the head."""
+        return None
+
+    def generator_output(self, nets: Networks, before: torch.Tensor, request: Request | None) -> torch.Tensor:
         """The decoder's raw output for before (B, 3, S, S); the intensity α is applied to the
-        features here, so the head gets none."""
+        features here."""
         size, count = self.image_size, before.shape[0]
         check_before(before, size=size)
-        intensity = check_intensity(request.intensity if request is not None else None)
+        intensity = self.intensity(request)
         alpha = 1.0 if intensity is None else intensity
         content = _features(nets["vgg"], before)[CONTENT_LAYER]
         reference = request.reference if request is not None and self.options.style_source == "reference" else None
@@ -357,4 +358,4 @@ class StyleTransfer(ModelFamily):
         else:
             mean, std = nets["style_stats"].target(CONTENT_LAYER, count)  # type: ignore[operator]
         t = stylised_features(content, mean, std, alpha)
-        return nets["decoder"](t), None
+        return nets["decoder"](t)

@@ -1,12 +1,12 @@
-"""A consultation photo: the upload decoded, the face framed for the model, the change pasted back.
+"""A consultation photo: the upload decoded, the face framed for the model, the simulation pasted back.
 
-The photo keeps its full resolution from upload to export. The model sees only the square
-around the face, cut and resized exactly as `svai prepare --crop face` frames its pairs
-(`svai.data.align.face_box`, then `render`). Its change — prediction minus the model-sized
-crop — is upsampled to the square's full-resolution size and added to the photo's own pixels
-there, so the patient's skin keeps its detail wherever the model changed nothing, and seen at
-the model's size the result is the model's output. Every pixel outside the square is the
-photo's, byte for byte; with a composite, so is every pixel outside the model's own change map.
+The photo keeps its full resolution from upload to export. The model is given only the square
+around the face, framed as `svai prepare --crop face` frames its pairs (`svai.data.align.face_box`)
+and simulated exactly as `svai generate` simulates a face square (`svai.generate.translate_batch`:
+resized to the model's size, and the model's change applied to the square at its own size,
+so the patient's skin keeps its detail wherever the model changed nothing). Every pixel
+outside the square is the photo's, byte for byte; with a composite, so is every pixel
+outside the composite's region.
 
 Uploads are decoded through the same code as every other photo (`svai.data.images`: EXIF
 orientation applied, colour profile to sRGB, decompression bombs refused). That code reads
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from svai.composite import CompositeOptions, composite, feather
-from svai.data.align import face_box, render
+from svai.data.align import face_box
 from svai.data.images import UNSUPPORTED_EXTENSIONS, ImageProblem, load_rgb_image
 from svai.errors import SvaiError
 from svai.face.mesh import square_inside
@@ -255,11 +255,10 @@ def overlay_of(photo: Photo) -> dict:
     }
 
 
-def model_input(photo: Photo, size: int) -> np.ndarray:
-    """The face square resized to the model's size: (size, size, 3) uint8 (Lanczos, as prepare)."""
+def face_square(photo: Photo) -> np.ndarray:
+    """The photo's face square at full resolution: (side, side, 3) uint8."""
     x0, y0, x1, y1 = photo.box
-    square = Image.fromarray(np.ascontiguousarray(photo.pixels[y0:y1, x0:x1]))
-    return render(square, (0.0, 0.0, float(photo.side), float(photo.side)), size)
+    return np.ascontiguousarray(photo.pixels[y0:y1, x0:x1])
 
 
 def upsample(values: np.ndarray, side: int, resample: Image.Resampling) -> np.ndarray:
@@ -291,45 +290,54 @@ def square_region(photo: Photo, procedures: tuple[str, ...], size: int | None = 
     names = procedures or PROCEDURES
     if photo.landmarks is None or any(name not in mesh.REGION_SHAPES for name in names):
         return None
-    size = size or min(photo.side, REGION_SIDE)
+    size = size or composite_side(photo)
     x0, y0, _, _ = photo.box
     points = (photo.landmarks - np.array([x0, y0])) * (size / photo.side)
     return union(mesh.region_masks(points, names, size, size).values(), (size, size))
 
 
-def paste(photo: Photo, before: np.ndarray, predicted: np.ndarray,
-          options: CompositeOptions | None = None, full: np.ndarray | None = None,
+def paste(photo: Photo, simulated: np.ndarray, options: CompositeOptions | None = None,
           region: np.ndarray | None = None) -> np.ndarray:
     """The simulation inside the face square at full resolution: (side, side, 3) uint8.
 
-    before: the model's input (S, S, 3) uint8 (`model_input`); predicted: its output, same
-    shape. The change predicted − before is upsampled (bicubic) and added to the photo's own
-    pixels — or, given `full`, the model's output at the face square's own size (a warp
-    applied to the full-resolution pixels, `svai.generate.translate_batch`), the change is
-    full − the photo's pixels. With `options`, the change is weighted by the model's feathered
-    change map (`svai.composite.composite`, found at the model's size and upsampled
-    bilinearly), or, given `region` (the chosen procedures' landmark regions in the square at
-    any size, `square_region`), by that region feathered at its own size and upsampled: where
-    the weight is 0 the pixel is the photo's own, byte for byte.
+    simulated: the model's result for the face square at the square's own size, (side, side,
+    3) uint8 (`svai.generate.translate_batch` on `face_square`, as `svai generate` simulates
+    a face square); without `options` it is the patch itself. With `options`, its change from
+    the photo is weighted by a feathered map found at `composite_side` and upsampled
+    bilinearly: `region` (the chosen procedures' landmark regions in the square at any size,
+    `square_region`) feathered at its own size, or else the model's own change map
+    (`svai.composite.composite`). Where the weight is 0 the pixel is the photo's own, byte for
+    byte.
     """
-    if before.shape != predicted.shape:
-        raise ValueError(f"before {before.shape} and predicted {predicted.shape} differ")
     x0, y0, x1, y1 = photo.box
-    if full is not None:
-        change = full.astype(np.float32) - photo.pixels[y0:y1, x0:x1]
+    own = photo.pixels[y0:y1, x0:x1]
+    if simulated.shape != own.shape:
+        raise ValueError(f"simulated {simulated.shape} and the face square {own.shape} differ")
+    if options is None:
+        return simulated
+    if region is None:
+        side = composite_side(photo)
+        _, weight = composite(reduced(own, side), reduced(simulated, side), None, options)
     else:
-        change = upsample(predicted.astype(np.float32) - before.astype(np.float32), photo.side,
-                          Image.Resampling.BICUBIC)
-    if options is not None:
-        if region is None:
-            _, weight = composite(before, predicted, None, options)
-        else:
-            weight = feather(region, options.radius(*region.shape)) if options.feather > 0 else region.astype(np.float32)
-        change *= np.clip(upsample(weight[..., None], photo.side, Image.Resampling.BILINEAR), 0.0, 1.0)
-    change += photo.pixels[y0:y1, x0:x1]
+        weight = feather(region, options.radius(*region.shape)) if options.feather > 0 else region.astype(np.float32)
+    change = simulated.astype(np.float32) - own
+    change *= np.clip(upsample(weight[..., None], photo.side, Image.Resampling.BILINEAR), 0.0, 1.0)
+    change += own
     np.rint(change, out=change)
     np.clip(change, 0, 255, out=change)
     return change.astype(np.uint8)
+
+
+def composite_side(photo: Photo) -> int:
+    """The side at which a composite's weight is found for this photo's face square."""
+    return min(photo.side, REGION_SIDE)
+
+
+def reduced(pixels: np.ndarray, side: int) -> np.ndarray:
+    """(S, S, 3) uint8 resized to (side, side, 3) uint8 (bilinear; a copy-free no-op when equal)."""
+    if pixels.shape[0] == side:
+        return pixels
+    return np.asarray(Image.fromarray(np.ascontiguousarray(pixels)).resize((side, side), Image.Resampling.BILINEAR))
 
 
 def view_box(photo: Photo, view: str) -> Box:
@@ -395,6 +403,6 @@ def pixels_sha256(pixels: np.ndarray) -> str:
 
 __all__ = [
     "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "VIEWS", "Photo", "PrivateFolder", "decode_upload", "difference",
-    "frame_photo", "model_input", "overlay_of", "paste", "pixels_sha256", "reframe", "region",
+    "face_square", "frame_photo", "overlay_of", "paste", "pixels_sha256", "reframe", "region",
     "remove_stale_folders", "shrink", "simulated_photo", "view_box",
 ]

@@ -23,10 +23,9 @@ import torch
 from svai.composite import CompositeOptions
 from svai.data.dataset import procedure_vector
 from svai.errors import SvaiError
-from svai.generate import LoadedModel, translate_batch
-from svai.image_ops import to_tensor
+from svai.generate import LoadedModel, square_input, translate_batch
 from svai.models.base import Request
-from svai.serve.photo import Photo, model_input, paste, square_region
+from svai.serve.photo import Photo, face_square, paste, square_region
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +53,11 @@ class Controls:
 
 def controls_of(model: LoadedModel) -> Controls:
     uses = model.family.uses
-    default = getattr(getattr(model.config, "generate", None), "composite", False)
     return Controls(
         procedures=tuple(model.family.procedures) if "procedures" in uses else (),
         intensity="intensity" in uses,
         seed="generator" in uses,
-        composite=bool(default),
+        composite=model.composite_default,
         reference="reference" in uses,
     )
 
@@ -236,32 +234,24 @@ class Simulator:
         return served
 
     def simulate(self, photo: Photo, model_id: str, settings: Settings, reference: Photo | None = None) -> Simulation:
-        """Simulate `settings` on `photo` with a served model (`reference`: the reference photo
-        of a reference-guided model). A model that raises is a `ModelFailed` naming the
-        error; the model stays usable for the next request."""
+        """Simulate `settings` on `photo`'s face square with a served model, as `svai generate`
+        simulates a face square (`reference`: the reference photo of a reference-guided model).
+        A model that raises is a `ModelFailed` naming the error; the model stays usable."""
         served = self.model(model_id)
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        size = served.model.config.data.image_size
-        before = model_input(photo, size)
-        timings["crop"] = time.perf_counter() - started
+        square = face_square(photo)
         request = model_request(served, settings)
         if reference is not None:
-            request.reference = to_tensor(model_input(reference, size))[None]
-        # The framed face's landmarks (the one the surgeon picked), in the square's pixels and
-        # in the model input's: a family that reads them does not look for the face again.
-        in_square = in_model = None
-        if photo.landmarks is not None:
-            in_square = [photo.landmarks - np.array(photo.box[:2], dtype=np.float64)]
-            in_model = [in_square[0] * (size / photo.side)]
+            request.reference = square_input(face_square(reference), served.model.config.data.image_size)
+        # The framed face's landmarks (the one the surgeon picked) in the square's pixels: a
+        # family that reads them does not look for the face again.
+        known = None if photo.landmarks is None else [photo.landmarks - np.array(photo.box[:2], dtype=np.float64)]
+        timings["crop"] = time.perf_counter() - started
         with self._lock:
             started = time.perf_counter()
             try:
-                predicted = translate_batch(served.model, [before], request, in_model)[0]
-                # A warp moves the photo's own pixels: applied at full resolution it keeps them
-                # sharp, where an upsampled pixel change would leave a soft second edge.
-                full = translate_batch(served.model, [face_square(photo)], request, in_square)[0] \
-                    if warps(served) else None
+                simulated = translate_batch(served.model, [square], request, known)[0]
             except SvaiError:
                 raise
             except Exception as error:  # noqa: BLE001 - any model failure is reported, not fatal
@@ -274,22 +264,15 @@ class Simulator:
         if settings.composite:
             ticked = tuple(name for name, strength in settings.strength_of().items() if strength > 0)
             region = square_region(photo, ticked)
-        patch = paste(photo, before, predicted, self.composite if settings.composite else None, full, region)
+        patch = paste(photo, simulated, self.composite if settings.composite else None, region)
         timings["paste"] = time.perf_counter() - started
         return Simulation(uuid.uuid4().hex, photo, served, settings, patch, utc_now(), timings)
 
 
 def warps(served: ServedModel) -> bool:
-    """Whether the served model warps the before photo at a photo's own size
-    (`ModelFamily.moves_pixels`: `model.output=warp`, or the landmark warp)."""
+    """Whether the served model warps the face square's own pixels (`ModelFamily.moves_pixels`)."""
     return served.model.family.moves_pixels()
 
 
-def face_square(photo: Photo) -> np.ndarray:
-    """The photo's face square at full resolution: (side, side, 3) uint8."""
-    x0, y0, x1, y1 = photo.box
-    return np.ascontiguousarray(photo.pixels[y0:y1, x0:x1])
-
-
 __all__ = ["Controls", "ModelFailed", "ServedModel", "Settings", "Simulation", "Simulator", "controls_of",
-           "model_request", "parse_settings", "serve_models", "utc_now"]
+           "face_square", "model_request", "parse_settings", "serve_models", "utc_now"]

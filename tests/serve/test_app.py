@@ -481,3 +481,29 @@ def test_a_warp_model_moves_the_photos_own_pixels_at_full_resolution(small_photo
     outside = np.ones(out.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
     assert np.array_equal(out[outside], upright[outside]) and not np.array_equal(out, upright)
+
+
+@pytest.mark.parametrize("mode", ["residual", "masked"])
+def test_serve_gives_the_pixels_generate_gives_for_the_face_square(
+        small_photo: FacePhoto, tmp_path: Path, mode: str) -> None:
+    """One path from the model's change to the photo's pixels: the patch of a residual or
+    masked model is exactly what `svai generate` (`translate_batch`) makes of the face square."""
+    from svai.run import resolve
+    from svai.generate import LoadedModel
+    from svai.models.registry import make_family
+    from svai.serve.photo import face_square, frame_photo
+    from svai.serve.simulate import serve_models
+
+    torch.manual_seed(0)
+    config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8", f"model.output={mode}"])
+    family = make_family(config)
+    generator = family.build()["G"]
+    with torch.no_grad():
+        generator.output_layer.bias.fill_(0.5)  # a change everywhere
+    model = LoadedModel(config, family, {"G": generator.eval()}, 0, torch.device("cpu"))
+    served = serve_models([tmp_path / mode], [model])
+    photo = frame_photo(Image.fromarray(small_photo.upright()), f"{mode}.jpg", "0" * 64)
+    settings = Settings(intensity=0.5)
+    simulation = Simulator(served).simulate(photo, served[0].id, settings)
+    expected = translate_batch(model, [face_square(photo)], model_request(served[0], settings))[0]
+    assert np.array_equal(simulation.patch, expected) and not np.array_equal(expected, face_square(photo))
