@@ -148,15 +148,9 @@ class Run:
         photo: PhotoLike,
         procedures: ProceduresLike | None = None,
         *,
-        intensity: float | None = None,
         composite: bool | None = None,
         regions: Mapping[str, PhotoLike] | None = None,
-        seed: int | None = None,
-        reference: PhotoLike | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        strength: float | None = None,
-        prompt: str | None = None,
+        **controls: Any,
     ) -> Image.Image:
         """The simulated after photo, at the photo's own size, as a new RGB `PIL.Image`.
 
@@ -165,13 +159,13 @@ class Run:
           treats it: its manifest labels and its regions count.
         - procedures: "nose+jaw", "nose:0.5", ["nose", "jaw"] or {"nose": 0.5}, over
           `self.procedures` (models with a procedure control).
-        - intensity: 0..1, how strong the change is (1 = as trained).
         - composite: keep every pixel outside the procedures' region identical to the photo;
           None = the run's default (`self.composite_default`).
         - regions: {procedure: mask} drawn on this photo (white = region, any size) for the
           composite; without them the model's own change map is the region.
-        - seed, reference, steps, guidance, strength, prompt: as `svai generate`'s options,
-          for the models that read them (`self.controls`).
+        - controls, by name: intensity (0..1, how strong the change is; 1 = as trained), and
+          seed, reference, steps, guidance, strength, prompt as `svai generate`'s options, for
+          the models that read them (`self.controls`).
 
         Raises `SvaiError` for a keyword this model does not read or a value out of range.
         """
@@ -180,8 +174,7 @@ class Run:
 
         model = self._model
         pixels, file = _pixels(photo, "photo")
-        request = self._request(procedures, seed, reference, intensity=intensity, steps=steps, guidance=guidance,
-                                strength=strength, prompt=prompt)
+        request = self._request(procedures, controls)
         if composite is None:
             composite = self.composite_default
         if regions is not None and not composite:
@@ -202,17 +195,22 @@ class Run:
             [result] = simulate_photos(model, [inputs], settings, folder)
         return Image.fromarray(result)
 
-    def _request(self, procedures: ProceduresLike | None, seed: int | None, reference: PhotoLike | None,
-                 **fields: Any) -> Any:
-        """The `svai.models.base.Request` of `simulate`'s keywords; `fields` are the request
-        fields it takes as they are (intensity and the sampler settings). A keyword the model
-        does not read is an error naming it."""
+    def _request(self, procedures: ProceduresLike | None, controls: dict[str, Any]) -> Any:
+        """The `svai.models.base.Request` of `simulate`'s keywords: `controls` are intensity,
+        seed, reference and the sampler settings by name. A keyword that is not one, or that the
+        model does not read, is an error naming it."""
         import torch
 
         from svai.generate import parse_procedures, square_input
         from svai.models.base import Request
 
         family = self._model.family
+        known = sorted(set(_KEYWORDS.values()) - {"procedures"})
+        unknown = sorted(set(controls) - set(known))
+        if unknown:
+            raise SvaiError(f"{unknown[0]}: not an option of simulate; use {', '.join(known)}")
+        fields = dict(controls)
+        seed, reference = fields.pop("seed", None), fields.pop("reference", None)
         request = Request(
             procedures=parse_procedures(_procedure_text(procedures), family.procedures) if procedures is not None
             else None,

@@ -99,8 +99,7 @@ class CycleGAN(GeneratorFamily):
         o = options
         self.n_blocks = o.n_blocks if o.n_blocks is not None else (9 if image_size >= 256 else 6)
         self.attention_position = o.attention_position if o.attention_position is not None else self.n_blocks // 2
-        check_residual_trunk("cyclegan", image_size, o.attention, self.attention_position, self.n_blocks,
-                             "n_blocks", o.attention_heads, o.ngf)
+        check_residual_trunk("cyclegan", image_size, o, self.attention_position, self.n_blocks, "n_blocks")
         if o.attention == "generator+discriminator":
             check_attention_heads(o.attention_heads, o.ndf * min(2 ** o.n_layers_d, 8))
         if patch_output_size(image_size, o.n_layers_d) < 1:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from svai.errors import SvaiError
-from svai.models.options import Norm
+from svai.models.options import GanOptions, Norm
 
 # The option types are the one list of choices; these tuples only serve error messages.
 NORMS: tuple[str, ...] = get_args(Norm)
@@ -428,21 +428,22 @@ def check_attention_heads(heads: int, channels: int) -> None:
         )
 
 
-def check_residual_trunk(family: str, image_size: int, attention: str, position: int, n_blocks: int,
-                         blocks_key: str, heads: int, ngf: int) -> None:
+def check_residual_trunk(family: str, image_size: int, options: GanOptions, position: int, n_blocks: int,
+                         blocks_key: str) -> None:
     """The checks of a generator with two downsamplings around a residual trunk (CycleGAN's,
-    StarGAN's): the image size halves twice, and an attention block sits at a trunk position
-    (0..n_blocks) with heads that split its 4·ngf channels. Raise SvaiError naming the key."""
+    StarGAN's): the image size halves twice, and an attention block (`options.attention`) sits
+    at a trunk position (0..n_blocks, the option `blocks_key`) with heads that split its
+    4·ngf channels. Raise SvaiError naming the key."""
     if image_size < 4 or image_size % 4 != 0:
         raise SvaiError(
             f"{family} needs an image size divisible by 4 (two downsamplings); got {image_size} "
             "(set data.image_size accordingly)"
         )
-    if attention == "none":
+    if options.attention == "none":
         return
     if not 0 <= position <= n_blocks:
         raise SvaiError(f"model.attention_position must be between 0 and {blocks_key}={n_blocks}; got {position}")
-    check_attention_heads(heads, 4 * ngf)
+    check_attention_heads(options.attention_heads, 4 * options.ngf)
 
 
 def check_before(before: torch.Tensor, *, size: int | None = None, multiple: int = 1) -> None:

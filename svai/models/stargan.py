@@ -359,8 +359,7 @@ class StarGAN(GeneratorFamily):
         if not self.procedures:
             raise SvaiError("stargan needs at least one procedure to condition on (data.procedures is empty)")
         self.attention_position = o.attention_position if o.attention_position is not None else o.n_res_blocks // 2
-        check_residual_trunk("stargan", image_size, o.attention, self.attention_position, o.n_res_blocks,
-                             "n_res_blocks", o.attention_heads, o.ngf)
+        check_residual_trunk("stargan", image_size, o, self.attention_position, o.n_res_blocks, "n_res_blocks")
         if o.attention == "generator+discriminator":
             check_attention_heads(o.attention_heads, discriminator_width(o.ndf, image_size, o.n_layers_d))
 
