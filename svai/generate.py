@@ -254,7 +254,7 @@ class Generation:
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise SvaiError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}; got {self.batch_size}")
-        self.request.checked_intensity()
+        self.request.check()
         if self.regions is not None and self.composite is None:
             raise SvaiError("--regions steers a composite: add --composite")
 

@@ -9,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from svai.cli import app
 from svai.composite import CompositeOptions, RegionLookup, blend, change_map, composite, feather, union
 from svai.data.layout import read_manifest
 from svai.data.regions import index_regions
-
-TINY = ["--image-size", "32", "--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "train.sample_every=0"]
-
-
-def invoke(*args: object):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, [str(a) for a in args])
+from tests.support.cli import invoke, tiny_pix2pix_run
 
 
 def disk(size: int, centre: tuple[int, int], radius: float) -> np.ndarray:
@@ -142,14 +135,7 @@ def test_region_lookup_prefers_the_dataset_then_the_folder_and_needs_every_chose
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("composite")
-    data = root / "data"
-    assert invoke("prepare", "synthetic", data, "--count", "16", "--size", "32", "--seed", "3",
-                  "--test-fraction", "0.3").exit_code == 0
-    run = root / "run"
-    result = invoke("train", "--model", "pix2pix", "--data", data, "--out", run, "--steps", "2", *TINY)
-    assert result.exit_code == 0, result.output
-    return data, run
+    return tiny_pix2pix_run(tmp_path_factory.mktemp("composite"), count=16, test_fraction=0.3)
 
 
 def _png(path: Path) -> np.ndarray:

@@ -12,6 +12,16 @@ from svai.cli.app import app, console, err_console, fail, user_errors
 from svai.errors import SvaiError
 
 
+def _references(reference: Path) -> list[Path]:
+    """The photos `--reference` names: one photo, or every photo of a folder."""
+    from svai.data.images import list_images
+
+    try:
+        return [reference] if reference.is_file() else list_images(reference)
+    except SvaiError as error:
+        raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -63,35 +73,33 @@ def generate(
              "keep the rest of the photo as it is; a photo without a face is skipped. Default: when svai[face] is here."),
 ) -> None:
     """Predict the 'after' photo for every image in a folder with a trained model."""
+    from dataclasses import replace
+
     import torch
 
     from svai.composite import CompositeOptions
     from svai.config import MAX_INT
-    from svai.data.images import list_images
     from svai.generate import Generation, InputFolder, generate_folder, generation_reads, load_model, parse_procedures
     from svai.models.base import Request
 
-    for option, value, low, high in (("--seed", seed, 0, MAX_INT), ("--steps", steps, 1, 1000),
-                                     ("--guidance", guidance, 0, 100), ("--strength", strength, 0, 1)):
-        if value is not None and not low <= value <= high:
-            raise SvaiError(f"{option} must be between {low} and {high}; got {value}")
-    references = None
-    if reference is not None:
-        try:
-            references = [reference] if reference.is_file() else list_images(reference)
-        except SvaiError as error:
-            raise SvaiError(f"--reference: {error}; give a photo or a folder of photos") from None
-    # Every path generation reads is known now: no output may land in one, before anything loads.
+    if seed is not None and not 0 <= seed <= MAX_INT:
+        raise SvaiError(f"--seed must be between 0 and {MAX_INT}; got {seed}")
+    references = _references(reference) if reference is not None else None
+    request = Request(intensity=intensity, generator=torch.Generator().manual_seed(seed) if seed is not None else None,
+                      steps=steps, guidance=guidance, strength=strength, prompt=prompt)
+    # The settings are checked before anything loads (a composite assumed unless refused);
+    # the model's procedure names and its composite default fill them in once it has loaded.
+    settings = Generation(request=request, references=references,
+                          composite=None if composite is False else CompositeOptions(), regions=regions,
+                          face_crop=face_crop, **({} if batch_size is None else {"batch_size": batch_size}))
+    # Every path generation reads is known now: no output may land in one.
     folder = InputFolder.open(input)
     folder.check_output(output, generation_reads(references, regions))
     model = load_model(run, checkpoint, device)
-    request = Request(procedures=parse_procedures(procedures, model.family.procedures), intensity=intensity,
-                      generator=torch.Generator().manual_seed(seed) if seed is not None else None,
-                      steps=steps, guidance=guidance, strength=strength, prompt=prompt)
+    request = replace(request, procedures=parse_procedures(procedures, model.family.procedures))
     model.family.check_request([*request.given(), *(["reference"] if references else [])])
     use_composite = model.composite_default if composite is None else composite
-    settings = Generation(request=request, references=references, composite=CompositeOptions() if use_composite else None,
-                          regions=regions, face_crop=face_crop, **({} if batch_size is None else {"batch_size": batch_size}))
+    settings = replace(settings, request=request, composite=CompositeOptions() if use_composite else None)
     listing = folder.listing
     with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as progress:

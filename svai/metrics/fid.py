@@ -14,22 +14,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from svai.metrics.arrays import as_float64, float_matrix
 
-
-def _as_float64(values: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.float64)
 
 
 def _feature_matrix(features: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    x = _as_float64(features)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be (N, D). Got shape {x.shape}")
+    x = float_matrix(features, name)
     if x.shape[0] < 2:
         raise ValueError(f"a covariance needs at least 2 feature rows. Got {x.shape[0]} in {name}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinity")
     return x
 
 
@@ -96,8 +88,8 @@ def frechet_distance(
     Returns:
         d² >= 0. Identical statistics give 0 up to round-off (~1e-10 for 2048 dims).
     """
-    m1, m2 = _as_float64(mu1), _as_float64(mu2)
-    s1, s2 = _as_float64(sigma1), _as_float64(sigma2)
+    m1, m2 = as_float64(mu1), as_float64(mu2)
+    s1, s2 = as_float64(sigma1), as_float64(sigma2)
     if m1.ndim != 1 or m1.shape != m2.shape:
         raise ValueError(f"means must be (D,) of equal length. Got shapes {m1.shape} and {m2.shape}")
     d = m1.shape[0]

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from svai.metrics.arrays import float_matrix
 from scipy.special import log_softmax, xlogy
 
 
@@ -37,13 +39,7 @@ def inception_score(logits: np.ndarray | torch.Tensor, splits: int = 10, seed: i
         (mean, std) over parts; 1 <= IS <= min(C, N / splits). Uniform or identical
         predictions give 1; confident predictions spread evenly over K classes give K.
     """
-    if isinstance(logits, torch.Tensor):
-        logits = logits.detach().cpu().numpy()
-    z = np.asarray(logits, dtype=np.float64)
-    if z.ndim != 2:
-        raise ValueError(f"logits must be (N, C). Got shape {z.shape}")
-    if not np.isfinite(z).all():
-        raise ValueError("logits contain NaN or infinity")
+    z = float_matrix(logits, "logits", columns="C")
     n = z.shape[0]
     if splits < 1 or n < splits:
         raise ValueError(f"need 1 <= splits <= N. Got splits={splits}, N={n}")

@@ -18,16 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def _as_features(values: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be (N, D). Got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    return x
+from svai.metrics.arrays import float_matrix
 
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -68,8 +59,8 @@ def kernel_inception_distance(
         (mean, std) of the unbiased MMD² over the subsets. Reported unscaled (papers often
         multiply by 100 or 1000).
     """
-    x = _as_features(a, "a")
-    y = _as_features(b, "b")
+    x = float_matrix(a, "a")
+    y = float_matrix(b, "b")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"a and b must have the same feature dimension. Got {x.shape[1]} and {y.shape[1]}")
     if subsets < 1:

@@ -164,6 +164,15 @@ class Request:
             raise SvaiError(f"--intensity must be between 0 and 1; got {self.intensity}")
         return value
 
+    def check(self) -> None:
+        """SvaiError naming the option unless the intensity and the sampler settings asked for
+        are in range."""
+        self.checked_intensity()
+        for option, value, low, high in (("--steps", self.steps, 1, 1000), ("--guidance", self.guidance, 0, 100),
+                                         ("--strength", self.strength, 0, 1)):
+            if value is not None and not low <= value <= high:
+                raise SvaiError(f"{option} must be between {low} and {high}; got {value}")
+
     def given(self) -> list[str]:
         """Names of the fields that were asked for."""
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]

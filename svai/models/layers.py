@@ -139,6 +139,17 @@ def _padded_conv3x3(channels: int, bias: bool, padding: str) -> list[nn.Module]:
     raise ValueError(f"unknown padding {padding!r}")
 
 
+def sampling_path(ngf: int, widths: tuple[int, ...], conv: Callable[[int, int], nn.Module],
+                  make_norm: NormFactory) -> nn.Sequential:
+    """A generator's down- or upsampling path: conv, norm, ReLU from each width to the next,
+    the widths in multiples of `ngf` (1, 2, 4 halves the side twice; 4, 2, 1 doubles it back).
+    `conv(in_channels, out_channels)` makes each resampling convolution."""
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [conv(ngf * a, ngf * b), make_norm(ngf * b), nn.ReLU(True)]
+    return nn.Sequential(*layers)
+
+
 def tile_labels(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Append the labels to the image as constant channels (Sec. 3.1, "depth-wise concatenation").
 
@@ -192,28 +203,15 @@ class ResnetGenerator(nn.Module):
         self.stem = nn.Sequential(
             nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), make_norm(ngf), nn.ReLU(True),
         )
-        self.down = nn.Sequential(*[
-            layer
-            for mult in (1, 2)
-            for layer in (
-                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1, bias=bias),
-                make_norm(ngf * mult * 2),
-                nn.ReLU(True),
-            )
-        ])
+        self.down = sampling_path(
+            ngf, (1, 2, 4), lambda i, o: nn.Conv2d(i, o, 3, stride=2, padding=1, bias=bias), make_norm)
         trunk = ngf * 4
         self.blocks = nn.ModuleList(ResnetBlock(trunk, norm, dropout, padding) for _ in range(n_blocks))
         self.attention_position = attention_position
         self.attention = SelfAttention(trunk, attention_heads) if attention_position is not None else None
-        self.up = nn.Sequential(*[
-            layer
-            for mult in (4, 2)
-            for layer in (
-                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                make_norm(ngf * mult // 2),
-                nn.ReLU(True),
-            )
-        ])
+        self.up = sampling_path(
+            ngf, (4, 2, 1),
+            lambda i, o: nn.ConvTranspose2d(i, o, 3, stride=2, padding=1, output_padding=1, bias=bias), make_norm)
         self.head = nn.Sequential(
             nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), *([nn.Tanh()] if final_tanh else []),
         )

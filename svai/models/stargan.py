@@ -44,7 +44,7 @@ from svai.models.base import Batch, GeneratorFamily, LossResult, Networks, Phase
 from svai.models.gan_training import initialised_pair, linear_decay_factor
 from svai.models.heads import Aux
 from svai.models.layers import (
-    SelfAttention, check_attention_heads, check_before, check_residual_trunk, run_trunk, tile_labels,
+    SelfAttention, check_attention_heads, check_before, check_residual_trunk, run_trunk, sampling_path, tile_labels,
 )
 from svai.models.options import GanOptions, Norm, check_at_least
 from svai.models.penalties import wgan_gradient_penalty
@@ -195,28 +195,14 @@ class StarGenerator(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(3 + n_labels, ngf, 7, padding=3, bias=bias), make_norm(ngf), nn.ReLU(inplace=True),
         )
-        self.down = nn.Sequential(*[
-            layer
-            for mult in (1, 2)
-            for layer in (
-                nn.Conv2d(ngf * mult, ngf * mult * 2, 4, stride=2, padding=1, bias=bias),
-                make_norm(ngf * mult * 2),
-                nn.ReLU(inplace=True),
-            )
-        ])
+        self.down = sampling_path(
+            ngf, (1, 2, 4), lambda i, o: nn.Conv2d(i, o, 4, stride=2, padding=1, bias=bias), make_norm)
         trunk = 4 * ngf
         self.blocks = nn.ModuleList(StarResidualBlock(trunk, norm, dropout) for _ in range(n_blocks))
         self.attention_position = attention_position
         self.attention = SelfAttention(trunk, attention_heads) if attention_position is not None else None
-        self.up = nn.Sequential(*[
-            layer
-            for mult in (4, 2)
-            for layer in (
-                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 4, stride=2, padding=1, bias=bias),
-                make_norm(ngf * mult // 2),
-                nn.ReLU(inplace=True),
-            )
-        ])
+        self.up = sampling_path(
+            ngf, (4, 2, 1), lambda i, o: nn.ConvTranspose2d(i, o, 4, stride=2, padding=1, bias=bias), make_norm)
         # The reference's last convolution has no bias either.
         self.head = nn.Sequential(
             nn.Conv2d(ngf, out_channels, 7, padding=3, bias=False), *([nn.Tanh()] if final_tanh else []),

@@ -9,19 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.cli import TINY, assert_user_error, invoke
+from tests.support.cli import TINY, assert_user_error, invoke, tiny_pix2pix_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("cli")
-    data = root / "data"
-    assert invoke("prepare", "synthetic", data, "--count", "24", "--size", "32", "--seed", "3",
-                  "--test-fraction", "0.25").exit_code == 0
-    run = root / "run"
-    result = invoke("train", "--model", "pix2pix", "--data", data, "--out", run, "--steps", "2", *TINY)
-    assert result.exit_code == 0, result.output
-    return data, run
+    return tiny_pix2pix_run(tmp_path_factory.mktemp("cli"), count=24, test_fraction=0.25)
 
 
 def test_five_commands_end_to_end(trained: tuple[Path, Path], tmp_path: Path) -> None:

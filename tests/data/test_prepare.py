@@ -276,13 +276,7 @@ def test_out_must_be_safe(collection: Path, tmp_path: Path) -> None:
         prepare_dataset(collection, collection / "prepared", options())
     with pytest.raises(SvaiError, match="inside OUT"):
         prepare_dataset(collection, tmp_path, options())
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
-    (foreign / "thesis.docx").write_text("precious")
-    for force in (False, True):
-        with pytest.raises(SvaiError, match="not made by `svai prepare`"):
-            prepare_dataset(collection, foreign, options(force=force))
-    assert (foreign / "thesis.docx").read_text() == "precious"
+    assert_foreign_folder_refused(collection, tmp_path / "foreign")
     # A dataset from another source is refused unless --force.
     other = tmp_path / "other"
     photo(other / "1_before.jpg")
@@ -436,14 +430,19 @@ def test_a_killed_first_run_with_only_its_state_file_is_redone(collection: Path,
     assert report.total == 11 and not (out / "train" / "before" / "half.png").exists()
 
 
-def test_a_folder_that_is_not_ours_is_still_refused_even_with_force(collection: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def assert_foreign_folder_refused(collection: Path, out: Path) -> None:
+    """A new folder `out` holding a file svai did not write is refused, with and without
+    force, and the file is left as it was."""
     out.mkdir()
     (out / "thesis.docx").write_text("precious")
     for force in (False, True):
         with pytest.raises(SvaiError, match="not made by `svai prepare`"):
             prepare_dataset(collection, out, options(force=force))
     assert (out / "thesis.docx").read_text() == "precious"
+
+
+def test_a_folder_that_is_not_ours_is_still_refused_even_with_force(collection: Path, tmp_path: Path) -> None:
+    assert_foreign_folder_refused(collection, tmp_path / "out")
 
 
 def test_a_second_prepare_into_the_same_out_is_refused(collection: Path, tmp_path: Path) -> None:

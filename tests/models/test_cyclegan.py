@@ -10,13 +10,12 @@ import torch
 
 from svai.config import build_dataclass
 from svai.errors import SvaiError
-from svai.models.base import PhaseGradients
 from svai.models.cyclegan import CycleGAN, CycleGANOptions
 from svai.models.gan_training import ImagePool
 from svai.models.layers import ResnetBlock, SelfAttention
 from svai.models.registry import families, resolve_model
 
-from tests.support.models import changed, count_parameters, snapshot
+from tests.support.models import changed, count_parameters, each_phase, snapshot, step_losses
 
 SMALL = dict(ngf=8, ndf=8)
 PRESETS = ["cyclegan", "cyclegan-attn", "cyclegan-attn-gd"]
@@ -160,13 +159,7 @@ def test_one_training_step_never_reads_paired_after(preset: str) -> None:
         "G": {"G_gan_AB", "G_gan_BA", "cycle_A", "cycle_B", "idt_A", "idt_B", "G"},
         "D": {"D_A", "D_B", "D"},
     }
-    gradients, due = PhaseGradients(nets, family.phases(), family.prepares), [p.name for p in family.phases()]
-    for phase in family.phases():
-        # Every network may be trainable before a phase; the loop's switch freezes D for G.
-        for net in nets.values():
-            net.requires_grad_(True)
-            net.zero_grad(set_to_none=True)
-        gradients.enter(phase, due)
+    for phase in each_phase(family, nets):
         others = [n for n in TRAINED if n not in phase.networks]
         before_trained = {n: snapshot(nets[n]) for n in phase.networks}
         before_others = {n: snapshot(nets[n]) for n in others}
@@ -218,11 +211,7 @@ def test_identity_loss_can_be_disabled() -> None:
 
 def test_batch_of_one_trains() -> None:
     family = CycleGAN(preset_options("cyclegan-attn-gd", **SMALL), 32)
-    nets = family.build()
-    ctx: dict = {}
-    for phase in family.phases():
-        loss, _ = family.loss(phase.name, nets, make_batch(32, batch=1), ctx, 0)
-        loss.backward()
+    for loss in step_losses(family, family.build(), make_batch(32, batch=1)):
         assert torch.isfinite(loss)
 
 
@@ -286,10 +275,6 @@ def test_image_size_must_be_divisible_by_four() -> None:
 def test_losses_under_bf16_autocast() -> None:
     family = CycleGAN(preset_options("cyclegan-attn-gd", **SMALL), 32)
     nets = family.build()
-    ctx: dict = {}
-    for phase in family.phases():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _ = family.loss(phase.name, nets, make_batch(32), ctx, 0)
+    for loss in step_losses(family, nets, make_batch(32), bf16=True):
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
-        loss.backward()
     assert nets["pool_A"].images.dtype == torch.float32

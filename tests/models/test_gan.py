@@ -14,11 +14,11 @@ from torch import nn
 from svai.checkpoint import find_checkpoint
 from svai.run import resolve
 from svai.errors import SvaiError
-from svai.models.base import Phase, PhaseGradients, Request
+from svai.models.base import Phase, Request
 from svai.models.gan import Dcgan, DcganOptions, halvings
 from svai.models.registry import families
 from svai.train import train
-from tests.support.models import count_parameters
+from tests.support.models import count_parameters, each_phase
 
 SMALL = dict(ngf=8, ndf=8, code_channels=16)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -177,12 +177,7 @@ def test_one_step_trains_each_network_and_leaves_d_untouched_by_g() -> None:
     family = Dcgan(DcganOptions(**SMALL), 32)
     nets = family.build()
     batch, ctx = make_batch(), {}
-    gradients, due = PhaseGradients(nets, family.phases(), family.prepares), [p.name for p in family.phases()]
-    for phase in family.phases():
-        for net in nets.values():
-            net.requires_grad_(True)
-            net.zero_grad(set_to_none=True)
-        gradients.enter(phase, due)
+    for phase in each_phase(family, nets):
         loss, _ = family.loss(phase.name, nets, batch, ctx, 0)
         assert torch.isfinite(loss)
         loss.backward()

@@ -11,10 +11,10 @@ from torch import nn
 
 from svai.config import build_dataclass
 from svai.errors import SvaiError
-from svai.models.base import Phase, PhaseGradients
+from svai.models.base import Phase
 from svai.models.pix2pix import Pix2Pix, Pix2PixOptions
 from svai.models.registry import families, resolve_model
-from tests.support.models import changed, count_parameters, snapshot
+from tests.support.models import changed, count_parameters, each_phase, snapshot, step_losses
 
 SMALL = dict(ngf=8, ndf=8)
 
@@ -126,12 +126,7 @@ def test_one_training_step(attention: str) -> None:
     nets["G"].register_forward_hook(lambda m, i, o: g_calls.append(1))
     batch, ctx = make_batch(32), {}
     expected_logs = {"D": {"D_fake", "D_real", "D"}, "G": {"G_gan", "G_l1", "G"}}
-    gradients, due = PhaseGradients(nets, family.phases(), family.prepares), [p.name for p in family.phases()]
-    for phase in family.phases():
-        # Every network may be trainable before a phase; the loop's switch freezes D for G.
-        for net in nets.values():
-            net.requires_grad_(True)
-        gradients.enter(phase, due)
+    for phase in each_phase(family, nets):
         trained, other = ("D", "G") if phase.name == "D" else ("G", "D")
         before_trained, before_other = snapshot(nets[trained]), snapshot(nets[other])
         loss, logs = family.loss(phase.name, nets, batch, ctx, 0)
@@ -150,11 +145,7 @@ def test_one_training_step(attention: str) -> None:
 
 def test_batch_of_one_trains() -> None:
     family = Pix2Pix(Pix2PixOptions(**SMALL), 32)
-    nets = family.build()
-    ctx: dict = {}
-    for phase in family.phases():
-        loss, _ = family.loss(phase.name, nets, make_batch(32, batch=1), ctx, 0)
-        loss.backward()
+    for loss in step_losses(family, family.build(), make_batch(32, batch=1)):
         assert torch.isfinite(loss)
 
 
@@ -231,13 +222,8 @@ def test_image_size_must_halve_five_times() -> None:
 
 def test_losses_under_bf16_autocast() -> None:
     family = Pix2Pix(Pix2PixOptions(**SMALL, attention="generator+discriminator"), 32)
-    nets = family.build()
-    ctx: dict = {}
-    for phase in family.phases():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, _ = family.loss(phase.name, nets, make_batch(32), ctx, 0)
+    for loss in step_losses(family, family.build(), make_batch(32), bf16=True):
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
-        loss.backward()
 
 
 def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:

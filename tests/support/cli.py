@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from svai.cli import app
@@ -20,3 +22,14 @@ def assert_user_error(result, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def tiny_pix2pix_run(root: Path, count: int, test_fraction: float) -> tuple[Path, Path]:
+    """(dataset, run): `count` synthetic pairs at 32 px under `root`, and a tiny pix2pix trained
+    on them for two steps."""
+    data, run = root / "data", root / "run"
+    assert invoke("prepare", "synthetic", data, "--count", str(count), "--size", "32", "--seed", "3",
+                  "--test-fraction", str(test_fraction)).exit_code == 0
+    result = invoke("train", "--model", "pix2pix", "--data", data, "--out", run, "--steps", "2", *TINY)
+    assert result.exit_code == 0, result.output
+    return data, run
