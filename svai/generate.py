@@ -189,18 +189,6 @@ def input_landmarks(images: list[np.ndarray], layouts: list[tuple[int, int, tupl
     return landmark_rows(rows)
 
 
-def dataset_procedures(input_dir: Path, vocabulary: tuple[str, ...] = PROCEDURES) -> dict[str, torch.Tensor] | None:
-    """Per-image procedure strengths when `input_dir` is a split of a prepared dataset.
-
-    `DATA/test/before` has its manifest two levels up; each image id maps to the (P,) row of
-    its labelled procedures' strengths over `vocabulary`. None for any other folder.
-    """
-    folder = InputFolder.open(input_dir)
-    if folder.split is None:
-        return None
-    return {image_id: folder.strengths(image_id, vocabulary) for image_id in folder.records}
-
-
 def chosen_procedures(strengths: torch.Tensor | None, vocabulary: tuple[str, ...]) -> tuple[str, ...] | None:
     """The procedures a request asks for: those with strength > 0 in a (P,) or (1, P) row;
     None when it gives none."""

@@ -7,8 +7,17 @@ from pathlib import Path
 import torch
 
 from svai.data.layout import PROCEDURES, read_manifest
-from svai.generate import batch_request, dataset_procedures, reference_for
+from svai.generate import InputFolder, batch_request, reference_for
 from svai.models.base import Request
+
+
+def dataset_procedures(input_dir: Path) -> dict[str, torch.Tensor] | None:
+    """Each image's labelled strengths over the default vocabulary when `input_dir` is a
+    dataset split, as generation reads them; None for any other folder."""
+    folder = InputFolder.open(input_dir)
+    if folder.split is None:
+        return None
+    return {image_id: folder.strengths(image_id, PROCEDURES) for image_id in folder.records}
 
 
 def test_dataset_splits_give_each_image_its_manifest_labels(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -269,10 +269,5 @@ class Simulator:
         return Simulation(uuid.uuid4().hex, photo, served, settings, patch, utc_now(), timings)
 
 
-def warps(served: ServedModel) -> bool:
-    """Whether the served model warps the face square's own pixels (`ModelFamily.moves_pixels`)."""
-    return served.model.family.moves_pixels()
-
-
 __all__ = ["Controls", "ModelFailed", "ServedModel", "Settings", "Simulation", "Simulator", "controls_of",
-           "face_square", "model_request", "parse_settings", "serve_models", "utc_now"]
+           "model_request", "parse_settings", "serve_models", "utc_now"]

@@ -325,11 +325,11 @@ def test_the_consultation_app_shows_the_nose_changed_on_the_full_resolution_face
 
     from svai.models.face_input import find_landmarks
     from svai.serve.photo import frame_photo
-    from svai.serve.simulate import Settings, Simulator, serve_models, warps
+    from svai.serve.simulate import Settings, Simulator, serve_models
 
     root, model = fitted_run
     served = serve_models([root.parent / "run"], [model])
-    assert warps(served[0]) and served[0].controls.procedures == model.family.procedures
+    assert served[0].model.family.moves_pixels() and served[0].controls.procedures == model.family.procedures
     photo = frame_photo(Image.fromarray(astronaut()), "astronaut.png", "0" * 64)
     simulation = Simulator(served).simulate(photo, served[0].id, Settings(procedures=("nose",)))
     x0, y0, x1, y1 = photo.box

@@ -460,7 +460,8 @@ def test_a_warp_model_moves_the_photos_own_pixels_at_full_resolution(small_photo
     from svai.generate import LoadedModel
     from svai.models.registry import make_family
     from svai.serve.photo import frame_photo
-    from svai.serve.simulate import face_square, serve_models, warps
+    from svai.serve.photo import face_square
+    from svai.serve.simulate import serve_models
 
     torch.manual_seed(0)
     config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8", "model.output=warp"])
@@ -470,7 +471,7 @@ def test_a_warp_model_moves_the_photos_own_pixels_at_full_resolution(small_photo
         generator.output_layer.bias.fill_(0.5)  # a uniform field and colour change
     model = LoadedModel(config, family, {"G": generator}, 0, torch.device("cpu"))
     served = serve_models([tmp_path / "warp"], [model])
-    assert warps(served[0])
+    assert served[0].model.family.moves_pixels()
     upright = small_photo.upright()
     photo = frame_photo(Image.fromarray(upright), "warp.jpg", "0" * 64)
     simulation = Simulator(served).simulate(photo, served[0].id, Settings())
