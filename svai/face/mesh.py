@@ -183,13 +183,3 @@ def alignment_points(landmarks: np.ndarray) -> np.ndarray:
     points = check_landmarks(landmarks)
     return points[[RIGHT_IRIS, LEFT_IRIS, NOSE_TIP, MOUTH_RIGHT, MOUTH_LEFT]].astype(np.float32)
 
-
-def to_face_frame(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Landmarks centred on their mean and divided by the inter-ocular distance.
-
-    Returns (normalised (478, 2), centre (2,), unit): photo = normalised * unit + centre.
-    """
-    points = check_landmarks(landmarks)
-    centre = points.mean(axis=0)
-    unit = max(interocular(points), 1e-6)
-    return (points - centre) / unit, centre, unit

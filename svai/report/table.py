@@ -21,7 +21,6 @@ PREFERRED_ORDER: tuple[str, ...] = ("fid", "kid", "is", "lpips", "ssim", "psnr",
 REGION_SUFFIXES: tuple[str, ...] = tuple(f"_{region}" for region in REGIONS)
 WORSE_MARK = "†"
 MISSING = "—"
-VS_BASELINE = ("better", "worse", "equal")
 
 
 @dataclass(frozen=True)

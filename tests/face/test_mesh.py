@@ -71,13 +71,6 @@ def test_similarity_transform_recovers_a_known_similarity() -> None:
     assert matrix[:, 2] == pytest.approx(shift, abs=1e-9)
 
 
-def test_to_face_frame_round_trips() -> None:
-    points = fake_mesh(5)
-    normalised, centre, unit = mesh.to_face_frame(points)
-    assert normalised * unit + centre == pytest.approx(points)
-    assert np.linalg.norm(normalised[mesh.LEFT_EYE_OUTER] - normalised[mesh.RIGHT_EYE_OUTER]) == pytest.approx(1.0)
-
-
 def test_wrong_shape_is_refused() -> None:
     with pytest.raises(ValueError, match="478"):
         mesh.frame_square(np.zeros((68, 2)))
