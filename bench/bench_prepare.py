@@ -36,7 +36,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from svai.data.prepare import PrepareOptions, default_workers, prepare_dataset  # noqa: E402
+from svai.data.options import PrepareOptions
+from svai.data.prepare import default_workers, prepare_dataset
 
 WIDTH, HEIGHT = 4032, 3024
 VARIANTS = 16

@@ -433,7 +433,8 @@ def draw_dataset(data: Path, budget: Budget, seed: int) -> None:
     """The built-in dataset for a budget, with each pair's landmarks where the face layer runs."""
     if (data / "manifest.csv").is_file():
         return
-    from svai.data.prepare import SyntheticOptions, prepare_synthetic
+    from svai.data.options import SyntheticOptions
+    from svai.data.prepare import prepare_synthetic
 
     prepare_synthetic(data, SyntheticOptions(count=budget.pairs, size=budget.size, seed=seed))
 

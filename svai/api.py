@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from svai.data.prepare import PrepareOptions, SyntheticOptions
+from svai.data.options import PrepareOptions, SyntheticOptions
 from svai.errors import SvaiError
 from svai.metrics.options import EvaluateOptions
 from svai.run import TrainOptions
@@ -170,7 +170,9 @@ class Run:
         Raises `SvaiError` for a keyword this model does not read or a value out of range.
         """
         from svai.composite import CompositeOptions
-        from svai.generate import FACE_CROP_FACTOR, Generation, InputFolder, face_crop_finder, input_photo, simulate_photos
+        from svai.generate import (
+            FACE_CROP_FACTOR, Generation, InputFolder, face_crop_finder, input_photo, simulate_photos,
+        )
 
         model = self._model
         pixels, file = _pixels(photo, "photo")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from svai.composite import CompositeOptions
-from svai.run import resolve
 from svai.data.images import read_rgb
 from svai.generate import Generation, generate_folder, load_model
 from svai.metrics.evaluate import evaluate_folders
 from svai.metrics.options import EvaluateOptions
 from svai.models.registry import recommended_model
+from svai.run import resolve
 from svai.train import train
 
 UNSEEN_SEED = 7  # the demo and docs/results.md use seed 0
@@ -27,7 +27,8 @@ CHECKED = ("ssim", "psnr", "ssim_changed", "psnr_changed")
 @pytest.mark.slow
 def test_recommended_model_beats_doing_nothing_on_an_unseen_dataset(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from svai.data.prepare import SyntheticOptions, prepare_synthetic
+    from svai.data.options import SyntheticOptions
+    from svai.data.prepare import prepare_synthetic
     from svai.face import finder
 
     weights = os.environ.get("SVAI_FACE_WEIGHTS")

@@ -5,17 +5,15 @@ from __future__ import annotations
 import contextlib
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from svai.cli.app import app, console, err_console, user_errors
+from svai.data.options import PrepareOptions, SyntheticOptions
 from svai.errors import SvaiError
-
-if TYPE_CHECKING:
-    from svai.data.prepare import SyntheticOptions
 
 
 def _again(source: str, out: Path) -> str:
@@ -96,25 +94,26 @@ def prepare(
     source: str = typer.Argument(..., help="Photo folder or CSV of pairs, or `synthetic` for the built-in dataset."),
     out: Path = typer.Argument(..., help="Output folder: empty, absent, or an earlier prepare of SOURCE."),
     size: Optional[int] = typer.Option(
-        None, "--size", help="Output image size in pixels, square (default 512; synthetic 128).",
+        None, "--size", help=f"Output image size in pixels, square (default {PrepareOptions.size}; synthetic "
+        f"{SyntheticOptions.size}).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Random seed (synthetic drawing and the train/test split)."),
-    test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of subjects put in the test split."),
-    count: int = typer.Option(300, "--count", help="Synthetic only: number of pairs."),
+    seed: int = typer.Option(PrepareOptions.seed, "--seed", help="Random seed (synthetic drawing and the train/test split)."),
+    test_fraction: float = typer.Option(PrepareOptions.test_fraction, "--test-fraction", help="Share of subjects put in the test split."),
+    count: int = typer.Option(SyntheticOptions.count, "--count", help="Synthetic only: number of pairs."),
     pairing: str = typer.Option(
-        "auto", "--pairing", help="How pairs are found: auto, dirs, names, side-by-side or csv."
+        PrepareOptions.pairing, "--pairing", help="How pairs are found: auto, dirs, names, side-by-side or csv."
     ),
     pairs: Optional[Path] = typer.Option(
         None, "--pairs", help="CSV with columns before,after[,subject,procedures,id]; paths relative to the CSV."
     ),
     order: str = typer.Option(
-        "before-after", "--order", help="Side-by-side composites: before-after (before on the left) or after-before."
+        PrepareOptions.order, "--order", help="Side-by-side composites: before-after (before on the left) or after-before."
     ),
     labels: Optional[Path] = typer.Option(
         None, "--labels", help="YAML mapping folder names to procedures (extends or overrides the built-in aliases)."
     ),
     crop: str = typer.Option(
-        "center", "--crop", help="center (square from the middle), face (the face square from its landmarks; "
+        PrepareOptions.crop, "--crop", help="center (square from the middle), face (the face square from its landmarks; "
         "a photo without a face is skipped) or none (pad)."
     ),
     align: bool = typer.Option(False, "--align", help="Register each after photo onto its before photo (similarity)."),
@@ -131,7 +130,7 @@ def prepare(
     ),
 ) -> None:
     """Pair, clean, resize and split photos into OUT/{train,test}/{before,after}/<id>.png."""
-    from svai.data.prepare import SKIPPED_FILE, PrepareOptions, SyntheticOptions, prepare_dataset
+    from svai.data.prepare import SKIPPED_FILE, prepare_dataset
 
     sized = {} if size is None else {"size": size}  # else the default of photos or of synthetic data
     if source == "synthetic":

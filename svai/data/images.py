@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from svai.data.options import MAX_PIXELS
 from svai.errors import SvaiError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
@@ -30,9 +31,6 @@ UNSUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
 # Files every OS leaves around; passed over without a word, like hidden files.
 IGNORED_NAMES: frozenset[str] = frozenset({"thumbs.db", "desktop.ini", "icon\r"})
 
-# Pillow's own limit warns at ~89 Mpx and raises at twice that; we refuse anything over it
-# explicitly so that a decompression bomb is a skipped file, not a warning or a crash.
-MAX_PIXELS: int = 16384 * 16384
 # A photo whose long side is more than this many times its short side is no photo of a face,
 # and padding it to a square (generate) would multiply its memory by that ratio.
 MAX_ASPECT: float = 10.0

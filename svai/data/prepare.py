@@ -36,12 +36,17 @@ from PIL import Image
 
 from svai import face
 from svai.data.align import CROPS, Box, carry_box, face_box, register_pair, render, square_box
-from svai.data.images import MAX_PIXELS, ImageProblem, draft_size, load_rgb_image, probe
+from svai.data.images import ImageProblem, draft_size, load_rgb_image, probe
 from svai.data.layout import REGIONS_DIR, SPLITS, DatasetWriter, PairRecord, read_manifest, split_subjects
+from svai.data.options import PrepareOptions, SyntheticOptions
+from svai.data.pairing import (
+    ORDERS, PAIRING_MODES, Pair, PairingResult, Skip, find_pairs, load_label_aliases, share_subjects,
+)
 from svai.data.regions import fit_region, index_regions, read_region, region_key
-from svai.io import OPEN, OWN_FILES, OwnFiles, Privacy, check_output_folder, make_folder, remove_stale_temporaries, write_atomic
-from svai.data.pairing import ORDERS, PAIRING_MODES, Pair, PairingResult, Skip, find_pairs, load_label_aliases, share_subjects
 from svai.errors import SvaiError
+from svai.io import (
+    OPEN, OWN_FILES, OwnFiles, Privacy, check_output_folder, make_folder, remove_stale_temporaries, write_atomic,
+)
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals, worker_setup
 from svai.workers import available_cpus, max_workers
@@ -57,52 +62,6 @@ _KINDS = ("before", "after", "masks")
 SAVE_EVERY_S = 5.0
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """Settings of `svai prepare` for real photos (see docs/data.md)."""
-
-    size: int = 512
-    pairing: str = "auto"
-    pairs_csv: Path | None = None
-    order: str = "before-after"
-    labels: Path | None = None
-    crop: str = "center"
-    align: bool = False
-    workers: int | None = None
-    seed: int = 0
-    test_fraction: float = 0.1
-    force: bool = False
-    max_pixels: int = MAX_PIXELS
-    # A folder of procedure regions, `<procedure>/<pair id>.<ext>` (see svai.data.regions).
-    regions: Path | None = None
-    # Store each pair's face landmarks and draw procedure regions from them (face layer);
-    # None: when the face layer can run.
-    landmarks: bool | None = None
-
-    def image_settings(self) -> dict:
-        """The settings that change output pixels: a change reprocesses every pair.
-
-        `order` is not among them: it only concerns composites, whose fingerprint holds it.
-        The face crop frames by landmarks with the face layer, else by skin colour.
-        """
-        settings: dict = {"size": self.size, "crop": self.crop, "align": self.align}
-        if self.crop == "face":
-            settings["framing"] = "landmarks" if face.finder.problem() is None else "skin"
-        return settings
-
-
-@dataclass(frozen=True)
-class SyntheticOptions:
-    """Settings of `svai prepare synthetic` (see docs/data.md); `landmarks` as for photos."""
-
-    count: int = 300
-    size: int = 128
-    seed: int = 0
-    test_fraction: float = 0.1
-    force: bool = False
-    landmarks: bool | None = None
 
 
 @dataclass

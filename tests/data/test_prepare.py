@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import hashlib
+import json
 import os
 import struct
 import zlib
@@ -15,7 +15,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from svai.data.layout import read_manifest
-from svai.data.prepare import STATE_FILE, PrepareOptions, prepare_dataset
+from svai.data.options import PrepareOptions
+from svai.data.prepare import STATE_FILE, prepare_dataset
 from svai.errors import SvaiError
 
 SIZE = 48

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from svai.cli import app
 from svai.data.layout import read_manifest
-from svai.data.prepare import PrepareOptions, prepare_dataset
+from svai.data.options import PrepareOptions
+from svai.data.prepare import prepare_dataset
 from svai.data.regions import fit_region, index_regions, read_region
 from svai.errors import SvaiError
 

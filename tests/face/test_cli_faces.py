@@ -86,7 +86,8 @@ def test_weights_import_takes_published_files_from_archives_by_sha256(face_weigh
 
 def test_without_the_face_layer_prepare_warns_once_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    from svai.data.prepare import SyntheticOptions, prepare_synthetic
+    from svai.data.options import SyntheticOptions
+    from svai.data.prepare import prepare_synthetic
     from svai.face import finder
 
     monkeypatch.setenv("SVAI_WEIGHTS_DIR", str(tmp_path / "empty"))

@@ -10,16 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from svai.run import resolve
 from svai.data.layout import PROCEDURES
 from svai.errors import SvaiError
 from svai.face import mesh
 from svai.models.base import Request
 from svai.models.landmark_fields import FitSettings, fit_fields, support_masks
 from svai.models.registry import make_family
-from svai.warp import (
-    ThinPlateSpline, confine, face_frame, inner_feather, region_box, resample_box,
-)
+from svai.run import resolve
+from svai.warp import ThinPlateSpline, confine, face_frame, inner_feather, region_box, resample_box
 from tests.support.datasets import fake_face, write_tiny_dataset
 
 
@@ -203,7 +201,8 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     saved = os.environ.get("SVAI_WEIGHTS_DIR")
     os.environ["SVAI_WEIGHTS_DIR"] = str(weights)
     try:
-        from svai.data.prepare import SyntheticOptions, prepare_synthetic
+        from svai.data.options import SyntheticOptions
+        from svai.data.prepare import prepare_synthetic
         from svai.generate import load_model
         from svai.train import train
 
