@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests import toy_family
 from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
-from svai.run import resolve
 from svai.errors import SvaiError
 from svai.models.base import Phase, check_phases
 from svai.models.penalties import input_gradients, r1_penalty, wgan_gradient_penalty
+from svai.run import resolve
 from svai.train import Trainer, split_batch
-from tests.support.loop_helpers import changed, first_batch, snapshot
+from tests import toy_family
+from tests.support.loop_helpers import first_batch
+from tests.support.models import changed, snapshot
 
 SIZE = 32
 
@@ -41,12 +42,12 @@ def trainer(data: Path, run: Path, *sets: str) -> Trainer:
 def test_a_phase_runs_only_every_k_steps(tiny_dataset: Path, tmp_path: Path) -> None:
     t = trainer(tiny_dataset, tmp_path / "run")
     batch = first_batch(t)
-    critic = snapshot(t, "B")
+    critic = snapshot(t.nets["B"])
     logs = t._step(batch, 1)  # 1 % 2: the critic rests
     assert "B" not in logs and "A" in logs
-    assert not changed(critic, t, "B")
+    assert not changed(t.nets["B"], critic)
     logs = t._step(batch, 2)
-    assert "B" in logs and changed(critic, t, "B")
+    assert "B" in logs and changed(t.nets["B"], critic)
 
 
 def test_per_network_learning_rates_and_a_shared_optimiser(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -54,13 +55,13 @@ def test_per_network_learning_rates_and_a_shared_optimiser(tiny_dataset: Path, t
     assert sorted(t.optimizers) == ["A", "B"]  # A_again steps A's optimiser
     groups = t.optimizers["A"].param_groups
     assert [g["lr"] for g in groups] == [1e-2, 1e-3]
-    a, a2 = snapshot(t, "A"), snapshot(t, "A2")
+    a, a2 = snapshot(t.nets["A"]), snapshot(t.nets["A2"])
     t._step(first_batch(t), 1)
     # Adam's first update of a parameter is lr·sign(gradient) up to ε: A2 moved by its own
     # rate. A was stepped twice by one optimiser (phases A and A_again).
     step_a2 = max(float((p.detach() - q).abs().max()) for p, q in zip(t.nets["A2"].parameters(), a2))
     assert step_a2 == pytest.approx(1e-3, rel=1e-3)
-    assert changed(a, t, "A")
+    assert changed(t.nets["A"], a)
     state = t.optimizers["A"].optimizer.state if hasattr(t.optimizers["A"], "optimizer") else t.optimizers["A"].state
     steps = {float(state[p]["step"]) for p in t.nets["A"].parameters()}
     assert steps == {2.0}
@@ -68,7 +69,7 @@ def test_per_network_learning_rates_and_a_shared_optimiser(tiny_dataset: Path, t
 
 def test_after_step_updates_the_ema_from_the_networks_themselves(tiny_dataset: Path, tmp_path: Path) -> None:
     t = trainer(tiny_dataset, tmp_path / "run")
-    ema = snapshot(t, "A_ema")
+    ema = snapshot(t.nets["A_ema"])
     t._step(first_batch(t), 0)
     for old, new, live in zip(ema, t.nets["A_ema"].parameters(), t.nets["A"].parameters()):
         expected = toy_family.EMA_DECAY * old + (1 - toy_family.EMA_DECAY) * live.detach()
@@ -83,10 +84,10 @@ def test_gradient_penalty_through_the_loop_matches_the_closed_form(
         tiny_dataset: Path, tmp_path: Path, precision: str) -> None:
     t = trainer(tiny_dataset, tmp_path / "run", f"train.mixed_precision={precision}")
     expected = toy_family.critic_penalty_closed_form(t.nets["B"], SIZE, SIZE)
-    critic = snapshot(t, "B")
+    critic = snapshot(t.nets["B"])
     logs = t._step(first_batch(t), 0)
     assert logs["gp"] == pytest.approx(expected, rel=1e-5 if precision == "no" else 2e-2)
-    assert changed(critic, t, "B")
+    assert changed(t.nets["B"], critic)
 
 
 def test_penalties_against_hand_computed_cases() -> None:

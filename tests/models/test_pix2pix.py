@@ -227,9 +227,9 @@ def test_losses_under_bf16_autocast() -> None:
 
 
 def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:
-    from svai.run import resolve
     from svai.models.base import Request
     from svai.models.registry import make_family
+    from svai.run import resolve
 
     plain = make_family(resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8"]))
     family = make_family(resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8",
@@ -249,15 +249,14 @@ def test_procedure_maps_condition_the_generator_on_the_strengths() -> None:
 
 
 def test_procedure_maps_train_through_the_loop(tiny_dataset, tmp_path) -> None:
-    from tests.support.loop_helpers import changed, first_batch, snapshot
-
     from svai.run import resolve
     from svai.train import Trainer
+    from tests.support.loop_helpers import first_batch
 
     config = resolve("pix2pix", sets=["data.image_size=32", "model.ngf=8", "model.ndf=8", "train.batch_size=2",
                                       "model.procedure_maps=true", "model.output=warp"],
                      flags={"data.root": str(tiny_dataset)})
     trainer = Trainer(config, tmp_path / "run")
-    generator = snapshot(trainer, "G")
+    generator = snapshot(trainer.nets["G"])
     logs = trainer._step(first_batch(trainer), 0)
-    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values()) and changed(generator, trainer, "G")
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values()) and changed(trainer.nets["G"], generator)

@@ -14,25 +14,19 @@ from safetensors.torch import load_file
 
 from svai.checkpoint import find_checkpoint
 from svai.config import RunConfig
-from svai.run import resolve
 from svai.errors import SvaiError
 from svai.models.base import Request, StepContext, eval_mode
 from svai.models.layers import SelfAttention
 from svai.models.penalties import wgan_gradient_penalty
 from svai.models.registry import families, make_family, resolve_model
 from svai.models.stargan import (
-    SmallMapConv2d,
-    StarDiscriminator,
-    StarGAN,
-    StarGANOptions,
-    StarResidualBlock,
-    TrackedInstanceNorm,
-    classification_loss,
-    discriminator_layout,
+    SmallMapConv2d, StarDiscriminator, StarGAN, StarGANOptions, StarResidualBlock, TrackedInstanceNorm,
+    classification_loss, discriminator_layout,
 )
+from svai.run import resolve
 from svai.train import Trainer, prepare_training, train
-from tests.support.loop_helpers import changed, first_batch, snapshot
-from tests.support.models import count_parameters
+from tests.support.loop_helpers import first_batch
+from tests.support.models import changed, count_parameters, snapshot
 
 SIZE = 32
 PRESETS = ["stargan", "stargan-attn", "stargan-mha", "stargan-attn-rec", "stargan-mha-rec", "stargan-attn-gd-rec"]
@@ -253,11 +247,11 @@ def test_generator_trains_only_every_n_critic_steps(tiny_dataset: Path, tmp_path
     t = tiny_trainer(tiny_dataset, tmp_path / "run")
     batch = first_batch(t)
     for step in range(7):
-        g, d = snapshot(t, "G"), snapshot(t, "D")
+        g, d = snapshot(t.nets["G"]), snapshot(t.nets["D"])
         logs = t._step(batch, step)
         due = step % 5 == 0
-        assert changed(d, t, "D") and "D_gp" in logs
-        assert changed(g, t, "G") == due and ("G" in logs) == due, step
+        assert changed(t.nets["D"], d) and "D_gp" in logs
+        assert changed(t.nets["G"], g) == due and ("G" in logs) == due, step
         if due:
             assert {"G_fake", "G_cls", "G_rec"} <= set(logs)
 
