@@ -12,19 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import svai
 from svai import api
-from svai.cli import app
 from svai.errors import SvaiError
+from tests.support.cli import run_ok
 
 TINY = ["model.ngf=8", "model.ndf=8", "train.sample_every=0"]
 
-
-def invoke(*args: object) -> None:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -55,7 +50,7 @@ def test_train_makes_the_run_folder_the_command_makes(trained) -> None:
 def test_a_dataset_photo_simulates_to_the_pixels_svai_generate_writes(trained, tmp_path: Path) -> None:
     data, result = trained
     before = data / "test" / "before"
-    invoke("generate", "--run", result.path, "--input", before, "--output", tmp_path / "cli")  # batches of 8
+    run_ok("generate", "--run", result.path, "--input", before, "--output", tmp_path / "cli")  # batches of 8
     run = svai.load_run(result.path)
     assert run.composite_default is True and run.name == "pix2pix-warp" and run.step == 2
     for photo in sorted(before.iterdir()):
@@ -73,7 +68,7 @@ def test_pixels_in_memory_match_generate_on_a_plain_folder(trained, tmp_path: Pa
     data, result = trained
     plain = tmp_path / "photos"  # not a dataset split: no labels, no regions; the change map is the region
     shutil.copytree(data / "test" / "before", plain)
-    invoke("generate", "--run", result.path, "--input", plain, "--output", tmp_path / "cli", *flags)
+    run_ok("generate", "--run", result.path, "--input", plain, "--output", tmp_path / "cli", *flags)
     run = api.load_run(result.path)
     for photo in sorted(plain.iterdir()):
         expected = pixels(tmp_path / "cli" / photo.name)
@@ -91,7 +86,7 @@ def test_regions_in_memory_match_a_regions_folder(trained, tmp_path: Path) -> No
     region[8:20, 10:24] = True
     (tmp_path / "regions" / "nose").mkdir(parents=True)
     Image.fromarray(region.astype(np.uint8) * 255).save(tmp_path / "regions" / "nose" / photo.name)
-    invoke("generate", "--run", result.path, "--input", plain, "--output", tmp_path / "cli", "--composite",
+    run_ok("generate", "--run", result.path, "--input", plain, "--output", tmp_path / "cli", "--composite",
            "--regions", tmp_path / "regions")
     run = api.load_run(result.path)
     simulated = np.asarray(run.simulate(pixels(photo), composite=True, regions={"nose": region}))
@@ -127,7 +122,7 @@ def test_procedures_take_the_command_lines_forms() -> None:
 def test_evaluate_gives_the_numbers_svai_evaluate_writes(trained, tmp_path: Path) -> None:
     data, result = trained
     pred = result.path / "test-predictions"
-    invoke("evaluate", "--pred", pred, "--target", data / "test" / "after", "--baseline", data / "test" / "before",
+    run_ok("evaluate", "--pred", pred, "--target", data / "test" / "after", "--baseline", data / "test" / "before",
            "--metrics", "ssim,psnr", "--json", tmp_path / "cli.json")
     scores = api.evaluate(pred, data / "test" / "after", baseline=data / "test" / "before", metrics=["ssim", "psnr"],
                           json=tmp_path / "api.json")

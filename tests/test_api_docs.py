@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from svai.cli import app
+from tests.support.cli import run_ok
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -20,22 +19,18 @@ def blocks() -> list[tuple[int, str]]:
     return [(text[:m.start()].count("\n") + 2, m.group(1)) for m in BLOCK.finditer(text)]
 
 
-def invoke(*args: object) -> None:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-
 
 @pytest.fixture()
 def demo_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """demo/data, demo/runs/pix2pix-warp and demo/predictions/pix2pix-warp, as examples/demo.sh
     makes them, at a size a test affords."""
     demo = tmp_path / "demo"
-    invoke("prepare", "synthetic", demo / "data", "--count", "16", "--size", "64", "--seed", "0",
+    run_ok("prepare", "synthetic", demo / "data", "--count", "16", "--size", "64", "--seed", "0",
            "--test-fraction", "0.25")
-    invoke("train", "--model", "pix2pix-warp", "--data", demo / "data", "--out", demo / "runs" / "pix2pix-warp",
+    run_ok("train", "--model", "pix2pix-warp", "--data", demo / "data", "--out", demo / "runs" / "pix2pix-warp",
            "--steps", "3", "--set", "model.ngf=8", "--set", "model.ndf=8", "--set", "train.sample_every=0",
            "--set", "train.evaluate=false")
-    invoke("generate", "--run", demo / "runs" / "pix2pix-warp", "--input", demo / "data" / "test" / "before",
+    run_ok("generate", "--run", demo / "runs" / "pix2pix-warp", "--input", demo / "data" / "test" / "before",
            "--output", demo / "predictions" / "pix2pix-warp")
     monkeypatch.chdir(tmp_path)
     return tmp_path

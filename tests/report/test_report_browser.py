@@ -11,13 +11,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("websocket", reason="the browser test drives Chromium with websocket-client")
 
+from tests.support.cli import run_ok  # noqa: E402
 from tests.support.devtools import Chromium, find_browser  # noqa: E402
-
-from svai.cli import app  # noqa: E402
 
 BROWSER = find_browser()
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium here (Debian: apt-get install chromium)")
@@ -26,22 +24,17 @@ TINY = ["--image-size", "32", "--set", "model.ngf=8", "--set", "model.ndf=8", "-
         "--set", "train.sample_every=2", "--set", "train.sample_count=2"]
 
 
-def invoke(*args: object):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
 
 @pytest.fixture(scope="module")
 def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("browser-report")
     data = root / "data"
-    invoke("prepare", "synthetic", data, "--count", "12", "--size", "32", "--seed", "1", "--test-fraction", "0.25")
+    run_ok("prepare", "synthetic", data, "--count", "12", "--size", "32", "--seed", "1", "--test-fraction", "0.25")
     for name, seed in (("first", 0), ("second", 1)):
-        invoke("train", "--model", "pix2pix", "--data", data, "--out", root / "runs" / name, "--steps", "4",
+        run_ok("train", "--model", "pix2pix", "--data", data, "--out", root / "runs" / name, "--steps", "4",
                "--seed", seed, *TINY)
     page = root / "report.html"
-    invoke("compare", root / "runs" / "first", root / "runs" / "second", "--report", page)
+    run_ok("compare", root / "runs" / "first", root / "runs" / "second", "--report", page)
     return page
 
 

@@ -33,3 +33,10 @@ def tiny_pix2pix_run(root: Path, count: int, test_fraction: float) -> tuple[Path
     result = invoke("train", "--model", "pix2pix", "--data", data, "--out", run, "--steps", "2", *TINY)
     assert result.exit_code == 0, result.output
     return data, run
+
+
+def run_ok(*args: object):  # type: ignore[no-untyped-def]
+    """`svai ARGS` in-process, asserted to succeed; its result."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
