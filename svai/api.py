@@ -63,7 +63,7 @@ def _procedure_text(procedures: ProceduresLike) -> str:
 
 class _GivenRegions:
     """Regions handed over in memory, {procedure: mask}, white (or True) = region; answers
-    `find` as `svai.composite.RegionLookup` does for files."""
+    `find_with_source` as `svai.composite.RegionLookup` does for files."""
 
     def __init__(self, regions: Mapping[str, PhotoLike]) -> None:
         self.masks = {}
@@ -90,9 +90,6 @@ class _GivenRegions:
             if region is not None:
                 return region, "landmark regions"
         return None, "change map"
-
-    def find(self, file: Any, shape: tuple[int, int], chosen: tuple[str, ...] | None) -> np.ndarray | None:
-        return self.find_with_source(file, shape, chosen)[0]
 
 
 class Run:

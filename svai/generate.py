@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from svai.checkpoint import find_checkpoint, load_networks
 from svai.composite import CompositeOptions, RegionLookup, composite
@@ -102,20 +101,9 @@ def parse_procedures(text: str | None, vocabulary: tuple[str, ...] = PROCEDURES)
     return procedure_vector(strengths, vocabulary)
 
 
-def pad_to_square(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """(B, C, H, W) -> (B, C, S, S) with S = max(H, W), border repeated; returns the padding."""
-    height, width = image.shape[-2:]
-    side = max(height, width)
-    top, left = (side - height) // 2, (side - width) // 2
-    padding = (left, side - width - left, top, side - height - top)
-    if side == height == width:
-        return image, padding
-    return F.pad(image, padding, mode="replicate"), padding
-
-
 def pad_array_to_square(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """`pad_to_square` for an (H, W, 3) uint8 photo -> (S, S, 3) uint8 and the padding
-    (left, right, top, bottom)."""
+    """An (H, W, 3) uint8 photo padded square by repeating its border -> (S, S, 3) uint8 with
+    S = max(H, W), and the padding (left, right, top, bottom)."""
     height, width = image.shape[:2]
     side = max(height, width)
     top, left = (side - height) // 2, (side - width) // 2
@@ -152,7 +140,7 @@ def translate_batch(model: LoadedModel, images: list[np.ndarray], request: Reque
     size = model.config.data.image_size
     photos, inputs, layouts = [], [], []
     for image in images:
-        # Padded as uint8 (the same border replication as `pad_to_square`, a quarter of the bytes).
+        # Padded as uint8: a quarter of the bytes of a float copy.
         square, padding = pad_array_to_square(image)
         tensor = to_tensor(square)[None]
         layouts.append((image.shape[0], image.shape[1], padding))
@@ -334,7 +322,7 @@ def reference_for(references: list[Path], index: int, file: Path) -> Path:
 def square_input(pixels: np.ndarray, size: int) -> torch.Tensor:
     """A photo's (H, W, 3) uint8 pixels as (1, 3, size, size) in [-1, 1]: padded square by its
     border, then resized (a reference photo as a model takes it)."""
-    return resize(pad_to_square(to_tensor(pixels)[None])[0], size)
+    return resize(to_tensor(pad_array_to_square(pixels)[0])[None], size)
 
 
 @dataclass

@@ -234,11 +234,11 @@ class HeldResult:
 
     def png(self, kind: str, view: str) -> bytes:
         photo = self.simulation.photo
-        # A result made before the photo was framed on another face keeps its own framing.
-        before = self.held.before(view) if self.held.photo is photo else \
-            display(region(photo, view_box(photo, view)), view)
         with self.lock:
             if (kind, view) not in self.pngs:
+                # A result made before the photo was framed on another face keeps its own framing.
+                before = self.held.before(view) if self.held.photo is photo else \
+                    display(region(photo, view_box(photo, view)), view)
                 after = display(region(photo, view_box(photo, view), self.simulation.patch), view)
                 # zlib lets go of the interpreter while it compresses: both PNGs at once.
                 other = _ENCODER.submit(png_bytes, difference(before, after))
@@ -329,7 +329,7 @@ class Consultation:
         reference = self.held_photo(settings.reference).photo if settings.reference is not None else None
         simulation = self.simulator.simulate(held.photo, served.id, settings, reference)
         if self.audit is not None:
-            output = pixels_sha256(simulated_photo(held.photo, simulation.patch))
+            output = pixels_sha256(simulated_photo(simulation.photo, simulation.patch))
             try:
                 self.audit.record(simulation, output)
             except OSError as error:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,7 @@ class Simulation:
     time: str
     timings: dict[str, float] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def largest_change(self) -> int:
         """The largest change of any pixel channel, in 8-bit grey levels."""
         x0, y0, x1, y1 = self.photo.box
