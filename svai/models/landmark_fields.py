@@ -32,7 +32,7 @@ import torch
 from svai.face import mesh
 from svai.face.identity import similarity_transform
 from svai.threads import single_thread
-from svai.warp import face_frame
+from svai.warp import FaceFrame, face_frame
 
 HUBER = 1.345  # Huber's threshold in robust standard deviations (95 % efficiency under normal noise)
 
@@ -82,23 +82,21 @@ def inside_convex(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return (cross >= -1e-9).all(axis=1) | (cross <= 1e-9).all(axis=1)
 
 
-def frame_pairs(before: np.ndarray, after: np.ndarray, still: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each pair's before landmarks and motion in the before face's frame.
+def frame_motions(before: np.ndarray, after: np.ndarray, frames: list[FaceFrame], shapes: np.ndarray,
+                  still: np.ndarray | None) -> np.ndarray:
+    """Each pair's motion in its before face's frame.
 
-    before, after: (N, 478, 2) photo pixels; still: (478,) bool landmarks used to align the
-    after face onto the before one by a similarity, or None for no alignment ->
-    (shapes (N, 956), motions (N, 956)) in frame units.
+    before, after: (N, 478, 2) photo pixels; frames: the before faces' frames; shapes: (N, 956)
+    the before landmarks in them; still: (478,) bool landmarks used to align the after face
+    onto the before one by a similarity, or None for no alignment -> (N, 956) frame units.
     """
-    shapes, motions = [], []
-    for b, a in zip(before, after):
+    motions = []
+    for b, a, frame, shape in zip(before, after, frames, shapes):
         if still is not None and still.sum() >= 3:
             matrix = similarity_transform(a[still], b[still])
             a = a @ matrix[:, :2].T + matrix[:, 2]
-        frame = face_frame(b)
-        fb, fa = frame.to_frame(b), frame.to_frame(a)
-        shapes.append(fb.reshape(-1))
-        motions.append((fa - fb).reshape(-1))
-    return np.asarray(shapes), np.asarray(motions)
+        motions.append(frame.to_frame(a).reshape(-1) - shape)
+    return np.asarray(motions)
 
 
 def shape_coordinates(shapes: np.ndarray, components: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,10 +144,12 @@ def fit_fields(before: np.ndarray, after: np.ndarray, strengths: np.ndarray, pro
     if before.shape != (count, mesh.POINTS, 2) or after.shape != before.shape or n_proc != len(procedures):
         raise ValueError(f"expected before/after ({count}, {mesh.POINTS}, 2) and strengths (N, {len(procedures)}); "
                          f"got {before.shape}, {after.shape}, {strengths.shape}")
-    mean_points = np.mean([face_frame(b).to_frame(b) for b in before], axis=0)
+    frames = [face_frame(b) for b in before]
+    shapes = np.asarray([frame.to_frame(b).reshape(-1) for frame, b in zip(frames, before)])  # (N, 956)
+    mean_points = shapes.mean(axis=0).reshape(mesh.POINTS, 2)
     masks = support_masks(procedures, mean_points) if settings.support else np.ones((n_proc, mesh.POINTS), bool)
     still = ~masks.any(axis=0) if settings.align else None
-    shapes, motions = frame_pairs(before, after, still)
+    motions = frame_motions(before, after, frames, shapes, still)
     mean, basis = shape_coordinates(shapes, components)
     z = (shapes - mean) @ basis.T  # (N, K)
     # Columns: s_p, then s_p·z_k for every p and k, grouped per procedure as `fields` is.
@@ -202,4 +202,6 @@ def _solve(design: np.ndarray, targets: np.ndarray, weights: np.ndarray, penalty
     return coefficients
 
 
-__all__ = ["FitSettings", "Fields", "fit_fields", "frame_pairs", "inside_convex", "shape_coordinates", "support_masks"]
+__all__ = [
+    "FitSettings", "Fields", "fit_fields", "frame_motions", "inside_convex", "shape_coordinates", "support_masks",
+]

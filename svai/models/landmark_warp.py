@@ -262,9 +262,6 @@ class LandmarkWarp(ModelFamily):
         """
         return torch.cat(self.translate_at(nets, before, request, [before[i:i + 1] for i in range(before.shape[0])]))
 
-    def changes_at_size(self) -> bool:
-        return True
-
     def moves_pixels(self) -> bool:
         return True
 
@@ -293,7 +290,9 @@ class LandmarkWarp(ModelFamily):
             scaled = None if move is None else move.scaled(scale)
             warped, box, local = self._warp_one(photo.float(), scaled)
             if self.head is not None and box is not None:
-                small, _ = self._warp_all(before[index:index + 1], [move])
+                # At the model's own size the photo's warp is the model input's.
+                same = scale == 1.0 and torch.equal(photo.float(), before[index:index + 1].float())
+                small = warped if same else self._warp_all(before[index:index + 1], [move])[0]
                 labels = self.requested_procedures(request, before)[index:index + 1]
                 raw = nets["G"](tile_labels(small.to(before.dtype), labels))
                 refined = self.head.at_size(raw, small, warped, alpha)
@@ -406,10 +405,13 @@ class LandmarkWarp(ModelFamily):
                 full = self._flow(self._move(fields, table.before[row], with_p, ticked), width, height)
                 if full is None:
                     continue
-                box, _, field_all = full
-                rest = self._flow(self._move(fields, table.before[row], without_p, ticked), width, height) \
-                    if (without_p > 0).any() else None
-                field_rest = rest[2] if rest is not None else np.zeros_like(field_all)
+                box, weight, field_all = full
+                field_rest = np.zeros_like(field_all)
+                if (without_p > 0).any():
+                    # Same face and ticked regions, so the same box and weight: only the targets differ.
+                    rest = self._move(fields, table.before[row], without_p, ticked)
+                    field_rest = backward_field(rest.source, rest.target, rest.frame, box, (width, height),
+                                                self.options.smoothing) * weight[None]
                 x0, y0, x1, y1 = box
                 target = after[:, :, y0:y1, x0:x1]
                 for k, gain in enumerate(GAIN_GRID):
