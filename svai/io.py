@@ -344,10 +344,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def write_png(path: Path, image: np.ndarray, privacy: Privacy | None = None) -> None:
     """Encode `image` (uint8, (H, W[, 3])) as a metadata-free PNG and write it atomically."""
-    if privacy is not None and privacy.restricts():
-        write_atomic(path, png_bytes(image), privacy)
-    else:
-        write_atomic(path, png_bytes(image))
+    write_atomic(path, png_bytes(image), privacy)
 
 
 # ------------------------------------------------------------------------ where outputs may go

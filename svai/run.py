@@ -165,19 +165,11 @@ def only_evaluation_left(run_dir: Path, config: "RunConfig") -> bool:
 def writing(run_dir: Path, privacy: Privacy | None) -> Iterator[RunLock | None]:
     """Hold the run folder's lock (the main process only: others get None); a folder it
     creates gets `privacy`, and is removed again when the work fails before writing anything."""
-    run_dir = Path(run_dir)
     if os.environ.get("RANK", "0") != "0":
         yield None
         return
-    created = not run_dir.exists()
-    with RunLock(run_dir, privacy=privacy) as lock:
-        try:
-            yield lock
-        except BaseException:
-            if created and not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-                lock.release()
-                run_dir.rmdir()  # nothing was written: leave no empty folder behind
-            raise
+    with RunLock(Path(run_dir), privacy=privacy) as lock:
+        yield lock
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:

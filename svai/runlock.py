@@ -49,7 +49,8 @@ class RunLock:
     """An exclusive lock on `folder` for as long as this object holds it.
 
     `acquire()` creates the folder when needed; a second writer gets a `SvaiError` naming the
-    process that holds the lock. Use as a context manager, or call `release()`.
+    process that holds the lock. Use as a context manager, or call `release()`. As a context
+    manager, a folder it created is removed again when the work fails before writing anything.
     """
 
     def __init__(self, folder: Path, what: str = "run folder", privacy: Privacy | None = None) -> None:
@@ -60,6 +61,7 @@ class RunLock:
         self.what = what
         self._fd: int | None = None
         self.took_over: dict | None = None
+        self.created = False
 
     @property
     def held(self) -> bool:
@@ -69,6 +71,7 @@ class RunLock:
         if self._fd is not None:
             return self
         try:
+            self.created = not self.folder.exists()
             make_folder(self.folder, self.privacy)
             fd = self._lock_flock() if fcntl is not None else self._lock_exclusive()
         except OSError as error:
@@ -159,6 +162,8 @@ class RunLock:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         self.release()
+        if kind is not None and self.created and self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()  # the work failed before writing anything: leave no empty folder behind
 
 
 def lock_holder(folder: Path) -> dict | None:

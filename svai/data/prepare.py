@@ -490,17 +490,8 @@ def prepare_dataset(
     reads = {"SOURCE": source, "--pairs": options.pairs_csv,
              "--labels": options.labels, "--regions": options.regions}
     check_output_folder({name: path for name, path in reads.items() if path is not None}, out, "OUT")
-    created = not out.exists()
-    lock = RunLock(out, "prepared dataset", privacy=Privacy.of(source)).acquire()
-    try:
+    with RunLock(out, "prepared dataset", privacy=Privacy.of(source)):
         return _prepare_locked(source, out, options, progress)
-    except BaseException:
-        lock.release()
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # nothing was written: leave no empty folder behind
-        raise
-    finally:
-        lock.release()
 
 
 @dataclass

@@ -203,7 +203,7 @@ def test_a_full_disk_during_generate_is_one_line(dataset: Path, tmp_path: Path, 
     assert invoke("train", "--model", "pix2pix", "--data", dataset, "--out", run, "--steps", "1",
                   "--set", "train.evaluate=false", *TINY).exit_code == 0
 
-    def full(path: Path, data: bytes) -> None:
+    def full(path: Path, data: bytes, privacy: object = None) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr("svai.io.write_atomic", full)
