@@ -114,12 +114,9 @@ def environment_record(
 def read_environment(run_dir: Path) -> dict[str, Any] | None:
     """A run folder's environment record, or None when it has none (runs from before the
     record existed) or it cannot be read."""
-    path = Path(run_dir) / ENVIRONMENT_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    from svai.io import read_json_object
+
+    return read_json_object(Path(run_dir) / ENVIRONMENT_FILE)
 
 
 def write_environment(run_dir: Path, record: Mapping[str, Any]) -> Path:

@@ -312,6 +312,16 @@ def atomic_open(path: Path, privacy: Privacy | None = None) -> Iterator[BinaryIO
         raise
 
 
+def read_json_object(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when the file is missing, unreadable, not JSON, too
+    deeply nested or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def write_atomic(path: Path, data: bytes, privacy: Privacy | None = None) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the new one."""
     with atomic_open(path, privacy) as handle:
@@ -486,11 +496,8 @@ class OwnFiles:
         self.entries: dict[str, tuple[int, int, int]] = self._read()
 
     def _read(self) -> dict[str, tuple[int, int, int]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
-            return {}
-        files = data.get("files") if isinstance(data, dict) else None
+        data = read_json_object(self.path)
+        files = data.get("files") if data is not None else None
         if not isinstance(files, dict):
             return {}
         return {str(k): (v[0], v[1], v[2]) for k, v in files.items()

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from svai.errors import SvaiError
-from svai.io import LOCK_FILE, USER_ERRNOS, Privacy, make_folder, process_alive
+from svai.io import LOCK_FILE, USER_ERRNOS, Privacy, make_folder, process_alive, read_json_object
 
 try:
     import fcntl
@@ -38,11 +38,7 @@ def _describe(holder: dict) -> str:
 
 
 def _read_holder(path: Path) -> dict:
-    try:
-        holder = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
+    return read_json_object(path) or {}
 
 
 class RunLock:

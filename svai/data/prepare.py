@@ -45,7 +45,8 @@ from svai.data.pairing import (
 from svai.data.regions import fit_region, index_regions, read_region, region_key
 from svai.errors import SvaiError
 from svai.io import (
-    OPEN, OWN_FILES, OwnFiles, Privacy, check_output_folder, make_folder, remove_stale_temporaries, write_atomic,
+    OPEN, OWN_FILES, OwnFiles, Privacy, check_output_folder, make_folder, read_json_object, remove_stale_temporaries,
+    write_atomic,
 )
 from svai.runlock import LOCK_FILE, RunLock
 from svai.signals import stop_signals, worker_setup
@@ -285,12 +286,7 @@ def _read_state(out: Path, source_key: str, force: bool) -> dict | None:
     if not any(p.name not in (LOCK_FILE, OWN_FILES) for p in out.iterdir()):
         return None
     state_path, prepare_json = out / STATE_FILE, out / "prepare.json"
-    state = None
-    if state_path.is_file():
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
-            state = None
+    state = read_json_object(state_path)
     # The state file is written before any image, so an unfinished run is recognised too.
     if not prepare_json.is_file() and not (isinstance(state, dict) and state.get("version") == STATE_VERSION):
         raise SvaiError(f"{out} is not empty and was not made by `svai prepare`: choose an empty or new folder")
@@ -741,17 +737,11 @@ class PrepareStopped(Exception):
 
 def _is_synthetic(out: Path) -> bool:
     """Whether OUT holds synthetic data svai drew, finished (prepare.json) or not (state file)."""
-    try:
-        state = json.loads((out / STATE_FILE).read_text(encoding="utf-8"))
-        if isinstance(state, dict) and state.get("source") == "synthetic":
-            return True
-    except (OSError, ValueError, RecursionError):
-        pass
-    try:
-        summary = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
-        return isinstance(summary, dict) and (summary.get("settings") or {}).get("source") == "synthetic"
-    except (OSError, ValueError, RecursionError):
-        return False
+    state = read_json_object(out / STATE_FILE)
+    if state is not None and state.get("source") == "synthetic":
+        return True
+    summary = read_json_object(out / "prepare.json")
+    return summary is not None and (summary.get("settings") or {}).get("source") == "synthetic"
 
 
 def _clear_own_outputs(out: Path) -> None:

@@ -160,8 +160,8 @@ def line_chart(title: str, lines: Sequence[tuple[str, list[tuple[float, float]]]
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)} by training step">',
-        f'<text x="{left}" y="16" class="title">{_e(title)}</text>',
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)} by training step">',
+        f'<text x="{left}" y="16" class="title">{escape(title)}</text>',
     ]
     for tick in yticks:
         y = sy(tick)
@@ -179,18 +179,18 @@ def line_chart(title: str, lines: Sequence[tuple[str, list[tuple[float, float]]]
         colour = PALETTE[index % len(PALETTE)]
         if len(points) == 1:
             x, y = points[0]
-            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"><title>{_e(name)}</title>'
+            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"><title>{escape(name)}</title>'
                          "</circle>")
         else:
             coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
             parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="1.5" '
-                         f'data-run="{_e(name)}"><title>{_e(name)}</title></polyline>')
+                         f'data-run="{escape(name)}"><title>{escape(name)}</title></polyline>')
     if len(lines) > 1:
         x = left + 8 * len(title) + 24  # after the title (about 8 px a character at 13 px)
         for index, (name, _) in enumerate(lines):
             colour = PALETTE[index % len(PALETTE)]
             parts.append(f'<rect x="{x}" y="8" width="10" height="10" fill="{colour}"/>'
-                         f'<text x="{x + 14}" y="17" class="tick">{_e(name)}</text>')
+                         f'<text x="{x + 14}" y="17" class="tick">{escape(name)}</text>')
             x += 24 + 7 * len(name)
     parts.append("</svg>")
     return "".join(parts)
@@ -224,8 +224,7 @@ def _thumbnail(path: Path, height: int) -> tuple[str, int, int] | None:
         return None
     if image.height > height:
         image = image.resize((max(1, round(image.width * height / image.height)), height), Image.Resampling.LANCZOS)
-    data = base64.b64encode(png_bytes(np.asarray(image))).decode("ascii")
-    return f"data:image/png;base64,{data}", image.width, image.height
+    return png_data_uri(image), image.width, image.height
 
 
 def training_html(histories: Sequence[History], samples_per_run: int = 6, thumbnail_height: int = 240) -> str:
@@ -242,25 +241,29 @@ def training_html(histories: Sequence[History], samples_per_run: int = 6, thumbn
     for history in histories:
         if not history.samples:
             continue
-        by_step = dict(history.samples)
-        chosen = [int(step) for step in spread([str(step) for step, _ in history.samples], samples_per_run)]
         figures = []
-        for step in chosen:
-            thumb = _thumbnail(by_step[step], thumbnail_height)
+        for step, path in spread(history.samples, samples_per_run):
+            thumb = _thumbnail(path, thumbnail_height)
             if thumb is None:
                 continue
             uri, width, height = thumb
-            figures.append(f'<figure><img alt="{_e(history.label)} samples at step {step}" width="{width}" '
+            figures.append(f'<figure><img alt="{escape(history.label)} samples at step {step}" width="{width}" '
                            f'height="{height}" src="{uri}"><figcaption>step {step}</figcaption></figure>')
         if figures:
-            parts.append(f"<h3>Samples during training: {_e(history.label)}</h3>")
+            parts.append(f"<h3>Samples during training: {escape(history.label)}</h3>")
             parts.append('<div class="samples">' + "".join(figures) + "</div>")
     return "\n".join(parts)
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """`value` as HTML text or attribute value."""
     return html.escape(str(value), quote=True)
 
 
-__all__ = ["History", "PALETTE", "chart_keys", "curve_charts", "line_chart", "list_samples", "load_histories",
-           "nice_ticks", "read_log", "thin", "training_html"]
+def png_data_uri(image: Image.Image) -> str:
+    """A metadata-free PNG of `image` as a data: URI, for pages that must not fetch anything."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(np.asarray(image))).decode("ascii")
+
+
+__all__ = ["History", "PALETTE", "chart_keys", "curve_charts", "escape", "line_chart", "list_samples",
+           "load_histories", "nice_ticks", "png_data_uri", "read_log", "thin", "training_html"]

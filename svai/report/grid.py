@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -19,6 +19,8 @@ from svai.errors import SvaiError
 from svai.io import Privacy, write_png
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def _choose_ids(
     return spread(common, k)
 
 
-def spread(items: Sequence[str], k: int) -> list[str]:
+def spread(items: Sequence[T], k: int) -> list[T]:
     """`k` items evenly spaced over `items`, first and last included (all when k >= len)."""
     n = len(items)
     if k >= n:

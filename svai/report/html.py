@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import html
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
 from PIL import Image
 
 from svai import __version__
-from svai.io import Privacy, png_bytes, write_atomic
-from svai.report.curves import History, training_html
+from svai.io import Privacy, write_atomic
+from svai.report.curves import History, escape, png_data_uri, training_html
 from svai.report.formats import cell_summary, legend
 from svai.report.results import environment_differences, settings_rows
 from svai.report.table import MISSING, WORSE_MARK, Cell, Column, ComparisonTable
@@ -92,11 +89,11 @@ def report_html(
         "<title>svai model comparison</title>",
         f"<style>{_CSS}</style></head><body><main>",
         "<h1>Model comparison</h1>",
-        f'<p class="meta">{models} model(s), {baselines} baseline(s) · svai {_e(__version__)} · {when}</p>',
+        f'<p class="meta">{models} model(s), {baselines} baseline(s) · svai {escape(__version__)} · {when}</p>',
         _html_list("warn", table.warnings, "Warning"),
         "<h2>Metrics</h2>",
         _html_table(table),
-        f'<p class="legend">{_e(legend(table))}</p>',
+        f'<p class="legend">{escape(legend(table))}</p>',
     ]
     if captioned:
         parts.append("<h2>Images</h2>")
@@ -109,28 +106,24 @@ def report_html(
     return "\n".join(part for part in parts if part) + "\n"
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _html_list(css: str, items: list[str], prefix: str) -> str:
     if not items:
         return ""
-    lead = f"<strong>{_e(prefix)}:</strong> " if prefix else ""
-    return f'<div class="{css}"><ul>' + "".join(f"<li>{lead}{_e(item)}</li>" for item in items) + "</ul></div>"
+    lead = f"<strong>{escape(prefix)}:</strong> " if prefix else ""
+    return f'<div class="{css}"><ul>' + "".join(f"<li>{lead}{escape(item)}</li>" for item in items) + "</ul></div>"
 
 
 def _html_table(table: ComparisonTable) -> str:
-    head = "<th>model</th>" + "".join(f"<th>{_e(c.title)}</th>" for c in table.columns)
+    head = "<th>model</th>" + "".join(f"<th>{escape(c.title)}</th>" for c in table.columns)
     if table.has_baseline:
         head += "<th>beats baseline</th>"
     body = []
     for row in table.rows:
-        cells = [f"<td>{_e(row.label)}</td>"]
+        cells = [f"<td>{escape(row.label)}</td>"]
         cells += [_html_cell(row.cells[c.metric], c) for c in table.columns]
         if table.has_baseline:
-            cells.append(f'<td class="center">{_e(row.beats_baseline or MISSING)}</td>')
-        body.append(f'<tr class="{_e(row.role)}">' + "".join(cells) + "</tr>")
+            cells.append(f'<td class="center">{escape(row.beats_baseline or MISSING)}</td>')
+        body.append(f'<tr class="{escape(row.role)}">' + "".join(cells) + "</tr>")
     return (
         f'<div class="scroll"><table class="metrics"><thead><tr>{head}</tr></thead>'
         f'<tbody>{"".join(body)}</tbody></table></div>'
@@ -142,23 +135,22 @@ def _html_cell(cell: Cell, column: Column) -> str:
         return f"<td>{MISSING}</td>"
     classes = [name for name, on in (("best", cell.best), ("worse", cell.vs_baseline == "worse")) if on]
     parts = cell_summary(cell, column)
-    text = _e(parts.mean)
+    text = escape(parts.mean)
     if cell.vs_baseline == "worse":
         text += f" {WORSE_MARK}"
     detail = parts.detail("± ")
     if detail:
-        text += f'<br><span class="std">{_e(detail)}</span>'
-    title = f' title="{_e(cell.vs_baseline)} than the baseline"' if cell.vs_baseline in ("better", "worse") else ""
+        text += f'<br><span class="std">{escape(detail)}</span>'
+    title = f' title="{escape(cell.vs_baseline)} than the baseline"' if cell.vs_baseline in ("better", "worse") else ""
     return f'<td class="{" ".join(classes)}"{title}>{text}</td>' if classes else f"<td{title}>{text}</td>"
 
 
 def _html_figure(caption: str, image: Image.Image) -> str:
-    data = base64.b64encode(png_bytes(np.asarray(image))).decode("ascii")
-    alt = _e(caption or "image grid")
-    figcaption = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    alt = escape(caption or "image grid")
+    figcaption = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
     return (
         f'<figure><img alt="{alt}" width="{image.width}" height="{image.height}" '
-        f'src="data:image/png;base64,{data}">{figcaption}</figure>'
+        f'src="{png_data_uri(image)}">{figcaption}</figure>'
     )
 
 
@@ -168,12 +160,12 @@ _PER_RUN_KEYS = frozenset({"role", "source", "pred", "before", "masks", "environ
 
 def _html_settings(rows: list[dict], table: ComparisonTable) -> str:
     labels = [row.label for row in table.rows]
-    head = "<th></th>" + "".join(f"<th>{_e(label)}</th>" for label in labels)
+    head = "<th></th>" + "".join(f"<th>{escape(label)}</th>" for label in labels)
     body = []
     for key, values in settings_rows(rows, labels):
         present = {value for value in values if value}
         differs = ' class="differs"' if len(present) > 1 and key not in _PER_RUN_KEYS else ""
-        body.append(f"<tr{differs}><th>{_e(key)}</th>" + "".join(f"<td>{_e(v)}</td>" for v in values) + "</tr>")
+        body.append(f"<tr{differs}><th>{escape(key)}</th>" + "".join(f"<td>{escape(v)}</td>" for v in values) + "</tr>")
     note = '<p class="legend">Highlighted: values that differ between rows.</p>'
     return (
         f'<div class="details"><table class="settings"><thead><tr>{head}</tr></thead>'
