@@ -192,10 +192,7 @@ def regions_finder():  # type: ignore[no-untyped-def]
     warning saying why) when the face layer cannot run."""
     from svai import face
 
-    if face.finder.problem() is None:
-        return face.finder.shared_finder()
-    face.finder.warn_missing_once(log, "composite regions come from --regions or the change map")
-    return None
+    return face.finder.usable_finder(log, "composite regions come from --regions or the change map")
 
 
 def output_path(input_dir: Path, output_dir: Path, file: Path) -> Path:
@@ -302,13 +299,10 @@ def face_crop_finder(wanted: bool | None):  # type: ignore[no-untyped-def]
         return None
     from svai import face
 
-    why = face.finder.problem()
-    if why is None:
-        return face.finder.shared_finder()
-    if wanted:
+    why = face.finder.problem() if wanted else None
+    if why is not None:
         raise SvaiError(f"--face-crop: {why}")
-    face.finder.warn_missing_once(log, "large photos are given to the model whole")
-    return None
+    return face.finder.usable_finder(log, "large photos are given to the model whole")
 
 
 def reference_for(references: list[Path], index: int, file: Path) -> Path:

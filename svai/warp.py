@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from svai.face import mesh
@@ -142,17 +141,6 @@ def region_box(polygons: list[np.ndarray], width: int, height: int, pad: int = 2
     return int(x0), int(y0), int(x1), int(y1)
 
 
-def draw_polygons(polygons: list[np.ndarray], box: Box) -> np.ndarray:
-    """The union of polygons (photo pixels) rasterised inside `box`: (y1 − y0, x1 − x0) bool."""
-    x0, y0, x1, y1 = box
-    canvas = Image.new("L", (x1 - x0, y1 - y0), 0)
-    draw = ImageDraw.Draw(canvas)
-    for polygon in polygons:
-        # Drawn as `svai.face.mesh.region_mask` draws them, so both agree pixel for pixel.
-        draw.polygon([(float(x) - x0, float(y) - y0) for x, y in polygon], fill=255)
-    return np.asarray(canvas) > 0
-
-
 def inner_feather(region: np.ndarray, radius: float) -> np.ndarray:
     """A weight that is 1 deep inside the region and falls smoothly to 0 at its edge:
     (H, W) bool -> (H, W) float32 in [0, 1], exactly 0 outside the region.
@@ -200,7 +188,7 @@ def region_weight(regions: list[list[np.ndarray]], box: Box, radius: float) -> n
     outside every region."""
     weight = np.zeros((box[3] - box[1], box[2] - box[0]), np.float32)
     for polygons in regions:
-        inside = draw_polygons(polygons, box)
+        inside = mesh.rasterise(polygons, box)
         if not inside.any():
             continue
         depth = float(ndimage.distance_transform_edt(np.pad(inside, 1)).max())
@@ -300,6 +288,6 @@ def resample_box(image: torch.Tensor, field: torch.Tensor, box: Box) -> torch.Te
     return out
 
 
-__all__ = ["Box", "FaceFrame", "ThinPlateSpline", "backward_field", "border_points", "confine", "draw_polygons",
+__all__ = ["Box", "FaceFrame", "ThinPlateSpline", "backward_field", "border_points", "confine",
            "face_frame", "inner_feather", "landmarks_found", "procedure_polygons", "region_box", "region_weight",
            "resample_box"]

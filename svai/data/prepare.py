@@ -178,11 +178,11 @@ def _frame_pair(job: _Job) -> tuple[np.ndarray, np.ndarray, bool | None, dict[st
 def _face_square(image: Image.Image, region: Box, path: Path) -> Box | None:
     """The face square of the largest face in `region` of the before photo (landmarks), or
     without the face layer the skin-colour box (None: centre crop). No face is a skip."""
-    if face.finder.problem() is not None:
-        face.finder.warn_missing_once(log)
+    finder = face.finder.usable_finder(log)
+    if finder is None:
         return face_box(image, region)
     x0, y0, x1, y1 = (round(v) for v in region)
-    faces = face.finder.shared_finder().find(np.asarray(image.crop((x0, y0, x1, y1))))
+    faces = finder.find(np.asarray(image.crop((x0, y0, x1, y1))))
     if not faces:
         raise ImageProblem(path, "no face", "the face finder found no face: crop it by hand or use --crop center")
     sx0, sy0, sx1, sy1 = faces[0].square

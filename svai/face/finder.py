@@ -264,6 +264,15 @@ class FaceFinder:
 _shared = threading.local()
 
 
+def usable_finder(logger, instead: str = "using the skin-colour box instead"):  # type: ignore[no-untyped-def]
+    """The shared `FaceFinder` when the face layer can run here, else None after one warning
+    (`warn_missing_once`) saying why and what happens `instead`."""
+    if problem() is None:
+        return shared_finder()
+    warn_missing_once(logger, instead)
+    return None
+
+
 def shared_finder(weights_dir: str | Path | None = None) -> FaceFinder:
     """One `FaceFinder` per thread and weights folder, made on first use and closed at exit.
 

@@ -162,13 +162,20 @@ def region_box(landmarks: np.ndarray, procedure: str, width: int, height: int) -
     return (float(x0), float(y0), float(x1), float(y1))
 
 
+def rasterise(polygons: list[np.ndarray], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The union of polygons (photo pixels) drawn inside `box` (x0, y0, x1, y1):
+    (y1 − y0, x1 − x0) bool, True inside."""
+    x0, y0, x1, y1 = box
+    canvas = Image.new("L", (x1 - x0, y1 - y0), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygon in polygons:
+        draw.polygon([(float(x) - x0, float(y) - y0) for x, y in polygon], fill=255)
+    return np.asarray(canvas) > 0
+
+
 def region_mask(landmarks: np.ndarray, procedure: str, width: int, height: int) -> np.ndarray:
     """(height, width) uint8: 255 inside `procedure`'s region, 0 elsewhere."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for polygon in region_polygons(landmarks, procedure):
-        draw.polygon([(float(x), float(y)) for x, y in polygon], fill=255)
-    return np.asarray(canvas, dtype=np.uint8).copy()
+    return rasterise(region_polygons(landmarks, procedure), (0, 0, width, height)).astype(np.uint8) * 255
 
 
 def region_masks(landmarks: np.ndarray, procedures: tuple[str, ...] | list[str], width: int,

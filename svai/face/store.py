@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
+from svai.data.images import read_rgb
 from svai.data.layout import PROCEDURES, SPLITS, PairRecord, region_path
 from svai.face import mesh
 from svai.io import png_bytes, write_atomic
@@ -85,11 +86,6 @@ def write_landmarks(root: Path, split: str, landmarks: SplitLandmarks, privacy=N
     np.savez(buffer, ids=np.array(ids, dtype=str), before=stack(0), after=stack(1),
              sha256=np.array([landmarks.digests.get(i, ("", "")) for i in ids], dtype=str).reshape(-1, 2))
     write_atomic(landmarks_path(root, split), buffer.getvalue(), privacy)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 @dataclass
@@ -157,7 +153,7 @@ def landmark_dataset(
 
 
 def _first_face(finder, path: Path) -> np.ndarray | None:  # type: ignore[no-untyped-def]
-    faces = finder.find(_read_rgb(path))
+    faces = finder.find(read_rgb(path))
     return faces[0].landmarks if faces else None
 
 

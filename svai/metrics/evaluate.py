@@ -419,11 +419,7 @@ def evaluate_folders(
     folders = index_folders(pred, target, options.masks, options.baseline, options.before, options.name)
     check_pairs(folders, options.requested)
     evaluation = _Evaluation(options, folders, device)
-    try:
-        evaluation.measure(progress)
-    finally:
-        if evaluation.identity is not None:
-            evaluation.identity.close()
+    evaluation.measure(progress)
     evaluation.save_cache()
     return evaluation.results()
 

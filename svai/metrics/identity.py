@@ -67,21 +67,14 @@ class IdentityMeter:
         self.before_files = index_folder(before)
         stored = read_landmarks(target.parent.parent, target.parent.name)
         self.stored = stored.rows
-        self._finder = None
         self._weights_dir = weights_dir
         self._cache: dict[str, tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]] = {}
 
     def _landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
-        if self._finder is None:
-            from svai.face.finder import FaceFinder
+        from svai.face.finder import shared_finder
 
-            self._finder = FaceFinder(self._weights_dir)
-        faces = self._finder.find(rgb)
+        faces = shared_finder(self._weights_dir).find(rgb)
         return faces[0].landmarks if faces else None
-
-    def close(self) -> None:
-        if self._finder is not None:
-            self._finder.close()
 
     def _reference(self, key: str, target: np.ndarray):  # type: ignore[no-untyped-def]
         """(before landmarks, before embedding, target embedding) of an id, cached."""

@@ -10,8 +10,6 @@ warning per process saying why.
 from __future__ import annotations
 
 import logging
-import os
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -26,19 +24,11 @@ def find_landmarks(rgb: np.ndarray) -> np.ndarray | None:
     or None when there is no face or the face layer cannot run here."""
     from svai.face import finder
 
-    if _problem(os.environ.get("SVAI_WEIGHTS_DIR", "")) is not None:
-        finder.warn_missing_once(log, "photos without stored landmarks are returned unchanged")
+    shared = finder.usable_finder(log, "photos without stored landmarks are returned unchanged")
+    if shared is None:
         return None
-    faces = finder.shared_finder().find(np.ascontiguousarray(rgb))
+    faces = shared.find(np.ascontiguousarray(rgb))
     return faces[0].landmarks if faces else None
-
-
-@lru_cache(maxsize=4)
-def _problem(weights_dir: str) -> str | None:
-    """Why the face layer cannot run, checked once per weights folder (it hashes the files)."""
-    from svai.face import finder
-
-    return finder.problem()
 
 
 def detect_landmarks(images: torch.Tensor) -> list[np.ndarray | None]:

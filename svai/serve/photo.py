@@ -193,11 +193,11 @@ def frame_photo(image: Image.Image, name: str, sha256: str) -> Photo:
 
     pixels = np.asarray(image, dtype=np.uint8)
     faces: tuple = ()
-    if face.finder.problem() is None:
-        faces = tuple(face.finder.shared_finder().find(pixels))
+    finder = face.finder.usable_finder(logging.getLogger(__name__))
+    if finder is not None:
+        faces = tuple(finder.find(pixels))
         found = faces[0].square if faces else None
     else:
-        face.finder.warn_missing_once(logging.getLogger(__name__))
         found = face_box(image, (0.0, 0.0, float(image.width), float(image.height)))
     if found is None:
         raise SvaiError(f"{name}: no face found; use a photo of one face seen from the front, "
