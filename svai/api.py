@@ -74,7 +74,8 @@ class _GivenRegions:
                 self.masks[name] = _pixels(mask, f"regions[{name!r}]")[0].mean(axis=2) >= 128
 
     def find_with_source(self, file: Any, shape: tuple[int, int], chosen: tuple[str, ...] | None,
-                         image: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
+                         image: np.ndarray | None = None,
+                         landmarks: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
         """The region of `chosen` from the masks given, else from the photo's own landmarks
         (the face layer, as `svai generate` does), else None (the change map)."""
         from svai.composite import landmark_region, union
@@ -86,7 +87,7 @@ class _GivenRegions:
             return union((fit_region(self.masks[name], *shape) for name in names), shape), "regions"
         finder = regions_finder()
         if finder is not None and image is not None:
-            region = landmark_region(finder, image, chosen)
+            region = landmark_region(finder, image, chosen, landmarks)
             if region is not None:
                 return region, "landmark regions"
         return None, "change map"

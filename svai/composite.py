@@ -170,9 +170,11 @@ class RegionLookup:
         return self.find_with_source(file, shape, chosen, image)[0]
 
     def find_with_source(self, file: Path, shape: tuple[int, int], chosen: tuple[str, ...] | None,
-                         image: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
+                         image: np.ndarray | None = None,
+                         landmarks: np.ndarray | None = None) -> tuple[np.ndarray | None, str]:
         """`find` and the name of the source that answered ("regions", "landmark regions",
-        or "change map" when none did)."""
+        or "change map" when none did); `landmarks`, the largest face's in `image` when they
+        were found already, spare the face layer a second search."""
         for index, by_stem in self.sources:
             key = region_key(file.stem if by_stem else file.relative_to(self.input_dir).with_suffix("").as_posix())
             known = {name: files[key] for name, files in index.items() if key in files}
@@ -181,27 +183,30 @@ class RegionLookup:
                 continue
             return union((fit_region(read_region(known[name]), *shape) for name in names), shape), "regions"
         if self.faces is not None and image is not None:
-            region = landmark_region(self.faces, image, chosen)
+            region = landmark_region(self.faces, image, chosen, landmarks)
             if region is not None:
                 return region, "landmark regions"
         return None, "change map"
 
 
-def landmark_region(finder, image: np.ndarray, chosen: tuple[str, ...] | None) -> np.ndarray | None:  # type: ignore[no-untyped-def]
+def landmark_region(finder, image: np.ndarray, chosen: tuple[str, ...] | None,  # type: ignore[no-untyped-def]
+                    landmarks: np.ndarray | None = None) -> np.ndarray | None:
     """The union of the chosen procedures' landmark regions (default: eyes, nose, jaw) of the
-    largest face in `image`, (H, W) bool; None without a face or for a procedure the face mesh
-    does not know."""
+    largest face in `image` (its `landmarks` when known, else found by `finder`), (H, W) bool;
+    None without a face or for a procedure the face mesh does not know."""
     from svai.data.layout import PROCEDURES
     from svai.face import mesh
 
     names = tuple(chosen) if chosen else PROCEDURES
     if any(name not in mesh.REGION_SHAPES for name in names):
         return None
-    faces = finder.find(image)
-    if not faces:
-        return None
+    if landmarks is None:
+        faces = finder.find(image)
+        if not faces:
+            return None
+        landmarks = faces[0].landmarks
     height, width = image.shape[:2]
-    return union(mesh.region_masks(faces[0].landmarks, names, width, height).values(), (height, width))
+    return union(mesh.region_masks(landmarks, names, width, height).values(), (height, width))
 
 
 __all__ = ["CompositeOptions", "RegionLookup", "blend", "change_map", "composite", "feather", "landmark_region", "union"]

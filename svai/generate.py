@@ -255,11 +255,13 @@ FACE_CROP_FACTOR = 2
 class InputPhoto:
     """One input photo: its file (a name for the lookups when it came from memory), its
     (H, W, 3) uint8 pixels and, when the model is run on its largest face only, that face's
-    square (x0, y0, x1, y1) in its pixels."""
+    square (x0, y0, x1, y1) and its (478, 2) landmarks in the photo's pixels (found once, used
+    again for the composite's regions)."""
 
     file: Path
     pixels: np.ndarray
     square: tuple[int, int, int, int] | None = None
+    landmarks: np.ndarray | None = None
 
     def model_view(self) -> np.ndarray:
         """What the model is given: the face square when the photo has one, else the photo."""
@@ -290,7 +292,8 @@ def input_photo(file: Path, pixels: np.ndarray, finder, size: int) -> tuple[Inpu
     faces = finder.find(pixels)
     if not faces:
         return None, 0
-    return InputPhoto(file, pixels, square_inside(faces[0].square, pixels.shape[1], pixels.shape[0])), len(faces)
+    square = square_inside(faces[0].square, pixels.shape[1], pixels.shape[0])
+    return InputPhoto(file, pixels, square, faces[0].landmarks), len(faces)
 
 
 def face_crop_finder(wanted: bool | None):  # type: ignore[no-untyped-def]
@@ -438,7 +441,8 @@ def simulate_photos(model: LoadedModel, photos: list[InputPhoto], settings: Gene
             out.append(None)
             continue
         chosen = wanted or folder.labelled(photo.file.stem)
-        region, source = folder.regions.find_with_source(photo.file, photo.pixels.shape[:2], chosen, photo.pixels)
+        region, source = folder.regions.find_with_source(photo.file, photo.pixels.shape[:2], chosen, photo.pixels,
+                                                         photo.landmarks)
         if report is not None:
             report.composited[source] = report.composited.get(source, 0) + 1
         out.append(composite(photo.pixels, prediction, region, settings.composite)[0])
