@@ -127,8 +127,14 @@ def composite(
     radius = options.radius(height, width)
     if region is None:
         region = change_map(before, prediction, options.change_threshold, radius)
-    weight = feather(region, radius) if options.feather > 0 else region.astype(np.float32)
+    weight = blend_weight(region, options)
     return blend(before, prediction, weight), weight
+
+
+def blend_weight(region: np.ndarray, options: CompositeOptions) -> np.ndarray:
+    """The blend weight (H, W) float32 in [0, 1] of a (H, W) bool region: feathered inward by
+    the options' radius at the region's size, or the region itself without feathering."""
+    return feather(region, options.radius(*region.shape)) if options.feather > 0 else region.astype(np.float32)
 
 
 def _check_pair(before: np.ndarray, prediction: np.ndarray) -> None:
@@ -194,19 +200,31 @@ def landmark_region(finder, image: np.ndarray, chosen: tuple[str, ...] | None,  
     """The union of the chosen procedures' landmark regions (default: eyes, nose, jaw) of the
     largest face in `image` (its `landmarks` when known, else found by `finder`), (H, W) bool;
     None without a face or for a procedure the face mesh does not know."""
+    from svai.face import mesh
+
+    if chosen and any(name not in mesh.REGION_SHAPES for name in chosen):
+        return None  # known before any face is looked for
+    if landmarks is None:
+        faces = finder.find(image)
+        if not faces:
+            return None
+        landmarks = faces[0].landmarks
+    return landmark_mask(landmarks, chosen, *image.shape[:2])
+
+
+def landmark_mask(landmarks: np.ndarray, chosen: tuple[str, ...] | None, height: int,
+                  width: int) -> np.ndarray | None:
+    """The union of the chosen procedures' regions (default: eyes, nose, jaw) drawn from a
+    face's (478, 2) landmarks on a (height, width) canvas, bool; None for a procedure the face
+    mesh does not know."""
     from svai.data.layout import PROCEDURES
     from svai.face import mesh
 
     names = tuple(chosen) if chosen else PROCEDURES
     if any(name not in mesh.REGION_SHAPES for name in names):
         return None
-    if landmarks is None:
-        faces = finder.find(image)
-        if not faces:
-            return None
-        landmarks = faces[0].landmarks
-    height, width = image.shape[:2]
     return union(mesh.region_masks(landmarks, names, width, height).values(), (height, width))
 
 
-__all__ = ["CompositeOptions", "RegionLookup", "blend", "change_map", "composite", "feather", "landmark_region", "union"]
+__all__ = ["CompositeOptions", "RegionLookup", "blend", "blend_weight", "change_map", "composite", "feather",
+           "landmark_mask", "landmark_region", "union"]

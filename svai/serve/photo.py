@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from svai.composite import CompositeOptions, composite, feather
+from svai.composite import CompositeOptions, blend_weight, composite
 from svai.data.align import face_box
 from svai.data.images import UNSUPPORTED_EXTENSIONS, ImageProblem, load_rgb_image
 from svai.errors import SvaiError
@@ -261,17 +261,15 @@ def face_square(photo: Photo) -> np.ndarray:
     return np.ascontiguousarray(photo.pixels[y0:y1, x0:x1])
 
 
-def upsample(values: np.ndarray, side: int, resample: Image.Resampling) -> np.ndarray:
-    """(S, S, C) float -> (side, side, C) float32, interpolated channel by channel.
+def upsample(values: np.ndarray, side: int) -> np.ndarray:
+    """(S, S) float -> (side, side) float32, interpolated bilinearly.
 
-    Pillow's float ("F") images resize several times faster than torch's bicubic on a CPU.
+    Pillow's float ("F") images resize several times faster than torch on a CPU.
     """
     values = np.ascontiguousarray(values, dtype=np.float32)
     if values.shape[0] == side:
         return values
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(values[..., c])).resize((side, side), resample))
-                for c in range(values.shape[2])]
-    return np.stack(channels, axis=-1)
+    return np.asarray(Image.fromarray(values).resize((side, side), Image.Resampling.BILINEAR))
 
 
 # The side at which a composite's landmark region is drawn and feathered (then upsampled): fine
@@ -279,21 +277,18 @@ def upsample(values: np.ndarray, side: int, resample: Image.Resampling) -> np.nd
 REGION_SIDE = 256
 
 
-def square_region(photo: Photo, procedures: tuple[str, ...], size: int | None = None) -> np.ndarray | None:
+def square_region(photo: Photo, procedures: tuple[str, ...]) -> np.ndarray | None:
     """The union of `procedures`' landmark regions (none given: eyes, nose and jaw) in the face
-    square, drawn at `size` px (default: the square's side, at most `REGION_SIDE`): (size,
-    size) bool; None without landmarks or for a procedure the face mesh does not know."""
-    from svai.composite import union
-    from svai.data.layout import PROCEDURES
-    from svai.face import mesh
+    square, drawn at `composite_side` px: (side, side) bool; None without landmarks or for a
+    procedure the face mesh does not know."""
+    from svai.composite import landmark_mask
 
-    names = procedures or PROCEDURES
-    if photo.landmarks is None or any(name not in mesh.REGION_SHAPES for name in names):
+    if photo.landmarks is None:
         return None
-    size = size or composite_side(photo)
+    size = composite_side(photo)
     x0, y0, _, _ = photo.box
     points = (photo.landmarks - np.array([x0, y0])) * (size / photo.side)
-    return union(mesh.region_masks(points, names, size, size).values(), (size, size))
+    return landmark_mask(points, procedures, size, size)
 
 
 def paste(photo: Photo, simulated: np.ndarray, options: CompositeOptions | None = None,
@@ -319,9 +314,9 @@ def paste(photo: Photo, simulated: np.ndarray, options: CompositeOptions | None 
         side = composite_side(photo)
         _, weight = composite(reduced(own, side), reduced(simulated, side), None, options)
     else:
-        weight = feather(region, options.radius(*region.shape)) if options.feather > 0 else region.astype(np.float32)
+        weight = blend_weight(region, options)
     change = simulated.astype(np.float32) - own
-    change *= np.clip(upsample(weight[..., None], photo.side, Image.Resampling.BILINEAR), 0.0, 1.0)
+    change *= np.clip(upsample(weight, photo.side)[..., None], 0.0, 1.0)
     change += own
     np.rint(change, out=change)
     np.clip(change, 0, 255, out=change)
