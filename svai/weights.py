@@ -390,11 +390,7 @@ def fetch(
 
     entry = spec(key)
     source = url or entry.url
-    dest = Path(dest_dir).expanduser() if dest_dir is not None else search_dirs()[0]
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SvaiError(f"cannot create {dest} ({error.strerror}): choose another folder with --weights-dir") from None
+    dest = _weights_folder(dest_dir)
     target = dest / entry.filename
 
     digest = hashlib.sha256()
@@ -440,6 +436,16 @@ def fetch(
     return target
 
 
+def _weights_folder(dest_dir: str | Path | None) -> Path:
+    """The folder weights are saved in (default `search_dirs()[0]`), created if needed."""
+    dest = Path(dest_dir).expanduser() if dest_dir is not None else search_dirs()[0]
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SvaiError(f"cannot create {dest} ({error.strerror}): choose another folder with --weights-dir") from None
+    return dest
+
+
 def _copy_verified(read: Callable[[], object], dest: Path, entry: WeightsFile) -> Path | None:
     """Stream a file-like (opened by `read`) into `dest`/filename if its sha256 is the
     published one; the path written, or None (nothing is left behind)."""
@@ -470,11 +476,7 @@ def import_files(paths: list[Path], dest_dir: str | Path | None = None) -> list[
     """
     import zipfile
 
-    dest = Path(dest_dir).expanduser() if dest_dir is not None else search_dirs()[0]
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SvaiError(f"cannot create {dest} ({error.strerror}): choose another folder with --weights-dir") from None
+    dest = _weights_folder(dest_dir)
     by_name = {entry.filename: entry for entry in REGISTRY.values() if entry.sha256}
     saved: list[tuple[str, Path]] = []
     for path in map(Path, paths):

@@ -28,6 +28,18 @@ app.add_typer(weights_app, name="weights")
 WEIGHTS_DIR_HELP = "Folder searched first (then $SVAI_WEIGHTS_DIR, then $TORCH_HOME/hub/checkpoints)."
 
 
+_COLOURS = {"missing": "[red]{}[/]", "verified": "[green]{}[/]", "wrong hash": "[yellow]{}[/]"}
+
+
+def _status(key: str, path: Path | None, verify: bool) -> str:
+    """missing, present (not hashed), verified or wrong hash."""
+    if path is None:
+        return "missing"
+    if not verify:
+        return "present"
+    return "verified" if registry.verify(key, path) else "wrong hash"
+
+
 @weights_app.callback()
 @user_errors
 def list_weights(
@@ -43,8 +55,7 @@ def list_weights(
         rows = []
         for key, entry in registry.REGISTRY.items():
             path = registry.locate(key, weights_dir)
-            status = "missing" if path is None else "present" if not verify else \
-                "verified" if registry.verify(key, path) else "wrong hash"
+            status = _status(key, path, verify)
             rows.append({"key": key, "file": entry.filename, "url": entry.url, "sha256": entry.sha256,
                          "licence": entry.licence, "used_by": list(entry.used_by), "status": status,
                          "path": None if path is None else str(path)})
@@ -58,17 +69,10 @@ def list_weights(
     found: list[tuple[str, Path]] = []
     for key, entry in registry.REGISTRY.items():
         path = registry.locate(key, weights_dir)
-        if path is None:
-            status = "[red]missing[/]"
-        else:
+        if path is not None:
             found.append((key, path))
-            if not verify:
-                status = "present"
-            elif registry.verify(key, path):
-                status = "[green]verified[/]"
-            else:
-                status = "[yellow]wrong hash[/]"
-        table.add_row(key, status, ", ".join(entry.used_by), entry.filename)
+        status = _status(key, path, verify)
+        table.add_row(key, _COLOURS.get(status, "{}").format(status), ", ".join(entry.used_by), entry.filename)
     # Diffusion base models are folders: present or missing, no single hash to verify.
     for key, base in registry.BASE_MODELS.items():
         folder = registry.locate_base(base.repo, weights_dir)
