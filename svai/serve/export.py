@@ -71,13 +71,14 @@ def side_by_side(before: np.ndarray, after: np.ndarray, longest: int = EXPORT_SI
     gap = max(4, size // 2)
     font = _font(size)
     label_band, stamp_band = round(size * 1.8), round(size * 2.2)
-    caption_font = _font(max(12, round(size * 0.8)))
+    caption_font, stamp_font = _font(max(12, round(size * 0.8))), _font(round(size * 1.1))
     line_height = round(max(12, size * 0.8) * 1.35)
     canvas_width = 2 * width + 3 * gap
     # Narrow photos: the caption needs room for its lines whatever the photo's size.
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     needed = max([_text_width(probe, line, caption_font) for line in caption] + [0]) + 2 * gap
-    canvas_width = max(canvas_width, round(needed), round(_text_width(probe, STAMP, _font(round(size * 1.1))) + 2 * gap))
+    stamp_width = _text_width(probe, STAMP, stamp_font)
+    canvas_width = max(canvas_width, round(needed), round(stamp_width + 2 * gap))
     canvas = Image.new("RGB", (canvas_width, height + label_band + stamp_band + gap + line_height * len(caption)),
                        BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -85,9 +86,7 @@ def side_by_side(before: np.ndarray, after: np.ndarray, longest: int = EXPORT_SI
         left = gap + index * (width + gap)
         canvas.paste(Image.fromarray(pixels), (left, label_band))
         _draw_text(draw, left, round(size * 0.4), label, font, INK)
-    stamp_font = _font(round(size * 1.1))
-    text_width = _text_width(draw, STAMP, stamp_font)
-    x = max(gap, (canvas.width - text_width) / 2)
+    x = max(gap, (canvas.width - stamp_width) / 2)
     _draw_text(draw, x, label_band + height + round(size * 0.5), STAMP, stamp_font, INK)
     top = label_band + height + stamp_band
     for index, line in enumerate(caption):
